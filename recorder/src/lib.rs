@@ -1,0 +1,207 @@
+//! # p11trace-recorder
+//!
+//! The long-running capture service. Shims connect to its Unix socket; it writes what they send
+//! into a Parquet dataset (`calls`, `clients`) with the one fixed schema of `p11trace-schema`.
+//!
+//! Actors with one job each, joined by bounded channels, sharing no mutable state but atomic
+//! counters ([`stats`]):
+//!
+//! ```text
+//!  shims ──unix socket──▶ acceptor ──ipc control──▶ capture ──events (1024)──▶ batcher ──jobs (16)──▶ writer ──▶ calls/…/*.parquet
+//!         (peer creds,      (handshake,              (IpcReceiverSet          (Arrow batches per          (open file per      clients/…/*.parquet
+//!          token)            EOF watch)               select, decode,          table+date, counters)       partition, roll,
+//!                                                     validate)                                            rename into place)
+//! ```
+//!
+//! Backpressure: every channel is bounded. When the writer falls behind, the batcher blocks, then
+//! capture blocks and stops reading; the shims' socket buffers fill and each shim drops (and
+//! counts) what it cannot send. Nothing the recorder has read is dropped. Memory is bounded by the
+//! channel capacities (1024 events of at most one 1 MiB message; 16 batches of at most 64 Ki rows)
+//! plus one open row group per open file.
+//!
+//! Must not depend on polars (the query tool's) or be linked into traced processes.
+
+pub mod acceptor;
+pub mod batcher;
+pub mod capture;
+pub mod dataset;
+pub mod events;
+pub mod options;
+pub mod stats;
+pub mod writer;
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ipc_channel::ipc;
+
+use crate::acceptor::{Acceptor, Control};
+use crate::dataset::Dataset;
+pub use crate::options::Options;
+use crate::stats::Stats;
+
+/// Capacity of the capture → batcher channel (events; each at most one client message).
+pub const EVENT_QUEUE: usize = 1024;
+/// Capacity of the batcher → writer channel (record batches).
+pub const JOB_QUEUE: usize = 16;
+
+/// The per-dataset secret for `P11TRACE_REDACT=labels`, created on first use (`DIR/.key`, 0600).
+fn label_key(dataset: &Dataset) -> Result<[u8; 32]> {
+    let path = dataset.root.join(".key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        return bytes.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a 32-byte key; remove it to make a new one",
+                path.display()
+            )
+        });
+    }
+    let key = acceptor::random_bytes::<32>();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(&key)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
+
+/// What a run did, for the summary line.
+#[derive(Debug)]
+pub struct Summary {
+    pub socket: PathBuf,
+    pub line: String,
+}
+
+/// Wakes the acceptor's blocking `accept` so it can see the stop flag.
+fn wake_acceptor(socket: &Path) {
+    let _ = UnixStream::connect(socket);
+}
+
+/// Runs the recorder until SIGINT/SIGTERM (or, with `--once`, until every client has left).
+pub fn run(options: Options) -> Result<Summary> {
+    let dataset = Dataset::open(&options.dataset)?;
+    let socket = options
+        .socket
+        .clone()
+        .unwrap_or_else(|| p11trace_schema::wire::default_socket_path(dataset::current_uid()));
+    let listener = dataset::listen(&socket)?;
+    let run_id = options
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let key = label_key(&dataset)?;
+    let stats = Arc::new(Stats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let (control_tx, control_rx) =
+        ipc::channel::<Control>().context("cannot create the control channel")?;
+    let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
+    let (job_tx, job_rx) = crossbeam_channel::bounded(JOB_QUEUE);
+
+    let signals = Arc::new(AtomicU32::new(0));
+    {
+        let control = control_tx.clone();
+        let signals = signals.clone();
+        let stop = stop.clone();
+        let socket = socket.clone();
+        ctrlc::set_handler(move || {
+            if signals.fetch_add(1, Ordering::AcqRel) > 0 {
+                // A second signal during the drain: leave now (the WAL keeps what was received).
+                eprintln!("p11trace-recorder: second signal, exiting without finishing the drain");
+                // SAFETY: _exit ends the process immediately, by design.
+                unsafe { libc::_exit(1) };
+            }
+            stop.store(true, Ordering::Release);
+            let _ = control.send(Control::Shutdown);
+            wake_acceptor(&socket);
+        })
+        .context("cannot install the signal handler")?;
+    }
+
+    let writer = writer::Writer {
+        jobs: job_rx,
+        dataset: dataset.clone(),
+        run_id: run_id.clone(),
+        roll_rows: options.roll_rows.max(1),
+        roll_secs: Duration::from_secs(options.roll_secs.max(1)),
+        stats: stats.clone(),
+    };
+    let writer = std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || writer.run())?;
+    let batcher = batcher::Batcher {
+        events: event_rx,
+        jobs: job_tx,
+        stats: stats.clone(),
+    };
+    let batcher = std::thread::Builder::new()
+        .name("batcher".into())
+        .spawn(move || batcher.run())?;
+    let capture = capture::Capture {
+        control: control_rx,
+        events: event_tx,
+        run_id: run_id.as_str().into(),
+        stats: stats.clone(),
+        once: options.once,
+    };
+    let capture = std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || capture.run())?;
+    let acceptor = Acceptor {
+        listener,
+        control: control_tx,
+        run_id: run_id.clone(),
+        label_key: key,
+        stop: stop.clone(),
+        stats: stats.clone(),
+    };
+    let acceptor = std::thread::Builder::new()
+        .name("acceptor".into())
+        .spawn(move || acceptor.run())?;
+    let reporter = (options.stats_every > 0).then(|| {
+        let stats = stats.clone();
+        let stop = stop.clone();
+        let every = Duration::from_secs(options.stats_every);
+        std::thread::spawn(move || stats::report_every(&stats, every, &stop))
+    });
+
+    eprintln!("p11trace-recorder: listening on {}", socket.display());
+
+    let captured = capture
+        .join()
+        .map_err(|_| anyhow::anyhow!("the capture actor panicked"))?;
+    stop.store(true, Ordering::Release);
+    wake_acceptor(&socket);
+    let _ = acceptor.join();
+    let _ = std::fs::remove_file(&socket);
+    batcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the batcher actor panicked"))?;
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer actor panicked"))?;
+    if let Some(reporter) = reporter {
+        let _ = reporter.join();
+    }
+    captured.context("capture failed")?;
+    written.context("writing the dataset failed")?;
+    let line = format!(
+        "stopped: clients={} records={} files={} dropped_by_clients={} rejected={} protocol_errors={}",
+        Stats::get(&stats.clients_connected),
+        Stats::get(&stats.records_received),
+        Stats::get(&stats.files_written),
+        Stats::get(&stats.dropped_by_clients),
+        Stats::get(&stats.rejected),
+        Stats::get(&stats.protocol_errors),
+    );
+    Ok(Summary { socket, line })
+}

@@ -1,0 +1,59 @@
+//! Counters shared by the actors (atomics only: no actor waits on another through them) and the
+//! periodic statistics line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub clients_connected: AtomicU64,
+    pub clients_active: AtomicU64,
+    pub records_received: AtomicU64,
+    pub records_written: AtomicU64,
+    pub files_written: AtomicU64,
+    /// Calls the shims reported they could not deliver (sum over clients, at their last word).
+    pub dropped_by_clients: AtomicU64,
+    pub rejected: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub capture_queue: AtomicU64,
+    pub write_queue: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// One line: the `--stats-every` format.
+    pub fn line(&self, records_per_second: f64) -> String {
+        format!(
+            "clients={} active={} records={} rate={:.0}/s written={} files={} queues=capture:{},write:{} dropped={} rejected={} protocol_errors={}",
+            Self::get(&self.clients_connected),
+            Self::get(&self.clients_active),
+            Self::get(&self.records_received),
+            records_per_second,
+            Self::get(&self.records_written),
+            Self::get(&self.files_written),
+            Self::get(&self.capture_queue),
+            Self::get(&self.write_queue),
+            Self::get(&self.dropped_by_clients),
+            Self::get(&self.rejected),
+            Self::get(&self.protocol_errors),
+        )
+    }
+}
+
+/// Prints [`Stats::line`] every `every` until `stop` says so.
+pub fn report_every(stats: &Stats, every: Duration, stop: &std::sync::atomic::AtomicBool) {
+    let mut last = (Instant::now(), Stats::get(&stats.records_received));
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100).min(every));
+        if last.0.elapsed() < every {
+            continue;
+        }
+        let now = (Instant::now(), Stats::get(&stats.records_received));
+        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
+        eprintln!("p11trace-recorder: {}", stats.line(rate));
+        last = now;
+    }
+}

@@ -1,0 +1,365 @@
+//! The traced process as the recorder sees it: identity, counters and the record queue.
+//!
+//! One [`Client`] exists per process *generation*: a `pthread_atfork` child handler bumps the
+//! generation, and the child's next call builds a fresh client (new `client_id`, `seq` from 0, an
+//! empty queue, its own sender) instead of reusing the parent's, whose queued records would
+//! otherwise be sent twice. Checking the generation is one atomic load: no `getpid()` syscall on
+//! the hot path.
+
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
+use std::sync::{Mutex, OnceLock};
+
+use crossbeam_queue::ArrayQueue;
+use p11trace_schema::wire::{CallRecord, GoodbyeReason, InterfaceVersion, Redaction};
+
+use crate::config::{Config, Mode};
+use crate::ffi::*;
+use crate::ops::Ops;
+use crate::sender::{self, FlushRequest};
+use crate::trace;
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// The configuration, read once per process.
+pub fn config() -> &'static Config {
+    CONFIG.get_or_init(|| {
+        let config = Config::load();
+        if !config.warnings.is_empty() {
+            crate::diag::report(
+                crate::diag::Problem::Config,
+                format_args!("{}", config.warnings.join("; ")),
+            );
+        }
+        config
+    })
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static CURRENT: AtomicPtr<Client> = AtomicPtr::new(std::ptr::null_mut());
+/// Guards building a client; a spin flag (not a mutex) so the fork child handler can reset it.
+static BUILDING: AtomicBool = AtomicBool::new(false);
+/// Descriptors of the live connection, closed by the fork child handler.
+pub static CONNECTION_FDS: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+
+/// Identity of this process, for the hello.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub client_id: String,
+    pub pid: i64,
+    pub ppid: i64,
+    pub host: String,
+    pub process: String,
+    pub exe: String,
+}
+
+pub struct Client {
+    generation: u64,
+    pub config: &'static Config,
+    pub identity: Identity,
+    seq: AtomicU64,
+    dropped: AtomicU64,
+    queue: ArrayQueue<CallRecord>,
+    /// Audit mode: calls admitted but not yet queued.
+    in_flight: AtomicUsize,
+    /// Set by the sender: is a recorder connection up?
+    pub connected: AtomicBool,
+    clock_offset: AtomicI64,
+    ops: Ops,
+    provider: Mutex<Option<String>>,
+    provider_changes: AtomicU64,
+    sender_started: AtomicBool,
+    pub flush: sender::Flush,
+}
+
+/// The client of the current generation, or `None` when recording is off.
+#[inline(always)]
+pub fn current() -> Option<&'static Client> {
+    let config = config();
+    if config.mode == Mode::Off {
+        return None;
+    }
+    let generation = GENERATION.load(Ordering::Acquire);
+    let client = CURRENT.load(Ordering::Acquire);
+    // SAFETY: CURRENT only ever holds leaked (never freed) clients.
+    if let Some(client) = unsafe { client.as_ref() }
+        && client.generation == generation
+    {
+        return Some(client);
+    }
+    Some(build(config, generation))
+}
+
+#[cold]
+fn build(config: &'static Config, generation: u64) -> &'static Client {
+    while BUILDING
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+    // SAFETY: as in `current`.
+    let existing = unsafe { CURRENT.load(Ordering::Acquire).as_ref() };
+    let client = match existing {
+        Some(client) if client.generation == generation => client,
+        _ => {
+            if generation == 0 {
+                register_process_hooks();
+            }
+            let client: &'static Client = Box::leak(Box::new(Client::new(config, generation)));
+            CURRENT.store(std::ptr::from_ref(client).cast_mut(), Ordering::Release);
+            if config.mode == Mode::Audit {
+                // Audit mode must know the recorder is reachable before admitting the first call.
+                sender::connect_now(client);
+            }
+            client
+        }
+    };
+    BUILDING.store(false, Ordering::Release);
+    client
+}
+
+fn register_process_hooks() {
+    // SAFETY: registers plain extern "C" functions of this never-unloaded library (-z nodelete).
+    unsafe {
+        libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        libc::atexit(at_exit);
+    }
+}
+
+/// Runs in the child right after `fork()`, before any of its code: only atomics and `close`.
+extern "C" fn after_fork_in_child() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+    BUILDING.store(false, Ordering::Release);
+    for fd in &CONNECTION_FDS {
+        let fd = fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: the parent's connection descriptors, inherited; the child never uses them.
+            unsafe { libc::close(fd) };
+        }
+    }
+    crate::diag::reset_after_fork();
+}
+
+/// A process exiting without `C_Finalize` delivers what it can, within `exit_wait`.
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: as in `current`.
+        let Some(client) = (unsafe { CURRENT.load(Ordering::Acquire).as_ref() }) else {
+            return;
+        };
+        if client.generation == GENERATION.load(Ordering::Acquire) {
+            client.flush.request(
+                client,
+                FlushRequest::Goodbye(GoodbyeReason::Exit),
+                client.config.exit_wait,
+            );
+        }
+    });
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_default()
+}
+
+fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most buffer.len() bytes.
+    if unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } != 0 {
+        return String::new();
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+impl Client {
+    fn new(config: &'static Config, generation: u64) -> Client {
+        // SAFETY: getpid/getppid have no preconditions.
+        let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
+        let exe = std::fs::read_link("/proc/self/exe")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let identity = Identity {
+            client_id: uuid::Uuid::now_v7().to_string(),
+            pid: i64::from(pid),
+            ppid: i64::from(ppid),
+            host: hostname(),
+            process: read_trimmed("/proc/self/comm"),
+            exe,
+        };
+        Client {
+            generation,
+            config,
+            identity,
+            seq: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            queue: ArrayQueue::new(config.queue_capacity),
+            in_flight: AtomicUsize::new(0),
+            connected: AtomicBool::new(false),
+            clock_offset: AtomicI64::new(trace::realtime_ns() - trace::monotonic_ns()),
+            ops: Ops::default(),
+            provider: Mutex::new(None),
+            provider_changes: AtomicU64::new(0),
+            sender_started: AtomicBool::new(false),
+            flush: sender::Flush::default(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    #[inline(always)]
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next `seq` to be handed out: calls made so far.
+    pub fn seq_high(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    pub fn count_dropped(&self, calls: u64) {
+        self.dropped.fetch_add(calls, Ordering::AcqRel);
+    }
+
+    /// Wall clock = monotonic + offset; the sender refreshes the offset, so the hot path reads
+    /// one clock instead of two.
+    #[inline(always)]
+    pub fn clock_offset(&self) -> i64 {
+        self.clock_offset.load(Ordering::Relaxed)
+    }
+
+    pub fn refresh_clock_offset(&self) {
+        self.clock_offset.store(
+            trace::realtime_ns() - trace::monotonic_ns(),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn ops(&self) -> &Ops {
+        &self.ops
+    }
+
+    /// Whether a call may run now. Only audit mode ever says no: while no recorder is connected
+    /// or the queue could not take the record.
+    #[inline(always)]
+    pub fn admit(&self) -> bool {
+        if self.config.mode != Mode::Audit {
+            return true;
+        }
+        let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.connected.load(Ordering::Acquire)
+            && self.queue.len() + in_flight < self.queue.capacity()
+        {
+            return true;
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    fn leave_flight(&self) {
+        if self.config.mode == Mode::Audit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Queues a finished record; when the queue is full the record is dropped and counted.
+    #[inline(always)]
+    pub fn submit(&'static self, record: CallRecord) {
+        if self.queue.push(record).is_err() {
+            self.count_dropped(1);
+        }
+        self.leave_flight();
+        if self.queue.len() * 4 >= self.queue.capacity() {
+            self.wake_sender();
+        }
+        if !self.sender_started.load(Ordering::Relaxed)
+            && self.queue.len() * 2 >= self.queue.capacity()
+        {
+            // No sender yet (before C_Initialize, or a host that forbids threads): keep the queue
+            // from overflowing by sending from this thread, without waiting.
+            sender::pump_inline(self);
+        }
+    }
+
+    /// A call whose record could not be built (internal error): its seq is counted as dropped.
+    pub fn drop_admitted(&self) {
+        self.count_dropped(1);
+        self.leave_flight();
+    }
+
+    pub fn pop(&self) -> Option<CallRecord> {
+        self.queue.pop()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn redaction(&self) -> Redaction {
+        self.config.redaction
+    }
+
+    fn wake_sender(&self) {
+        self.flush.wake();
+    }
+
+    pub fn provider(&self) -> (u64, Option<String>) {
+        let provider = self
+            .provider
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.provider_changes.load(Ordering::Acquire), provider)
+    }
+
+    /// After the application's successful `C_Initialize`: learn the provider with one internal
+    /// `C_GetInfo` through the same table, and start the sender (unless the host forbids
+    /// threads, in which case calling threads send, without waiting).
+    pub fn on_initialized(
+        &'static self,
+        interface: Option<InterfaceVersion>,
+        init_flags: CK_FLAGS,
+    ) {
+        let slot = interface.map_or(0, |v| {
+            crate::real::slot_for(CK_VERSION {
+                major: v.major,
+                minor: v.minor,
+            })
+        });
+        if let Some(provider) = crate::entry::internal_get_info(slot, interface) {
+            *self.provider.lock().unwrap_or_else(|p| p.into_inner()) = Some(provider);
+            self.provider_changes.fetch_add(1, Ordering::AcqRel);
+        }
+        let threads_allowed = init_flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0;
+        if threads_allowed && !self.sender_started.swap(true, Ordering::AcqRel) {
+            sender::spawn(self);
+        }
+    }
+
+    /// After `C_Finalize`: deliver what is queued (bounded wait) and say goodbye.
+    pub fn on_finalized(&'static self) {
+        self.flush.request(
+            self,
+            FlushRequest::Goodbye(GoodbyeReason::Finalize),
+            self.config.finalize_wait,
+        );
+    }
+
+    pub fn sender_running(&self) -> bool {
+        self.sender_started.load(Ordering::Acquire)
+    }
+
+    pub fn mark_sender_failed(&self) {
+        self.sender_started.store(false, Ordering::Release);
+    }
+}

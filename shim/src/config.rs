@@ -1,0 +1,179 @@
+//! Configuration: environment variables first, then a `key = value` file (`P11TRACE_CONFIG`, else
+//! `/etc/p11trace.conf`) for hosts that cannot set environment variables.
+//!
+//! Variables are read with `secure_getenv`: in a setuid/setgid process they are ignored, so an
+//! unprivileged user cannot make a privileged host load arbitrary code; only `/etc/p11trace.conf`
+//! applies there.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use p11trace_schema::wire::Redaction;
+
+/// What the shim does with each call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward and record (default).
+    Record,
+    /// Forward only.
+    Off,
+    /// Forward and record, and refuse calls that could not be recorded.
+    Audit,
+}
+
+/// Where the real module's path came from (named in error messages).
+#[derive(Debug, Clone)]
+pub struct ModuleSource {
+    pub variable: &'static str,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub module: Option<ModuleSource>,
+    pub mode: Mode,
+    pub socket: PathBuf,
+    pub redaction: Redaction,
+    /// Capacity of the in-process record queue (test-only override: `P11TRACE_QUEUE_CAPACITY`).
+    pub queue_capacity: usize,
+    /// How long `C_Finalize` waits for queued records to reach the recorder.
+    pub finalize_wait: Duration,
+    /// How long process exit (without `C_Finalize`) waits for the same.
+    pub exit_wait: Duration,
+    /// Problems found while reading the configuration, reported once.
+    pub warnings: Vec<String>,
+}
+
+pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;
+pub const DEFAULT_FINALIZE_WAIT: Duration = Duration::from_millis(1000);
+pub const DEFAULT_EXIT_WAIT: Duration = Duration::from_millis(250);
+
+unsafe extern "C" {
+    /// glibc's `secure_getenv`: `getenv`, except null in setuid/setgid processes.
+    fn secure_getenv(name: *const libc::c_char) -> *mut libc::c_char;
+}
+
+fn secure_env(name: &str) -> Option<String> {
+    let key = CString::new(name).ok()?;
+    // SAFETY: `key` is a valid C string; secure_getenv returns null or a pointer into the
+    // environment, which we copy immediately.
+    let value = unsafe { secure_getenv(key.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: non-null pointers from secure_getenv point to NUL-terminated strings.
+    let value = unsafe { CStr::from_ptr(value) };
+    Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
+}
+
+fn file_settings(warnings: &mut Vec<String>) -> Vec<(String, String)> {
+    let path = secure_env("P11TRACE_CONFIG").unwrap_or_else(|| "/etc/p11trace.conf".to_owned());
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let mut settings = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) => settings.push((key.trim().to_owned(), value.trim().to_owned())),
+            None => warnings.push(format!("{path}:{}: expected `key = value`", index + 1)),
+        }
+    }
+    settings
+}
+
+impl Config {
+    pub fn load() -> Config {
+        let mut warnings = Vec::new();
+        let file = file_settings(&mut warnings);
+        let from_file = |key: &str| {
+            file.iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let setting = |variable: &str, key: &str| secure_env(variable).or_else(|| from_file(key));
+
+        let module = secure_env("P11TRACE_MODULE")
+            .map(|path| ModuleSource {
+                variable: "P11TRACE_MODULE",
+                path: path.into(),
+            })
+            .or_else(|| {
+                secure_env("PKCS11SPY").map(|path| ModuleSource {
+                    variable: "PKCS11SPY",
+                    path: path.into(),
+                })
+            })
+            .or_else(|| {
+                from_file("module").map(|path| ModuleSource {
+                    variable: "module (config file)",
+                    path: path.into(),
+                })
+            });
+
+        let mode = match setting("P11TRACE_MODE", "mode").as_deref() {
+            None | Some("") | Some("record") | Some("on") => Mode::Record,
+            Some("off") => Mode::Off,
+            Some("audit") => Mode::Audit,
+            Some(other) => {
+                warnings.push(format!(
+                    "P11TRACE_MODE={other} is not record, off or audit; recording"
+                ));
+                Mode::Record
+            }
+        };
+        let redaction = match setting("P11TRACE_REDACT", "redact").as_deref() {
+            None | Some("") | Some("default") | Some("secrets") => Redaction::Default,
+            Some("labels") => Redaction::Labels,
+            Some(other) => {
+                warnings.push(format!(
+                    "P11TRACE_REDACT={other} is not default or labels; hashing labels"
+                ));
+                Redaction::Labels
+            }
+        };
+        let socket = setting("P11TRACE_SOCKET", "socket")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| p11trace_schema::wire::default_socket_path(current_uid()));
+        let queue_capacity = secure_env("P11TRACE_QUEUE_CAPACITY")
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(DEFAULT_QUEUE_CAPACITY);
+        let millis = |variable: &str, key: &str, default: Duration| {
+            setting(variable, key)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(default)
+        };
+        Config {
+            module,
+            mode,
+            socket,
+            redaction,
+            queue_capacity,
+            finalize_wait: millis(
+                "P11TRACE_FINALIZE_WAIT_MS",
+                "finalize_wait_ms",
+                DEFAULT_FINALIZE_WAIT,
+            ),
+            exit_wait: millis("P11TRACE_EXIT_WAIT_MS", "exit_wait_ms", DEFAULT_EXIT_WAIT),
+            warnings,
+        }
+    }
+}
+
+pub fn current_uid() -> u32 {
+    // SAFETY: getuid never fails.
+    unsafe { libc::getuid() }
+}
+
+/// The socket path as bytes (for messages).
+pub fn display(path: &std::path::Path) -> String {
+    String::from_utf8_lossy(OsStr::new(path).as_bytes()).into_owned()
+}

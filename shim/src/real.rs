@@ -1,0 +1,158 @@
+//! The real module: loaded once with libloading and never unloaded, plus the real function tables
+//! the application reached through the shim, one per *slot*.
+//!
+//! A slot is a function-table layout and version: 0 = 2.x (`C_GetFunctionList` and "PKCS 11" 2.x
+//! interfaces), 1 = 3.0, 2 = 3.1 (3.0 layout), 3 = 3.2 and later (3.2 layout). Each traced table in
+//! `tables.rs` forwards to the real table of its slot; the first real table seen for a slot wins.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
+
+use crate::config::ModuleSource;
+use crate::diag::{Problem, report};
+use crate::ffi::*;
+use crate::tables::CK_FUNCTION_LIST_3_2;
+
+/// Number of table slots.
+pub const SLOTS: usize = 4;
+
+type GetFunctionList = unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV;
+type GetInterfaceList = unsafe extern "C" fn(CK_INTERFACE_PTR, CK_ULONG_PTR) -> CK_RV;
+type GetInterface =
+    unsafe extern "C" fn(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) -> CK_RV;
+
+/// The real module's exported entry points.
+pub struct RealModule {
+    pub path: String,
+    pub get_function_list: GetFunctionList,
+    pub get_interface_list: Option<GetInterfaceList>,
+    pub get_interface: Option<GetInterface>,
+}
+
+static MODULE: OnceLock<Option<RealModule>> = OnceLock::new();
+
+/// The real module, loading it on first use. `None` (after one stderr line) when it cannot be
+/// loaded; callers then answer `CKR_GENERAL_ERROR`.
+pub fn module() -> Option<&'static RealModule> {
+    MODULE
+        .get_or_init(|| {
+            let config = crate::client::config();
+            let Some(source) = &config.module else {
+                report(
+                    Problem::ModuleLoad,
+                    format_args!(
+                        "no real PKCS#11 module: set P11TRACE_MODULE (or PKCS11SPY) to its path; every call fails with CKR_GENERAL_ERROR"
+                    ),
+                );
+                return None;
+            };
+            match load(source) {
+                Ok(module) => Some(module),
+                Err(message) => {
+                    report(Problem::ModuleLoad, format_args!("{message}"));
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn load(source: &ModuleSource) -> Result<RealModule, String> {
+    let shown = crate::config::display(&source.path);
+    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
+    // SAFETY: loading a PKCS#11 module runs its initialisers; that is exactly what the host asked
+    // for by loading us in its place.
+    let library = unsafe { libloading::os::unix::Library::open(Some(&source.path), flags) }
+        .map_err(|e| {
+            format!(
+                "cannot load the real module {}={shown}: {e}",
+                source.variable
+            )
+        })?;
+    // SAFETY: the symbol types are the PKCS#11 prototypes of these entry points.
+    let get_function_list = unsafe { library.get::<GetFunctionList>(b"C_GetFunctionList\0") }
+        .map(|symbol| *symbol)
+        .map_err(|e| format!("{}={shown} is not a PKCS#11 module: {e}", source.variable))?;
+    if get_function_list as *const () == crate::entry::C_GetFunctionList as *const () {
+        return Err(format!(
+            "{}={shown} is the p11trace shim itself, not the real module",
+            source.variable
+        ));
+    }
+    // SAFETY: as above; these 3.0 entry points are optional.
+    let get_interface_list = unsafe { library.get::<GetInterfaceList>(b"C_GetInterfaceList\0") }
+        .ok()
+        .map(|symbol| *symbol);
+    // SAFETY: as above.
+    let get_interface = unsafe { library.get::<GetInterface>(b"C_GetInterface\0") }
+        .ok()
+        .map(|symbol| *symbol);
+    // Never unload: wrappers and background threads may run module code at any time.
+    std::mem::forget(library);
+    Ok(RealModule {
+        path: shown,
+        get_function_list,
+        get_interface_list,
+        get_interface,
+    })
+}
+
+static REAL: [AtomicPtr<CK_FUNCTION_LIST_3_2>; SLOTS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
+static VERSIONS: [AtomicU16; SLOTS] = [const { AtomicU16::new(0) }; SLOTS];
+
+/// The slot of a real "PKCS 11" table of this version.
+pub fn slot_for(version: CK_VERSION) -> usize {
+    match (version.major, version.minor) {
+        (0..=2, _) => 0,
+        (3, 0) => 1,
+        (3, 1) => 2,
+        _ => 3,
+    }
+}
+
+/// Remembers `list` as the real table of `slot` (the first one wins). Returns the version the
+/// traced table of that slot reports.
+///
+/// # Safety
+/// `list` must point to a live function list whose layout is at least the slot's layout.
+pub unsafe fn install(
+    slot: usize,
+    list: *const CK_FUNCTION_LIST_3_2,
+    version: CK_VERSION,
+) -> CK_VERSION {
+    let packed = u16::from(version.major) << 8 | u16::from(version.minor);
+    if REAL[slot]
+        .compare_exchange(
+            std::ptr::null_mut(),
+            list.cast_mut(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    {
+        VERSIONS[slot].store(packed, Ordering::Release);
+    }
+    slot_version(slot)
+}
+
+/// The version of the real table installed in `slot`.
+pub fn slot_version(slot: usize) -> CK_VERSION {
+    let packed = VERSIONS[slot].load(Ordering::Acquire);
+    CK_VERSION {
+        major: (packed >> 8) as u8,
+        minor: packed as u8,
+    }
+}
+
+/// The real table behind slot `V`, viewed through the 3.2 layout. Only fields that exist in the
+/// slot's own layout may be read: the wrappers of slot `V` are exactly those functions.
+#[inline(always)]
+pub fn list<const V: usize>() -> *const CK_FUNCTION_LIST_3_2 {
+    REAL[V].load(Ordering::Acquire)
+}
+
+/// [`list`] for a slot known only at run time.
+pub fn list_at(slot: usize) -> *const CK_FUNCTION_LIST_3_2 {
+    REAL[slot].load(Ordering::Acquire)
+}

@@ -1,0 +1,182 @@
+//! The hot path: time the real call, fill a record through the argument roles, queue it.
+//!
+//! Design budget (see BENCHMARKS.md): for a simple call this costs two monotonic clock reads
+//! (vDSO, no syscall), one relaxed atomic increment for `seq`, a thread-local read for the thread
+//! id, and one lock-free queue push. No allocation unless the call has templates or parameters,
+//! no lock, no I/O; the sender thread does the rest.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use p11trace_schema::Func;
+use p11trace_schema::wire::{CallRecord, InterfaceVersion};
+
+use crate::client::{self, Client};
+use crate::diag::{Problem, report};
+use crate::ffi::*;
+use crate::real;
+
+/// A call being recorded: the record plus facts roles need to share.
+pub struct Call {
+    pub rec: CallRecord,
+    /// An output buffer pointer was null: the call only asked for a size.
+    pub size_query: bool,
+    /// `C_Initialize` flags (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`, ...).
+    pub init_flags: CK_FLAGS,
+}
+
+/// Monotonic clock, nanoseconds.
+#[inline(always)]
+pub fn monotonic_ns() -> i64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Wall clock, nanoseconds since the Unix epoch.
+pub fn realtime_ns() -> i64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+#[inline(always)]
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; with a valid clock id it cannot fail.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    now.tv_sec * 1_000_000_000 + now.tv_nsec
+}
+
+thread_local! {
+    /// (fork generation, kernel thread id): gettid is a syscall, so it is asked once per thread
+    /// and again only in a forked child.
+    static THREAD_ID: std::cell::Cell<(u64, i64)> = const { std::cell::Cell::new((u64::MAX, 0)) };
+}
+
+#[inline(always)]
+fn thread_id(generation: u64) -> i64 {
+    THREAD_ID.with(|cell| {
+        let (cached_generation, tid) = cell.get();
+        if cached_generation == generation {
+            return tid;
+        }
+        // SAFETY: gettid has no preconditions.
+        let tid = i64::from(unsafe { libc::gettid() });
+        cell.set((generation, tid));
+        tid
+    })
+}
+
+/// The interface version of slot `V`, for the record.
+#[inline(always)]
+fn interface_of<const V: usize>() -> Option<InterfaceVersion> {
+    let version = real::slot_version(V);
+    Some(InterfaceVersion {
+        major: version.major,
+        minor: version.minor,
+    })
+}
+
+/// Forwards one call through slot `V`'s real table and records it.
+#[inline(always)]
+pub fn call<const V: usize>(
+    func: Func,
+    before: impl FnOnce(&mut Call),
+    real_call: impl FnOnce() -> CK_RV,
+    after: impl FnOnce(&mut Call, CK_RV),
+) -> CK_RV {
+    record_call(func, interface_of::<V>(), 0, before, real_call, after)
+}
+
+/// [`call`] for entry points reached outside any table (`C_GetFunctionList`, `C_GetInterface`)
+/// and for the shim's own calls (`flags` = [`record_flags::INTERNAL`]).
+#[inline(always)]
+pub fn record_call(
+    func: Func,
+    interface: Option<InterfaceVersion>,
+    flags: u8,
+    before: impl FnOnce(&mut Call),
+    real_call: impl FnOnce() -> CK_RV,
+    after: impl FnOnce(&mut Call, CK_RV),
+) -> CK_RV {
+    let Some(client) = client::current() else {
+        return real_call();
+    };
+    if !client.admit() {
+        report(
+            Problem::AuditRefused,
+            format_args!(
+                "audit mode: refusing PKCS#11 calls while they cannot be recorded (recorder unreachable or queue full)"
+            ),
+        );
+        return CKR_GENERAL_ERROR;
+    }
+    let mut call = Call {
+        rec: CallRecord {
+            func: func.code(),
+            flags,
+            interface,
+            ..CallRecord::default()
+        },
+        size_query: false,
+        init_flags: 0,
+    };
+    // A panic while capturing inputs loses those fields, not the call.
+    let _ = catch_unwind(AssertUnwindSafe(|| before(&mut call)));
+    let start = monotonic_ns();
+    let rv = real_call();
+    let end = monotonic_ns();
+    call.rec.seq = client.next_seq();
+    let finished = catch_unwind(AssertUnwindSafe(|| {
+        after(&mut call, rv);
+        finish(client, func, &mut call, rv, start, end);
+    }));
+    match finished {
+        Ok(()) => client.submit(call.rec),
+        Err(_) => {
+            // The seq is taken: count the call as dropped so `seq` stays gap-free with drops.
+            client.drop_admitted();
+            report(
+                Problem::Panic,
+                format_args!(
+                    "internal error while recording {}; the call itself went through",
+                    func.name()
+                ),
+            );
+            return rv;
+        }
+    }
+    if rv == CKR_OK && func == Func::C_Initialize {
+        let init_flags = call.init_flags;
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            client.on_initialized(interface, init_flags)
+        }));
+    }
+    if func == Func::C_Finalize {
+        let _ = catch_unwind(AssertUnwindSafe(|| client.on_finalized()));
+    }
+    rv
+}
+
+#[inline(always)]
+fn finish(client: &Client, func: Func, call: &mut Call, rv: CK_RV, start: i64, end: i64) {
+    let rec = &mut call.rec;
+    rec.tid = thread_id(client.generation());
+    rec.start_ns = start + client.clock_offset();
+    rec.dur_ns = end - start;
+    rec.rv = rv as u64;
+    if let Some((kind, stage)) = func.spec().op {
+        rec.op_id = client
+            .ops()
+            .track(rec.session, kind, stage, rv, call.size_query);
+    } else if matches!(
+        func,
+        Func::C_CloseSession | Func::C_CloseAllSessions | Func::C_Finalize
+    ) && rv == CKR_OK
+    {
+        client.ops().forget(if func == Func::C_CloseSession {
+            rec.session
+        } else {
+            None
+        });
+    }
+}
