@@ -47,7 +47,7 @@ pub struct Registration {
 /// Messages to the capture actor's control channel (part of its receiver set).
 #[derive(Serialize, Deserialize)]
 pub enum Control {
-    Register(Registration),
+    Register(Box<Registration>),
     /// The rendezvous stream of `key` reached end-of-file.
     Eof(u64),
     Shutdown,
@@ -173,7 +173,11 @@ impl Handshake {
     fn run(mut self) {
         match self.exchange() {
             Ok(registration) => {
-                if self.control.send(Control::Register(registration)).is_ok() {
+                if self
+                    .control
+                    .send(Control::Register(Box::new(registration)))
+                    .is_ok()
+                {
                     let _ = self.watch.send((self.key, self.stream));
                 }
             }

@@ -69,7 +69,7 @@ impl Capture {
                             {
                                 match message.to::<Control>() {
                                     Ok(Control::Register(registration)) => {
-                                        loop_state.register(&mut set, registration);
+                                        loop_state.register(&mut set, *registration);
                                     }
                                     Ok(Control::Eof(key)) => loop_state.eof(key),
                                     Ok(Control::Shutdown) => {

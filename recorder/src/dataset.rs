@@ -72,21 +72,7 @@ impl Dataset {
     }
 }
 
-/// `YYYY-MM-DD` (UTC) of a timestamp in microseconds since the epoch.
-pub fn utc_date(micros: i64) -> String {
-    let days = micros.div_euclid(86_400_000_000);
-    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
+pub use p11trace_schema::time::utc_date;
 
 pub fn current_uid() -> u32 {
     // SAFETY: getuid never fails.
@@ -144,17 +130,4 @@ pub fn listen(socket: &Path) -> Result<UnixListener, SetupError> {
         }
     })?;
     Ok(listener)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_civil_utc_dates() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(-1), "1969-12-31");
-        assert_eq!(utc_date(951_782_400_000_000), "2000-02-29");
-        assert_eq!(utc_date(1_795_564_800_000_000), "2026-11-25");
-    }
 }

@@ -106,10 +106,10 @@ impl Writer {
                         open.remove(&key);
                         continue;
                     }
-                    if file.sink.rows() >= self.roll_rows {
-                        if let Some(file) = open.remove(&key) {
-                            self.close(file, &mut failure);
-                        }
+                    if file.sink.rows() >= self.roll_rows
+                        && let Some(file) = open.remove(&key)
+                    {
+                        self.close(file, &mut failure);
                     }
                 }
                 Job::Tick => {

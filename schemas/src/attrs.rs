@@ -223,6 +223,15 @@ pub fn curve_name(der: &[u8]) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+/// Text of a fixed-size, blank-padded PKCS#11 string field (trailing blanks and NULs removed).
+pub fn fixed_text_of(bytes: &[u8]) -> String {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ' && b != 0)
+        .map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 /// The `provider` string: manufacturer, library description and library version of `C_GetInfo`.
 pub fn provider_string(manufacturer: &str, description: &str, version: (u8, u8)) -> String {
     format!(

@@ -307,6 +307,8 @@ pub enum OpStage {
 pub struct ArgSpec {
     pub name: &'static str,
     pub role: &'static str,
+    /// Other arguments the role reads (the template pointer of a `template_in` count, ...).
+    pub extras: &'static [&'static str],
 }
 
 /// One PKCS#11 function as declared in [`with_pkcs11_functions`].
@@ -345,7 +347,11 @@ macro_rules! define_functions {
                 func: Func::$name,
                 name: stringify!($name),
                 since: define_functions!(@since $group),
-                args: &[ $( ArgSpec { name: stringify!($arg), role: stringify!($role) } ),* ],
+                args: &[ $( ArgSpec {
+                    name: stringify!($arg),
+                    role: stringify!($role),
+                    extras: &[ $( $( stringify!($extra) ),* )? ],
+                } ),* ],
                 op: optional_op!($($op)*),
             },
         )* )* ];

@@ -17,7 +17,9 @@
 pub mod attrs;
 pub mod functions;
 pub mod names;
+pub mod params;
 pub mod row;
+pub mod time;
 pub mod wire;
 
 #[cfg(feature = "arrow")]

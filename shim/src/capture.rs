@@ -4,10 +4,9 @@
 //! Nothing here reads a byte the allowlist does not name: secret attributes, PINs, data buffers
 //! and secret parameter fields keep only their lengths.
 
-use std::fmt::Write as _;
-
 use p11trace_schema::attrs::{InfoField, MAX_VALUE_LEN, ValuePolicy, value_policy};
 use p11trace_schema::names;
+use p11trace_schema::params::{MechParams, takes_bare_iv};
 use p11trace_schema::wire::{Attr, AttrType, AttrValue, Template};
 
 use crate::ffi::*;
@@ -109,14 +108,7 @@ pub unsafe fn template(
         .collect()
 }
 
-/// Text of a fixed-size, blank-padded PKCS#11 string field.
-pub fn fixed_text(bytes: &[u8]) -> String {
-    let end = bytes
-        .iter()
-        .rposition(|&b| b != b' ' && b != 0)
-        .map_or(0, |i| i + 1);
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
+pub use p11trace_schema::attrs::fixed_text_of as fixed_text;
 
 /// An info-structure field as an `out` attribute.
 pub fn field(field: InfoField, value: AttrValue) -> Attr {
@@ -148,93 +140,88 @@ unsafe fn parameter<T: Copy>(parameter: CK_VOID_PTR, len: CK_ULONG) -> Option<T>
     Some(unsafe { std::ptr::read_unaligned(parameter.cast::<T>()) })
 }
 
-/// Renders the non-secret fields of a mechanism's parameter (`mech_params`).
+/// The non-secret fields of a mechanism's parameter (`mech_params`).
 ///
 /// # Safety
 /// `mechanism.pParameter` must be null or point to `ulParameterLen` readable bytes.
-pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> Option<String> {
+pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
     let (p, len) = (mechanism.pParameter, mechanism.ulParameterLen);
-    let mech = names::MECHANISM.render(mechanism.mechanism as u64);
-    let mut out = String::new();
+    let code = mechanism.mechanism as u64;
+    let mut out = MechParams::default();
     // SAFETY (each `parameter` call): forwarded from this function's contract.
     match mechanism.mechanism {
         CKM_RSA_PKCS_OAEP => {
-            let params: CK_RSA_PKCS_OAEP_PARAMS = unsafe { parameter(p, len) }?;
-            let _ = write!(
-                out,
-                "hash={} mgf={} source={} source_len={}",
-                names::MECHANISM.render(params.hashAlg as u64),
-                names::MGF.render(params.mgf as u64),
-                names::OAEP_SOURCE.render(params.source as u64),
-                params.ulSourceDataLen
-            );
+            if let Some(params) = unsafe { parameter::<CK_RSA_PKCS_OAEP_PARAMS>(p, len) } {
+                out.hash = Some(params.hashAlg as u64);
+                out.mgf = Some(params.mgf as u64);
+                out.source = Some(params.source as u64);
+                out.source_len = Some(params.ulSourceDataLen as u64);
+                return out;
+            }
         }
-        _ if mech.ends_with("_PSS") => {
-            let params: CK_RSA_PKCS_PSS_PARAMS = unsafe { parameter(p, len) }?;
-            let _ = write!(
-                out,
-                "hash={} mgf={} salt_len={}",
-                names::MECHANISM.render(params.hashAlg as u64),
-                names::MGF.render(params.mgf as u64),
-                params.sLen
-            );
+        _ if names::MECHANISM
+            .name(code)
+            .is_some_and(|name| name.ends_with("_PSS")) =>
+        {
+            if let Some(params) = unsafe { parameter::<CK_RSA_PKCS_PSS_PARAMS>(p, len) } {
+                out.hash = Some(params.hashAlg as u64);
+                out.mgf = Some(params.mgf as u64);
+                out.salt_len = Some(params.sLen as u64);
+                return out;
+            }
         }
         CKM_AES_GCM => {
-            let params: CK_GCM_PARAMS = unsafe { parameter(p, len) }?;
-            let _ = write!(
-                out,
-                "iv_len={} aad_len={} tag_bits={}",
-                params.ulIvLen, params.ulAADLen, params.ulTagBits
-            );
+            if let Some(params) = unsafe { parameter::<CK_GCM_PARAMS>(p, len) } {
+                out.iv_len = Some(params.ulIvLen as u64);
+                out.aad_len = Some(params.ulAADLen as u64);
+                out.tag_bits = Some(params.ulTagBits as u64);
+                return out;
+            }
         }
         CKM_AES_CCM => {
-            let params: CK_CCM_PARAMS = unsafe { parameter(p, len) }?;
-            let _ = write!(
-                out,
-                "data_len={} nonce_len={} aad_len={} mac_len={}",
-                params.ulDataLen, params.ulNonceLen, params.ulAADLen, params.ulMACLen
-            );
+            if let Some(params) = unsafe { parameter::<CK_CCM_PARAMS>(p, len) } {
+                out.data_len = Some(params.ulDataLen as u64);
+                out.nonce_len = Some(params.ulNonceLen as u64);
+                out.aad_len = Some(params.ulAADLen as u64);
+                out.mac_len = Some(params.ulMACLen as u64);
+                return out;
+            }
         }
         CKM_AES_CTR => {
-            let params: CK_AES_CTR_PARAMS = unsafe { parameter(p, len) }?;
-            let _ = write!(out, "counter_bits={}", params.ulCounterBits);
+            if let Some(params) = unsafe { parameter::<CK_AES_CTR_PARAMS>(p, len) } {
+                out.counter_bits = Some(params.ulCounterBits as u64);
+                return out;
+            }
         }
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => {
-            let params: CK_ECDH1_DERIVE_PARAMS = unsafe { parameter(p, len) }?;
-            let _ = write!(
-                out,
-                "kdf={} shared_data_len={} public_data_len={}",
-                names::KDF.render(params.kdf as u64),
-                params.ulSharedDataLen,
-                params.ulPublicDataLen
-            );
+            if let Some(params) = unsafe { parameter::<CK_ECDH1_DERIVE_PARAMS>(p, len) } {
+                out.kdf = Some(params.kdf as u64);
+                out.shared_data_len = Some(params.ulSharedDataLen as u64);
+                out.public_data_len = Some(params.ulPublicDataLen as u64);
+                return out;
+            }
         }
         CKM_PKCS5_PBKD2 => {
             // PARAMS and PARAMS2 share this prefix; the password is never read.
-            let params: CK_PKCS5_PBKD2_PARAMS2 = unsafe { parameter(p, len) }?;
-            let _ = write!(
-                out,
-                "iterations={} prf={} salt_len={}",
-                params.iterations, params.prf, params.ulSaltSourceDataLen
-            );
+            if let Some(params) = unsafe { parameter::<CK_PKCS5_PBKD2_PARAMS2>(p, len) } {
+                out.iterations = Some(params.iterations as u64);
+                out.prf = Some(params.prf as u64);
+                return out;
+            }
         }
         CKM_EDDSA => {
-            let params: CK_EDDSA_PARAMS = unsafe { parameter(p, len) }?;
-            let _ = write!(
-                out,
-                "ph={} context_len={}",
-                params.phFlag != 0,
-                params.ulContextDataLen
-            );
+            if let Some(params) = unsafe { parameter::<CK_EDDSA_PARAMS>(p, len) } {
+                out.prehash = Some(params.phFlag != 0);
+                out.context_len = Some(params.ulContextDataLen as u64);
+                return out;
+            }
         }
-        CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_DES3_CBC | CKM_DES3_CBC_PAD | CKM_AES_CTS
-        | CKM_AES_OFB | CKM_AES_CFB128 => {
-            let _ = write!(out, "iv_len={len}");
+        _ if takes_bare_iv(code) => {
+            out.iv_len = Some(len as u64);
+            return out;
         }
-        _ if len > 0 => {
-            let _ = write!(out, "param_len={len}");
-        }
-        _ => return None,
+        _ => {}
     }
-    Some(out)
+    out.param_len = Some(len as u64);
+    out
 }

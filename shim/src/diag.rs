@@ -26,7 +26,7 @@ pub fn report(problem: Problem, message: std::fmt::Arguments<'_>) {
         return;
     }
     let mut line = Vec::with_capacity(160);
-    let _ = write!(line, "p11trace: {message}\n");
+    let _ = writeln!(line, "p11trace: {message}");
     // SAFETY: writes a buffer we own to fd 2; the result is deliberately ignored (a host with a
     // closed stderr must not be disturbed).
     unsafe {

@@ -17,6 +17,10 @@
 //!
 //! Must not depend on arrow, parquet or polars: it is linked into every traced process.
 
+// CK_ULONG is C `unsigned long`: 64-bit here, 32-bit on other targets. The `as u64` casts that
+// look redundant on x86-64 keep the record types target-independent.
+#![allow(clippy::unnecessary_cast)]
+
 mod capture;
 mod client;
 mod config;

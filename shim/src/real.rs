@@ -57,6 +57,14 @@ pub fn module() -> Option<&'static RealModule> {
         .as_ref()
 }
 
+/// A libloading error with its cause (libloading's own text is only "dlopen failed").
+fn describe(error: &libloading::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}
+
 fn load(source: &ModuleSource) -> Result<RealModule, String> {
     let shown = crate::config::display(&source.path);
     let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
@@ -65,14 +73,21 @@ fn load(source: &ModuleSource) -> Result<RealModule, String> {
     let library = unsafe { libloading::os::unix::Library::open(Some(&source.path), flags) }
         .map_err(|e| {
             format!(
-                "cannot load the real module {}={shown}: {e}",
-                source.variable
+                "cannot load the real module {}={shown}: {}",
+                source.variable,
+                describe(&e)
             )
         })?;
     // SAFETY: the symbol types are the PKCS#11 prototypes of these entry points.
     let get_function_list = unsafe { library.get::<GetFunctionList>(b"C_GetFunctionList\0") }
         .map(|symbol| *symbol)
-        .map_err(|e| format!("{}={shown} is not a PKCS#11 module: {e}", source.variable))?;
+        .map_err(|e| {
+            format!(
+                "{}={shown} is not a PKCS#11 module: {}",
+                source.variable,
+                describe(&e)
+            )
+        })?;
     if get_function_list as *const () == crate::entry::C_GetFunctionList as *const () {
         return Err(format!(
             "{}={shown} is the p11trace shim itself, not the real module",

@@ -8,6 +8,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use p11trace_schema::Func;
+use p11trace_schema::params::MechParams;
 use p11trace_schema::wire::{CallRecord, InterfaceVersion};
 
 use crate::client::{self, Client};
@@ -22,6 +23,8 @@ pub struct Call {
     pub size_query: bool,
     /// `C_Initialize` flags (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`, ...).
     pub init_flags: CK_FLAGS,
+    /// Mechanism parameter fields, rendered into `mech_params` when the call is finished.
+    pub params: MechParams,
 }
 
 /// Monotonic clock, nanoseconds.
@@ -119,6 +122,7 @@ pub fn record_call(
         },
         size_query: false,
         init_flags: 0,
+        params: MechParams::default(),
     };
     // A panic while capturing inputs loses those fields, not the call.
     let _ = catch_unwind(AssertUnwindSafe(|| before(&mut call)));
@@ -164,6 +168,9 @@ fn finish(client: &Client, func: Func, call: &mut Call, rv: CK_RV, start: i64, e
     rec.start_ns = start + client.clock_offset();
     rec.dur_ns = end - start;
     rec.rv = rv as u64;
+    if call.params != MechParams::default() {
+        rec.mech_params = call.params.render();
+    }
     if let Some((kind, stage)) = func.spec().op {
         rec.op_id = client
             .ops()

@@ -1,0 +1,165 @@
+//! Inputs: Parquet files, dataset folders, pkcs11-spy logs and observe JSON lines, told apart by
+//! content (not by name), all turned into the one `calls` table (and `clients` where present).
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::Explain;
+use anyhow::{Context, Result, bail};
+use polars::prelude::*;
+
+/// What kind of input a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    /// A Parquet file or a p11trace dataset folder.
+    Parquet,
+    /// A pkcs11-spy plaintext log.
+    Spy,
+    /// observe-core JSON lines.
+    Observe,
+}
+
+/// Everything the commands read: `calls` and, from datasets, `clients`.
+pub struct Loaded {
+    pub calls: LazyFrame,
+    pub clients: Option<LazyFrame>,
+    /// Keeps imported logs' temporary Parquet files alive while the frames are in use.
+    pub _scratch: Vec<tempfile::TempDir>,
+}
+
+/// Parquet files below `folder`, skipping hidden entries (`.tmp`, `.wal`).
+pub fn parquet_files(folder: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![folder.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let entries =
+            fs::read_dir(&dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read folder {}", dir.display()))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Guesses the format of a file from its first bytes.
+pub fn detect(path: &Path) -> Result<InputFormat> {
+    if path.is_dir() {
+        return Ok(InputFormat::Parquet);
+    }
+    let mut head = vec![0u8; 8192];
+    let mut file =
+        fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let read = file
+        .read(&mut head)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    head.truncate(read);
+    if head.starts_with(b"PAR1") {
+        return Ok(InputFormat::Parquet);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        return Ok(InputFormat::Observe);
+    }
+    if crate::import::spy::looks_like_spy(&text) {
+        return Ok(InputFormat::Spy);
+    }
+    bail!(
+        "{}: cannot tell its format (not Parquet, not a pkcs11-spy log, not observe JSON lines); \
+         use --input-format",
+        path.display()
+    )
+}
+
+fn scan(files: Vec<PathBuf>) -> Result<LazyFrame> {
+    let paths: Vec<PlRefPath> = files
+        .iter()
+        .map(|p| PlRefPath::try_from_path(p))
+        .collect::<PolarsResult<_>>()
+        .explain("invalid path")?;
+    let args = ScanArgsParquet {
+        allow_missing_columns: true,
+        ..Default::default()
+    };
+    LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)
+        .explain("cannot scan Parquet files")
+}
+
+/// Loads every input into one `calls` frame (and `clients` when datasets provide it).
+pub fn load(
+    inputs: &[PathBuf],
+    format: Option<InputFormat>,
+    options: &crate::import::ImportOptions,
+) -> Result<Loaded> {
+    if inputs.is_empty() {
+        bail!("no input: give Parquet files, dataset folders or logs");
+    }
+    let mut calls_files = Vec::new();
+    let mut clients_files = Vec::new();
+    let mut scratch = Vec::new();
+    for input in inputs {
+        let format = match format {
+            Some(format) => format,
+            None => detect(input)?,
+        };
+        match format {
+            InputFormat::Parquet if input.is_dir() => {
+                let calls = input.join("calls");
+                if calls.is_dir() {
+                    calls_files.extend(parquet_files(&calls)?);
+                    let clients = input.join("clients");
+                    if clients.is_dir() {
+                        clients_files.extend(parquet_files(&clients)?);
+                    }
+                } else {
+                    calls_files.extend(parquet_files(input)?);
+                }
+            }
+            InputFormat::Parquet => {
+                if !input.exists() {
+                    bail!("{}: no such file or folder", input.display());
+                }
+                calls_files.push(input.clone());
+            }
+            InputFormat::Spy | InputFormat::Observe => {
+                let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+                let out = dir.path().join("calls.parquet");
+                crate::import::import_file(input, format, &out, options)?;
+                calls_files.push(out);
+                scratch.push(dir);
+            }
+        }
+    }
+    if calls_files.is_empty() {
+        bail!(
+            "no Parquet files found in {}",
+            inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let clients = if clients_files.is_empty() {
+        None
+    } else {
+        Some(scan(clients_files)?)
+    };
+    Ok(Loaded {
+        calls: scan(calls_files)?,
+        clients,
+        _scratch: scratch,
+    })
+}
