@@ -188,39 +188,30 @@ impl State {
                 Some(builder) => builder,
                 None => self.calls.entry(date.to_owned()).or_default(),
             };
-            builder.append(&CallRow {
-                run_id: &meta.run_id,
-                client_id: &meta.client_id,
-                source: Some(Source::Shim),
-                host: Some(&meta.host),
-                pid: Some(meta.pid),
-                tid: Some(record.tid),
-                process: Some(&meta.process),
-                module: &meta.module,
-                provider: client.provider.as_deref(),
-                interface_version: interface,
-                seq: record.seq as i64,
-                start_us: Some(start_us),
-                start_local: false,
-                dur_ns: Some(record.dur_ns),
-                func: Func::from_code(record.func).map_or("unknown", Func::name),
-                internal: record.flags & record_flags::INTERNAL != 0,
-                returned: true,
-                rv: Some(record.rv),
-                slot_id: record.slot_id,
-                session: record.session,
-                mechanism: record.mechanism,
-                mech_params: record.mech_params.as_deref(),
-                object: record.object,
-                object2: record.object2,
-                out_objects: record.out_objects.as_deref(),
-                user_type: record.user_type,
-                in_len: record.in_len,
-                out_len: record.out_len,
-                ck_flags: record.ck_flags,
-                op_id: record.op_id,
-                attrs: record.attrs.as_deref(),
-            });
+            builder.append(
+                &CallRow {
+                    run_id: &meta.run_id,
+                    client_id: &meta.client_id,
+                    source: Some(Source::Shim),
+                    host: Some(&meta.host),
+                    pid: Some(meta.pid),
+                    tid: Some(record.tid),
+                    process: Some(&meta.process),
+                    module: &meta.module,
+                    provider: client.provider.as_deref(),
+                    interface_version: interface,
+                    seq: record.seq as i64,
+                    start_us: Some(start_us),
+                    start_local: false,
+                    dur_ns: Some(record.dur_ns),
+                    func: Func::from_code(record.func).map_or("unknown", Func::name),
+                    internal: record.flags & record_flags::INTERNAL != 0,
+                    returned: true,
+                    rv: Some(record.rv),
+                    ..CallRow::default()
+                }
+                .with_arguments(record),
+            );
         }
         self.pending_rows += records.len();
     }

@@ -75,6 +75,30 @@ pub fn value_policy(attribute: u64) -> ValuePolicy {
     }
 }
 
+/// A value from its raw bytes under the allowlist: how the shim reads caller memory and how the
+/// spy importer reads a hex dump, so both record the same value. Integers are in this machine's
+/// byte order (PKCS#11 `CK_ULONG`s are native).
+pub fn value_from_bytes(attribute: u64, bytes: &[u8]) -> AttrValue {
+    match value_policy(attribute) {
+        ValuePolicy::Redact => AttrValue::Redacted,
+        _ if bytes.len() > MAX_VALUE_LEN => AttrValue::None,
+        ValuePolicy::Bool if bytes.len() == 1 => AttrValue::Bool(bytes[0] != 0),
+        ValuePolicy::Number | ValuePolicy::Named(_) if bytes.len() == 8 => {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            AttrValue::Ulong(u64::from_ne_bytes(word))
+        }
+        ValuePolicy::Label => AttrValue::Text(String::from_utf8_lossy(bytes).into_owned()),
+        ValuePolicy::Identifier
+        | ValuePolicy::PublicBytes
+        | ValuePolicy::EcParams
+        | ValuePolicy::Date
+        | ValuePolicy::MechanismList => AttrValue::Bytes(bytes.to_vec()),
+        // A value of the wrong size for its type: keep the length only.
+        _ => AttrValue::None,
+    }
+}
+
 /// A returned field of an info structure (`C_GetInfo`, `C_GetSlotInfo`, `C_GetTokenInfo`,
 /// `C_GetMechanismInfo`, `C_GetSessionInfo`) or of an interface, recorded in `attrs` with
 /// `template = out` and a null `type_code`.

@@ -2,7 +2,7 @@
 //! spy importer, observe importer) hands them to the Arrow writer. Fields borrow, so the recorder
 //! builds a row from a wire record without allocating.
 
-use crate::wire::Attr;
+use crate::wire::{Attr, CallRecord};
 
 /// Where a row came from (`calls.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,28 @@ pub struct CallRow<'a> {
     pub ck_flags: Option<u64>,
     pub op_id: Option<u64>,
     pub attrs: Option<&'a [Attr]>,
+}
+
+impl<'a> CallRow<'a> {
+    /// Fills the argument columns (slot … attrs) from a call record.
+    pub fn with_arguments(self, record: &'a CallRecord) -> CallRow<'a> {
+        CallRow {
+            slot_id: record.slot_id,
+            session: record.session,
+            mechanism: record.mechanism,
+            mech_params: record.mech_params.as_deref(),
+            object: record.object,
+            object2: record.object2,
+            out_objects: record.out_objects.as_deref(),
+            user_type: record.user_type,
+            in_len: record.in_len,
+            out_len: record.out_len,
+            ck_flags: record.ck_flags,
+            op_id: record.op_id,
+            attrs: record.attrs.as_deref(),
+            ..self
+        }
+    }
 }
 
 /// Why a client connection ended (`clients.disconnect_reason`).

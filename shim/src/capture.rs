@@ -4,7 +4,9 @@
 //! Nothing here reads a byte the allowlist does not name: secret attributes, PINs, data buffers
 //! and secret parameter fields keep only their lengths.
 
-use p11trace_schema::attrs::{InfoField, MAX_VALUE_LEN, ValuePolicy, value_policy};
+use p11trace_schema::attrs::{
+    InfoField, MAX_VALUE_LEN, ValuePolicy, value_from_bytes, value_policy,
+};
 use p11trace_schema::names;
 use p11trace_schema::params::{MechParams, takes_bare_iv};
 use p11trace_schema::wire::{Attr, AttrType, AttrValue, Template};
@@ -23,12 +25,12 @@ fn recorded_len(len: CK_ULONG) -> i64 {
     }
 }
 
-/// Reads one attribute value under `policy`.
+/// Reads one attribute value through the allowlist.
 ///
 /// # Safety
 /// `value` must be null or point to `len` readable bytes.
-unsafe fn read_value(policy: ValuePolicy, value: *const u8, len: CK_ULONG) -> AttrValue {
-    if matches!(policy, ValuePolicy::Redact) {
+unsafe fn read_value(attribute: u64, value: *const u8, len: CK_ULONG) -> AttrValue {
+    if matches!(value_policy(attribute), ValuePolicy::Redact) {
         return AttrValue::Redacted;
     }
     if value.is_null() || len == CK_UNAVAILABLE_INFORMATION || len as usize > MAX_VALUE_LEN {
@@ -36,23 +38,7 @@ unsafe fn read_value(policy: ValuePolicy, value: *const u8, len: CK_ULONG) -> At
     }
     // SAFETY: non-null, and the caller guarantees `len` readable bytes.
     let bytes = unsafe { std::slice::from_raw_parts(value, len as usize) };
-    match policy {
-        ValuePolicy::Redact => AttrValue::Redacted,
-        ValuePolicy::Bool if bytes.len() == 1 => AttrValue::Bool(bytes[0] != 0),
-        ValuePolicy::Number | ValuePolicy::Named(_) if bytes.len() == size_of::<CK_ULONG>() => {
-            let mut word = [0u8; size_of::<CK_ULONG>()];
-            word.copy_from_slice(bytes);
-            AttrValue::Ulong(CK_ULONG::from_ne_bytes(word) as u64)
-        }
-        ValuePolicy::Label => AttrValue::Text(String::from_utf8_lossy(bytes).into_owned()),
-        ValuePolicy::Identifier
-        | ValuePolicy::PublicBytes
-        | ValuePolicy::EcParams
-        | ValuePolicy::Date
-        | ValuePolicy::MechanismList => AttrValue::Bytes(bytes.to_vec()),
-        // A value of the wrong size for its type: keep the length only.
-        _ => AttrValue::None,
-    }
+    value_from_bytes(attribute, bytes)
 }
 
 /// Captures a template. Before the call (`rv == None`) values are inputs; after it
@@ -85,13 +71,7 @@ pub unsafe fn template(
             let kind = attribute.type_ as u64;
             let value = if filled {
                 // SAFETY: pValue holds ulValueLen bytes (input), or the module wrote that many.
-                unsafe {
-                    read_value(
-                        value_policy(kind),
-                        attribute.pValue.cast(),
-                        attribute.ulValueLen,
-                    )
-                }
+                unsafe { read_value(kind, attribute.pValue.cast(), attribute.ulValueLen) }
             } else {
                 match value_policy(kind) {
                     ValuePolicy::Redact => AttrValue::Redacted,

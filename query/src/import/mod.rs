@@ -222,39 +222,30 @@ impl Output {
 
 fn append(builder: &mut CallsBuilder, run_id: &str, source: Source, call: &ImportedCall) {
     let record = &call.record;
-    builder.append(&CallRow {
-        run_id,
-        client_id: &call.client.client_id,
-        source: Some(source),
-        host: None,
-        pid: call.client.pid,
-        tid: call.tid,
-        process: None,
-        module: call.client.module.as_deref().unwrap_or("(unknown)"),
-        provider: call.provider.as_deref(),
-        interface_version: None,
-        seq: call.seq,
-        start_us: call.start_us,
-        start_local: call.start_local,
-        dur_ns: (record.dur_ns > 0).then_some(record.dur_ns),
-        func: &call.func,
-        internal: false,
-        returned: call.returned,
-        rv: call.rv,
-        slot_id: record.slot_id,
-        session: record.session,
-        mechanism: record.mechanism,
-        mech_params: record.mech_params.as_deref(),
-        object: record.object,
-        object2: record.object2,
-        out_objects: record.out_objects.as_deref(),
-        user_type: record.user_type,
-        in_len: record.in_len,
-        out_len: record.out_len,
-        ck_flags: record.ck_flags,
-        op_id: record.op_id,
-        attrs: record.attrs.as_deref(),
-    });
+    builder.append(
+        &CallRow {
+            run_id,
+            client_id: &call.client.client_id,
+            source: Some(source),
+            host: None,
+            pid: call.client.pid,
+            tid: call.tid,
+            process: None,
+            module: call.client.module.as_deref().unwrap_or("(unknown)"),
+            provider: call.provider.as_deref(),
+            interface_version: None,
+            seq: call.seq,
+            start_us: call.start_us,
+            start_local: call.start_local,
+            dur_ns: (record.dur_ns > 0).then_some(record.dur_ns),
+            func: &call.func,
+            internal: false,
+            returned: call.returned,
+            rv: call.rv,
+            ..CallRow::default()
+        }
+        .with_arguments(record),
+    );
 }
 
 fn progress_bar(total: u64, enabled: bool) -> Option<indicatif::ProgressBar> {
@@ -268,6 +259,48 @@ fn progress_bar(total: u64, enabled: bool) -> Option<indicatif::ProgressBar> {
         bar.set_style(style);
     }
     Some(bar)
+}
+
+/// A line-oriented log format.
+pub trait LineParser {
+    /// One physical line (newline removed), numbered from 1.
+    fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall));
+    /// End of input.
+    fn finish(&mut self, _emit: &mut dyn FnMut(ImportedCall)) {}
+}
+
+/// Feeds every line of `reader` to `parser`; returns (lines, bytes) read.
+fn read_lines(
+    reader: &mut impl BufRead,
+    input: &Path,
+    bar: Option<&indicatif::ProgressBar>,
+    parser: &mut dyn LineParser,
+    emit: &mut dyn FnMut(ImportedCall),
+) -> Result<(u64, u64)> {
+    let mut line = Vec::with_capacity(256);
+    let (mut number, mut bytes) = (0u64, 0u64);
+    loop {
+        line.clear();
+        let got = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {}", input.display()))?;
+        if got == 0 {
+            break;
+        }
+        number += 1;
+        bytes += got as u64;
+        if let Some(bar) = bar
+            && number.is_multiple_of(65_536)
+        {
+            bar.set_position(bytes);
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        parser.line(number, &line, emit);
+    }
+    parser.finish(emit);
+    Ok((number, bytes))
 }
 
 /// Imports one input file into `out` (a `.parquet` file or a dataset folder).
@@ -327,56 +360,23 @@ pub fn import_files(
                 failure = Some(error);
             }
         };
-        let mut line = Vec::with_capacity(256);
-        let mut number = 0u64;
-        let mut read_bytes = 0u64;
-        match format {
+        let (lines, read_bytes) = match format {
             InputFormat::Spy => {
                 let mut parser = spy::SpyParser::new(&name, &mut clock, &mut problems);
-                loop {
-                    line.clear();
-                    let got = reader
-                        .read_until(b'\n', &mut line)
-                        .with_context(|| format!("cannot read {}", input.display()))?;
-                    if got == 0 {
-                        break;
-                    }
-                    number += 1;
-                    read_bytes += got as u64;
-                    if let Some(bar) = &bar
-                        && number.is_multiple_of(65_536)
-                    {
-                        bar.set_position(read_bytes);
-                    }
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
-                    }
-                    let text = String::from_utf8_lossy(&line);
-                    parser.line(number, &text, &mut emit);
-                }
-                parser.finish(&mut emit);
+                let read = read_lines(&mut reader, input, bar.as_ref(), &mut parser, &mut emit)?;
                 summary.processes += parser.processes;
                 summary.unreturned += parser.unreturned;
                 summary.ambiguous += parser.ambiguous;
+                read
             }
             InputFormat::Observe => {
                 let mut parser = observe::ObserveParser::new(&name, &mut problems);
-                loop {
-                    line.clear();
-                    let got = reader
-                        .read_until(b'\n', &mut line)
-                        .with_context(|| format!("cannot read {}", input.display()))?;
-                    if got == 0 {
-                        break;
-                    }
-                    number += 1;
-                    read_bytes += got as u64;
-                    parser.line(number, &line, &mut emit);
-                }
+                let read = read_lines(&mut reader, input, bar.as_ref(), &mut parser, &mut emit)?;
                 summary.processes += parser.processes();
+                read
             }
             InputFormat::Parquet => unreachable!("rejected above"),
-        }
+        };
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
@@ -390,7 +390,7 @@ pub fn import_files(
         {
             bail!("{first} (--strict: nothing was written)");
         }
-        if number == 0 {
+        if lines == 0 {
             bail!("{}: the file is empty", input.display());
         }
     }

@@ -71,8 +71,10 @@ impl<'a> ObserveParser<'a> {
     pub fn processes(&self) -> u64 {
         self.clients.len() as u64
     }
+}
 
-    pub fn line(&mut self, number: u64, line: &[u8], emit: &mut impl FnMut(ImportedCall)) {
+impl super::LineParser for ObserveParser<'_> {
+    fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim();
         if text.is_empty() {

@@ -25,7 +25,7 @@ use std::rc::Rc;
 
 use p11trace_schema::Func;
 use p11trace_schema::attrs::{
-    InfoField, ValuePolicy, fixed_text_of, provider_string, value_policy,
+    InfoField, ValuePolicy, fixed_text_of, provider_string, value_from_bytes, value_policy,
 };
 use p11trace_schema::functions::FunctionSpec;
 use p11trace_schema::names;
@@ -305,7 +305,7 @@ impl<'a> SpyParser<'a> {
     }
 
     /// Feeds one physical line (without its newline).
-    pub fn line(&mut self, number: u64, line: &str, emit: &mut impl FnMut(ImportedCall)) {
+    pub fn feed(&mut self, number: u64, line: &str, emit: &mut impl FnMut(ImportedCall)) {
         let mut rest = line.trim_end_matches('\r');
         loop {
             // A hex dump has a fixed width: anything after it was glued on.
@@ -331,7 +331,7 @@ impl<'a> SpyParser<'a> {
     }
 
     /// Ends the input: records still open never returned.
-    pub fn finish(&mut self, emit: &mut impl FnMut(ImportedCall)) {
+    pub fn end(&mut self, emit: &mut impl FnMut(ImportedCall)) {
         while let Some(open) = self.open.pop_front() {
             self.unreturned += 1;
             self.emit(open, None, emit);
@@ -351,7 +351,7 @@ impl<'a> SpyParser<'a> {
             return;
         }
         if line.starts_with("***") && line.contains("OpenSC PKCS#11 spy") {
-            self.finish(emit);
+            self.end(emit);
             self.segments += 1;
             self.segment = Segment {
                 index: self.segments,
@@ -548,6 +548,16 @@ impl<'a> SpyParser<'a> {
     }
 }
 
+impl super::LineParser for SpyParser<'_> {
+    fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
+        self.feed(number, &String::from_utf8_lossy(line), &mut &mut *emit);
+    }
+
+    fn finish(&mut self, emit: &mut dyn FnMut(ImportedCall)) {
+        self.end(&mut &mut *emit);
+    }
+}
+
 /// Completes a pending value once enough bytes arrived (or when the record moves on).
 fn settle(open: &mut Open) {
     let finished = match &open.pending {
@@ -562,7 +572,7 @@ fn settle(open: &mut Open) {
             if !*keep {
                 true
             } else if bytes.len() >= expected {
-                let value = attribute_value(
+                let value = value_from_bytes(
                     open.record
                         .attrs
                         .as_ref()
@@ -619,26 +629,6 @@ impl KindCode for Attr {
             AttrType::Attribute(code) => code,
             AttrType::Field(_) => u64::MAX,
         }
-    }
-}
-
-/// An attribute value from its raw bytes, under the allowlist (as the shim reads it).
-fn attribute_value(code: u64, bytes: &[u8]) -> AttrValue {
-    match value_policy(code) {
-        ValuePolicy::Redact => AttrValue::Redacted,
-        ValuePolicy::Bool if bytes.len() == 1 => AttrValue::Bool(bytes[0] != 0),
-        ValuePolicy::Number | ValuePolicy::Named(_) if bytes.len() == 8 => {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(bytes);
-            AttrValue::Ulong(u64::from_le_bytes(word))
-        }
-        ValuePolicy::Label => AttrValue::Text(String::from_utf8_lossy(bytes).into_owned()),
-        ValuePolicy::Identifier
-        | ValuePolicy::PublicBytes
-        | ValuePolicy::EcParams
-        | ValuePolicy::Date
-        | ValuePolicy::MechanismList => AttrValue::Bytes(bytes.to_vec()),
-        _ => AttrValue::None,
     }
 }
 
