@@ -8,10 +8,14 @@ softhsm := "/usr/lib/softhsm/libsofthsm2.so"
 build:
     cargo build --workspace --all-targets
 
-# Run the whole test suite: unit tests and end-to-end tests against real SoftHSM2, pkcs11-tool,
-# pkcs11-spy and DuckDB.
-test: build
+# Run the whole test suite: unit tests and end-to-end tests against real SoftHSM2, Kryoptic,
+# pkcs11-tool, pkcs11-spy and DuckDB.
+test: build kryoptic
     cargo test --workspace --no-fail-fast
+
+# Build the Kryoptic PKCS#11 3.2 token the tests use (once; target/kryoptic/).
+kryoptic:
+    scripts/build-kryoptic.sh
 
 # fmt + clippy, as required before every commit.
 lint:

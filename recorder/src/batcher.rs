@@ -72,6 +72,7 @@ impl DayCache {
 
 #[derive(Default)]
 struct State {
+    stats: Arc<Stats>,
     clients: HashMap<u64, Client>,
     ledger: HashMap<String, Ledger>,
     calls: BTreeMap<String, CallsBuilder>,
@@ -83,7 +84,10 @@ struct State {
 
 impl Batcher {
     pub fn run(self) {
-        let mut state = State::default();
+        let mut state = State {
+            stats: self.stats.clone(),
+            ..State::default()
+        };
         let mut last_flush = Instant::now();
         loop {
             let event = match self.events.recv_timeout(FLUSH_EVERY) {
@@ -249,6 +253,13 @@ impl State {
                 lost: client.lost_before as i64,
                 disconnect_reason: Some(reason),
             });
+        let dropped = client.dropped.saturating_sub(client.dropped_base);
+        self.stats
+            .dropped_by_clients
+            .fetch_add(dropped, Ordering::Relaxed);
+        self.stats
+            .lost
+            .fetch_add(client.lost_before, Ordering::Relaxed);
         self.ledger.insert(
             meta.client_id.clone(),
             Ledger {

@@ -195,11 +195,12 @@ pub fn run(options: Options) -> Result<Summary> {
     captured.context("capture failed")?;
     written.context("writing the dataset failed")?;
     let line = format!(
-        "stopped: clients={} records={} files={} dropped_by_clients={} rejected={} protocol_errors={}",
+        "stopped: clients={} records={} files={} dropped={} lost={} rejected={} protocol_errors={}",
         Stats::get(&stats.clients_connected),
         Stats::get(&stats.records_received),
         Stats::get(&stats.files_written),
         Stats::get(&stats.dropped_by_clients),
+        Stats::get(&stats.lost),
         Stats::get(&stats.rejected),
         Stats::get(&stats.protocol_errors),
     );

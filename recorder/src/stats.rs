@@ -13,6 +13,8 @@ pub struct Stats {
     pub files_written: AtomicU64,
     /// Calls the shims reported they could not deliver (sum over clients, at their last word).
     pub dropped_by_clients: AtomicU64,
+    /// Calls clients sent that never arrived (found when they reconnect).
+    pub lost: AtomicU64,
     pub rejected: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub capture_queue: AtomicU64,
@@ -27,7 +29,7 @@ impl Stats {
     /// One line: the `--stats-every` format.
     pub fn line(&self, records_per_second: f64) -> String {
         format!(
-            "clients={} active={} records={} rate={:.0}/s written={} files={} queues=capture:{},write:{} dropped={} rejected={} protocol_errors={}",
+            "clients={} active={} records={} rate={:.0}/s written={} files={} queues=capture:{},write:{} dropped={} lost={} rejected={} protocol_errors={}",
             Self::get(&self.clients_connected),
             Self::get(&self.clients_active),
             Self::get(&self.records_received),
@@ -37,6 +39,7 @@ impl Stats {
             Self::get(&self.capture_queue),
             Self::get(&self.write_queue),
             Self::get(&self.dropped_by_clients),
+            Self::get(&self.lost),
             Self::get(&self.rejected),
             Self::get(&self.protocol_errors),
         )

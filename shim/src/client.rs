@@ -6,10 +6,10 @@
 //! otherwise be sent twice. Checking the generation is one atomic load: no `getpid()` syscall on
 //! the hot path.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{
     AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
 };
-use std::sync::{Mutex, OnceLock};
 
 use crossbeam_queue::ArrayQueue;
 use p11trace_schema::wire::{CallRecord, GoodbyeReason, InterfaceVersion, Redaction};
@@ -67,7 +67,10 @@ pub struct Client {
     pub connected: AtomicBool,
     clock_offset: AtomicI64,
     ops: Ops,
-    provider: Mutex<Option<String>>,
+    /// The provider identity. Lock-free on purpose: a forked child reads its parent's copy, and a
+    /// mutex the parent's sender thread held at fork time would never be released in the child.
+    /// Replaced values are leaked (one per `C_Initialize`): a reader may still hold them.
+    provider: AtomicPtr<String>,
     provider_changes: AtomicU64,
     sender_started: AtomicBool,
     pub flush: sender::Flush,
@@ -107,7 +110,17 @@ fn build(config: &'static Config, generation: u64) -> &'static Client {
             if generation == 0 {
                 register_process_hooks();
             }
+            if generation == 0 {
+                crate::connection::warm_up_ipc();
+            }
             let client: &'static Client = Box::leak(Box::new(Client::new(config, generation)));
+            // A forked child talks to the same module as its parent: it inherits the provider
+            // (its own C_Initialize may well answer CKR_CRYPTOKI_ALREADY_INITIALIZED).
+            if let Some(parent) = existing
+                && let (_, Some(provider)) = parent.provider()
+            {
+                client.set_provider(provider);
+            }
             CURRENT.store(std::ptr::from_ref(client).cast_mut(), Ordering::Release);
             if config.mode == Mode::Audit {
                 // Audit mode must know the recorder is reachable before admitting the first call.
@@ -201,7 +214,7 @@ impl Client {
             connected: AtomicBool::new(false),
             clock_offset: AtomicI64::new(trace::realtime_ns() - trace::monotonic_ns()),
             ops: Ops::default(),
-            provider: Mutex::new(None),
+            provider: AtomicPtr::new(std::ptr::null_mut()),
             provider_changes: AtomicU64::new(0),
             sender_started: AtomicBool::new(false),
             flush: sender::Flush::default(),
@@ -314,12 +327,24 @@ impl Client {
     }
 
     pub fn provider(&self) -> (u64, Option<String>) {
-        let provider = self
-            .provider
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        (self.provider_changes.load(Ordering::Acquire), provider)
+        let changes = self.provider_changes.load(Ordering::Acquire);
+        // SAFETY: non-null pointers come from Box::into_raw in set_provider and are never freed.
+        let provider = unsafe { self.provider.load(Ordering::Acquire).as_ref() }.cloned();
+        (changes, provider)
+    }
+
+    fn set_provider(&self, provider: String) {
+        self.provider
+            .store(Box::into_raw(Box::new(provider)), Ordering::Release);
+        self.provider_changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Starts the sender thread (once), unless the host forbids threads.
+    pub fn start_sender(&'static self, init_flags: CK_FLAGS) {
+        let threads_allowed = init_flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0;
+        if threads_allowed && !self.sender_started.swap(true, Ordering::AcqRel) {
+            sender::spawn(self);
+        }
     }
 
     /// After the application's successful `C_Initialize`: learn the provider with one internal
@@ -337,13 +362,9 @@ impl Client {
             })
         });
         if let Some(provider) = crate::entry::internal_get_info(slot, interface) {
-            *self.provider.lock().unwrap_or_else(|p| p.into_inner()) = Some(provider);
-            self.provider_changes.fetch_add(1, Ordering::AcqRel);
+            self.set_provider(provider);
         }
-        let threads_allowed = init_flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0;
-        if threads_allowed && !self.sender_started.swap(true, Ordering::AcqRel) {
-            sender::spawn(self);
-        }
+        self.start_sender(init_flags);
     }
 
     /// After `C_Finalize`: deliver what is queued (bounded wait) and say goodbye.

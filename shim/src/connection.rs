@@ -157,6 +157,18 @@ impl Connection {
     }
 }
 
+/// Initialises ipc-channel's lazily computed globals (the socket buffer size) on the calling
+/// thread. If the sender thread computed them while the application forked, the child would
+/// inherit a `LazyLock` stuck "in progress" and its sender would wait for ever (seen in the fork
+/// test). Called before any sender thread exists.
+pub fn warm_up_ipc() {
+    if let Ok((sender, receiver)) = ipc::bytes_channel()
+        && sender.send(&[0]).is_ok()
+    {
+        let _ = receiver.recv();
+    }
+}
+
 fn set_nonblocking(fd: RawFd) {
     // SAFETY: fcntl on a descriptor we own; failure leaves it blocking, which is still correct.
     unsafe {

@@ -21,7 +21,7 @@ use crate::connection::{ConnectError, Connection};
 use crate::diag::{Problem, report};
 
 /// How long the sender thread waits for room in the socket buffer before dropping a batch.
-pub const THREAD_PATIENCE: Duration = Duration::from_millis(100);
+pub const THREAD_PATIENCE: Duration = Duration::from_millis(500);
 /// Longest sleep of an idle sender.
 const MAX_IDLE: Duration = Duration::from_millis(50);
 

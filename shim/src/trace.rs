@@ -149,10 +149,14 @@ pub fn record_call(
             return rv;
         }
     }
-    if rv == CKR_OK && func == Func::C_Initialize {
+    if func == Func::C_Initialize {
         let init_flags = call.init_flags;
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            client.on_initialized(interface, init_flags)
+        let _ = catch_unwind(AssertUnwindSafe(|| match rv {
+            CKR_OK => client.on_initialized(interface, init_flags),
+            // A forked child re-initialising a module that kept its state still needs its own
+            // sender.
+            CKR_CRYPTOKI_ALREADY_INITIALIZED => client.start_sender(init_flags),
+            _ => {}
         }));
     }
     if func == Func::C_Finalize {

@@ -111,56 +111,179 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A SoftHSM2 token in its own folder, with a snapshot to restore before each run.
+/// Output with long hex runs and UUIDs (key material, random output, object unique ids: different
+/// every run) masked.
+pub fn normalized(output: &[u8]) -> String {
+    let text = text(output);
+    let mut out = String::new();
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let digits = run.chars().filter(char::is_ascii_hexdigit).count();
+        out.push_str(if digits >= 16 { "<hex>" } else { run.as_str() });
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() || (c == '-' && !run.is_empty()) {
+            run.push(c);
+            continue;
+        }
+        flush(&mut run, &mut out);
+        out.push(c);
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// What a client run produced: exit code, normalized stdout and stderr, and an output file.
+pub type RunResult = (Option<i32>, String, String, Option<Vec<u8>>);
+
+/// Runs `command` and keeps what must be equal between a direct and a traced run.
+pub fn outcome(command: &mut Command, file: Option<&Path>) -> Result<RunResult> {
+    let output = run(command, Duration::from_secs(180))?;
+    Ok((
+        output.status.code(),
+        normalized(&output.stdout),
+        normalized(&output.stderr),
+        file.and_then(|f| std::fs::read(f).ok()),
+    ))
+}
+
+/// Kryoptic, the PKCS#11 3.2 token (`just kryoptic` builds it into the target folder).
+pub fn kryoptic() -> PathBuf {
+    let path = target_dir()
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("kryoptic/libkryoptic_pkcs11.so");
+    assert!(
+        path.exists(),
+        "{} is missing: run `just kryoptic` (scripts/build-kryoptic.sh)",
+        path.display()
+    );
+    path
+}
+
+/// Which token implementation a [`Token`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    SoftHsm,
+    Kryoptic,
+}
+
+/// A token in its own folder (SoftHSM2 or Kryoptic), with a snapshot to restore before each run.
 pub struct Token {
     pub dir: tempfile::TempDir,
     pub label: String,
+    pub provider: Provider,
 }
 
 impl Token {
-    /// Creates an initialised token (distinctive SO and user PINs) and snapshots it.
+    /// An initialised SoftHSM2 token (distinctive SO and user PINs), snapshotted.
     pub fn new(label: &str) -> Result<Token> {
+        Self::of(Provider::SoftHsm, label)
+    }
+
+    /// An initialised token of `provider`, snapshotted.
+    pub fn of(provider: Provider, label: &str) -> Result<Token> {
         let dir = temp();
         std::fs::create_dir_all(dir.path().join("tokens"))?;
-        std::fs::write(
-            dir.path().join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.path().display()
-            ),
-        )?;
         let token = Token {
             dir,
             label: label.to_owned(),
+            provider,
         };
-        let output = run(
-            token.command("softhsm2-util").args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                USER_PIN,
-            ]),
-            Duration::from_secs(30),
-        )?;
-        if !output.status.success() {
-            bail!("softhsm2-util failed: {}", text(&output.stderr));
+        match provider {
+            Provider::SoftHsm => {
+                std::fs::write(
+                    token.conf(),
+                    format!(
+                        "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+                        token.dir.path().display()
+                    ),
+                )?;
+                let output = run(
+                    token.command("softhsm2-util").args([
+                        "--init-token",
+                        "--free",
+                        "--label",
+                        label,
+                        "--so-pin",
+                        SO_PIN,
+                        "--pin",
+                        USER_PIN,
+                    ]),
+                    Duration::from_secs(30),
+                )?;
+                if !output.status.success() {
+                    bail!("softhsm2-util failed: {}", text(&output.stderr));
+                }
+            }
+            Provider::Kryoptic => {
+                std::fs::write(
+                    token.conf(),
+                    format!(
+                        "[[slots]]\nslot = 42\ndbtype = \"sqlite\"\ndbargs = \"{}/tokens/token.sql\"\n",
+                        token.dir.path().display()
+                    ),
+                )?;
+                let module = kryoptic();
+                let mut init = token.command("pkcs11-tool");
+                init.arg("--module").arg(&module).args([
+                    "--init-token",
+                    "--label",
+                    label,
+                    "--so-pin",
+                    SO_PIN,
+                ]);
+                let mut pin = token.command("pkcs11-tool");
+                pin.arg("--module").arg(&module).args([
+                    "--token-label",
+                    label,
+                    "--login",
+                    "--login-type",
+                    "so",
+                    "--so-pin",
+                    SO_PIN,
+                    "--init-pin",
+                    "--new-pin",
+                    USER_PIN,
+                ]);
+                for command in [&mut init, &mut pin] {
+                    let output = run(command, Duration::from_secs(60))?;
+                    if !output.status.success() {
+                        bail!(
+                            "initialising the Kryoptic token failed: {}",
+                            text(&output.stderr)
+                        );
+                    }
+                }
+            }
         }
         token.snapshot()?;
         Ok(token)
     }
 
+    /// The real module of this token.
+    pub fn module(&self) -> PathBuf {
+        match self.provider {
+            Provider::SoftHsm => PathBuf::from(SOFTHSM),
+            Provider::Kryoptic => kryoptic(),
+        }
+    }
+
     pub fn conf(&self) -> PathBuf {
-        self.dir.path().join("softhsm2.conf")
+        match self.provider {
+            Provider::SoftHsm => self.dir.path().join("softhsm2.conf"),
+            Provider::Kryoptic => self.dir.path().join("kryoptic.toml"),
+        }
     }
 
     /// A command with this token's configuration in its environment.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
-        command.env("SOFTHSM2_CONF", self.conf());
+        match self.provider {
+            Provider::SoftHsm => command.env("SOFTHSM2_CONF", self.conf()),
+            Provider::Kryoptic => command.env("KRYOPTIC_CONF", self.conf()),
+        };
         command
     }
 
@@ -188,6 +311,13 @@ impl Token {
             .arg(module)
             .args(["--token-label", &self.label])
             .args(args);
+        command
+    }
+
+    /// `p11client <module> <args>` (the test client in this crate).
+    pub fn client(&self, module: &Path, args: &[&str]) -> Command {
+        let mut command = self.command(target_dir().join("p11client"));
+        command.arg(module).args(args);
         command
     }
 }

@@ -10,24 +10,6 @@ use p11trace_tests::*;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Long hex runs (key material, random output) differ between runs; everything else must match.
-fn normalized(output: &[u8]) -> String {
-    let text = text(output);
-    let mut out = String::new();
-    let mut run = String::new();
-    for c in text.chars() {
-        if c.is_ascii_hexdigit() {
-            run.push(c);
-            continue;
-        }
-        out.push_str(if run.len() >= 16 { "<hex>" } else { &run });
-        run.clear();
-        out.push(c);
-    }
-    out.push_str(if run.len() >= 16 { "<hex>" } else { &run });
-    out
-}
-
 fn add_key(token: &Token) -> Result<()> {
     token.restore()?;
     let keygen = run(

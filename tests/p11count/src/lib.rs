@@ -1,0 +1,261 @@
+//! # p11count — a test-only counting pass-through module
+//!
+//! An independent oracle for the shim's recordings where pkcs11-spy cannot serve (OpenSC 0.23's
+//! spy loses every call of a 3.2 interface). It forwards every call of the real module
+//! (`P11COUNT_MODULE`) and appends `C_Function rv` to `P11COUNT_OUTPUT`, one line per call, in
+//! call order. It shares nothing with the shim but the function table.
+//!
+//! All its tables forward to one real table: the real module's 3.2 interface when it has one (a
+//! superset whose 2.40 and 3.0 entries are the same functions), else its 2.x list.
+
+#![allow(non_snake_case, non_camel_case_types, clippy::missing_safety_doc)]
+
+use std::ffi::c_void;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+use pkcs11_sys::*;
+
+type CK_FLAGS_PTR = *mut CK_FLAGS;
+type CK_SESSION_VALIDATION_FLAGS_TYPE = CK_ULONG;
+type CK_ASYNC_DATA_PTR = *mut c_void;
+
+struct Real {
+    list: *const FunctionList,
+    get_function_list: unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV,
+    get_interface: Option<
+        unsafe extern "C" fn(
+            CK_UTF8CHAR_PTR,
+            CK_VERSION_PTR,
+            CK_INTERFACE_PTR_PTR,
+            CK_FLAGS,
+        ) -> CK_RV,
+    >,
+}
+
+// SAFETY: the real module's function list is immutable.
+unsafe impl Send for Real {}
+// SAFETY: as above.
+unsafe impl Sync for Real {}
+
+static REAL: OnceLock<Real> = OnceLock::new();
+static LOG: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+fn log(function: &str, rv: CK_RV) {
+    let log = LOG.get_or_init(|| {
+        let path = std::env::var("P11COUNT_OUTPUT").expect("P11COUNT_OUTPUT");
+        Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open P11COUNT_OUTPUT"),
+        )
+    });
+    let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(file, "{function} {rv}");
+}
+
+fn real() -> &'static Real {
+    REAL.get_or_init(|| {
+        let path = std::env::var("P11COUNT_MODULE").expect("P11COUNT_MODULE");
+        // SAFETY: loading the module under test, never unloaded.
+        let library = unsafe { libloading::Library::new(&path) }.expect("load P11COUNT_MODULE");
+        // SAFETY: PKCS#11 prototypes.
+        let get_function_list = unsafe {
+            *library
+                .get::<unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV>(
+                    b"C_GetFunctionList\0",
+                )
+                .expect("C_GetFunctionList")
+        };
+        // SAFETY: as above.
+        let get_interface = unsafe {
+            library.get::<unsafe extern "C" fn(
+                CK_UTF8CHAR_PTR,
+                CK_VERSION_PTR,
+                CK_INTERFACE_PTR_PTR,
+                CK_FLAGS,
+            ) -> CK_RV>(b"C_GetInterface\0")
+        }
+        .ok()
+        .map(|s| *s);
+        std::mem::forget(library);
+        let mut list: *const FunctionList = std::ptr::null();
+        if let Some(get_interface) = get_interface {
+            let mut interface: CK_INTERFACE_PTR = std::ptr::null_mut();
+            let mut version = CK_VERSION { major: 3, minor: 2 };
+            // SAFETY: valid arguments; the result is not logged (the oracle's own setup call).
+            if unsafe {
+                get_interface(
+                    c"PKCS 11".as_ptr().cast_mut().cast(),
+                    &mut version,
+                    &mut interface,
+                    0,
+                )
+            } == CKR_OK
+            {
+                // SAFETY: a 3.2 interface carries a 3.2 function list.
+                list = unsafe { (*interface).pFunctionList }.cast();
+            }
+        }
+        if list.is_null() {
+            let mut two: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+            // SAFETY: out-pointer to our local.
+            unsafe { get_function_list(&mut two) };
+            list = two.cast();
+        }
+        Real {
+            list,
+            get_function_list,
+            get_interface,
+        }
+    })
+}
+
+macro_rules! oracle {
+    ($( $group:ident { $(
+        $name:ident ( $( $arg:ident : $ty:ty => $role:ident $( ( $($extra:ident),* ) )? ),* $(,)? ) [ $($op:tt)* ] ;
+    )* } )*) => {
+        #[repr(C)]
+        #[derive(Copy, Clone)]
+        pub struct FunctionList {
+            pub version: CK_VERSION,
+            $( $( pub $name: Option<unsafe extern "C" fn($($ty),*) -> CK_RV>, )* )*
+        }
+
+        mod forward {
+            use super::*;
+            $( $(
+                pub(super) unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
+                    // SAFETY: forwarding the caller's arguments to the same entry of the real table.
+                    let rv = match unsafe { (*real().list).$name } {
+                        Some(f) => unsafe { f($($arg),*) },
+                        None => CKR_FUNCTION_NOT_SUPPORTED,
+                    };
+                    log(stringify!($name), rv);
+                    rv
+                }
+            )* )*
+        }
+
+        fn table(major: u8, minor: u8) -> FunctionList {
+            FunctionList { version: CK_VERSION { major, minor }, $( $( $name: Some(forward::$name), )* )* }
+        }
+    };
+}
+
+p11trace_schema::with_pkcs11_functions!(oracle);
+
+struct Tables {
+    v240: FunctionList,
+    v30: FunctionList,
+    v32: FunctionList,
+    interfaces: [CK_INTERFACE; 2],
+}
+
+// SAFETY: immutable after construction; the interface names point to static strings.
+unsafe impl Send for Tables {}
+// SAFETY: as above.
+unsafe impl Sync for Tables {}
+
+static TABLES: OnceLock<Box<Tables>> = OnceLock::new();
+
+fn tables() -> &'static Tables {
+    TABLES.get_or_init(|| {
+        let mut tables = Box::new(Tables {
+            v240: table(2, 40),
+            v30: table(3, 0),
+            v32: table(3, 2),
+            interfaces: [CK_INTERFACE {
+                pInterfaceName: std::ptr::null_mut(),
+                pFunctionList: std::ptr::null_mut(),
+                flags: 0,
+            }; 2],
+        });
+        let name = c"PKCS 11".as_ptr().cast_mut().cast();
+        let v32 = (&raw mut tables.v32).cast();
+        let v30 = (&raw mut tables.v30).cast();
+        tables.interfaces = [
+            CK_INTERFACE {
+                pInterfaceName: name,
+                pFunctionList: v32,
+                flags: 0,
+            },
+            CK_INTERFACE {
+                pInterfaceName: name,
+                pFunctionList: v30,
+                flags: 0,
+            },
+        ];
+        tables
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn C_GetFunctionList(list: CK_FUNCTION_LIST_PTR_PTR) -> CK_RV {
+    let mut ignored: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+    // SAFETY: the real entry point with our local out-pointer.
+    let rv = unsafe { (real().get_function_list)(&mut ignored) };
+    log("C_GetFunctionList", rv);
+    if rv == CKR_OK && !list.is_null() {
+        // SAFETY: caller's out-pointer.
+        unsafe { *list = std::ptr::from_ref(&tables().v240).cast_mut().cast() };
+    }
+    rv
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn C_GetInterface(
+    name: CK_UTF8CHAR_PTR,
+    version: CK_VERSION_PTR,
+    interface: CK_INTERFACE_PTR_PTR,
+    flags: CK_FLAGS,
+) -> CK_RV {
+    let Some(get_interface) = real().get_interface else {
+        log("C_GetInterface", CKR_FUNCTION_NOT_SUPPORTED);
+        return CKR_FUNCTION_NOT_SUPPORTED;
+    };
+    let mut ignored: CK_INTERFACE_PTR = std::ptr::null_mut();
+    // SAFETY: the caller's arguments, with our local out-pointer.
+    let rv = unsafe { get_interface(name, version, &mut ignored, flags) };
+    log("C_GetInterface", rv);
+    if rv == CKR_OK && !interface.is_null() && !ignored.is_null() {
+        // SAFETY: a successful call returned an interface whose list starts with its version.
+        let wanted = unsafe { *(*ignored).pFunctionList.cast::<CK_VERSION>() };
+        let ours = if (wanted.major, wanted.minor) >= (3, 2) {
+            &tables().interfaces[0]
+        } else {
+            &tables().interfaces[1]
+        };
+        // SAFETY: caller's out-pointer.
+        unsafe { *interface = std::ptr::from_ref(ours).cast_mut() };
+    }
+    rv
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn C_GetInterfaceList(list: CK_INTERFACE_PTR, count: CK_ULONG_PTR) -> CK_RV {
+    if count.is_null() {
+        return CKR_ARGUMENTS_BAD;
+    }
+    let rv = if list.is_null() {
+        // SAFETY: non-null out-pointer.
+        unsafe { *count = 2 };
+        CKR_OK
+    } else if unsafe { *count } < 2 {
+        // SAFETY: as above.
+        unsafe { *count = 2 };
+        CKR_BUFFER_TOO_SMALL
+    } else {
+        // SAFETY: the caller provides *count entries.
+        unsafe {
+            *list = tables().interfaces[0];
+            *list.add(1) = tables().interfaces[1];
+            *count = 2;
+        }
+        CKR_OK
+    };
+    log("C_GetInterfaceList", rv);
+    rv
+}

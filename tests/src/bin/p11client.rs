@@ -1,0 +1,351 @@
+//! `p11client`: a small PKCS#11 client for the end-to-end tests. It loads a module by path (the
+//! shim, SoftHSM2, Kryoptic), makes calls in a known shape, counts every call it makes, and prints
+//! what it did as one JSON line, so tests compare the recorded rows with the client's own count.
+//!
+//! Usage: `p11client MODULE MODE ARGS…`
+//! - `threads N M`   — N threads, each opens a session and makes M `C_GetSessionInfo` calls.
+//! - `fork N K`      — K calls before each of N forks; each child re-initialises, makes K calls,
+//!   finalises and prints its own line.
+//! - `burst M`       — M `C_GetSessionInfo` calls as fast as possible.
+//! - `paced M MS`    — M calls, MS milliseconds apart.
+//! - `interfaces PIN` — `C_GetInterface("PKCS 11", 3.0)` and `(3.2)`, then `C_LoginUser`,
+//!   `C_SessionCancel` and friends through each table.
+//! - `noexit M`      — like `burst`, but exits without `C_Finalize`.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pkcs11_sys::*;
+use serde_json::json;
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one PKCS#11 call and returns its result.
+fn counted(rv: CK_RV) -> CK_RV {
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    rv
+}
+
+struct Module {
+    list: *const CK_FUNCTION_LIST,
+    _library: libloading::Library,
+    get_interface: Option<
+        unsafe extern "C" fn(
+            CK_UTF8CHAR_PTR,
+            CK_VERSION_PTR,
+            CK_INTERFACE_PTR_PTR,
+            CK_FLAGS,
+        ) -> CK_RV,
+    >,
+}
+
+// SAFETY: a PKCS#11 function list is immutable and its functions are thread-safe once the module
+// is initialised with CKF_OS_LOCKING_OK.
+unsafe impl Sync for Module {}
+// SAFETY: as above.
+unsafe impl Send for Module {}
+
+macro_rules! call {
+    ($module:expr, $name:ident ( $($arg:expr),* )) => {{
+        // SAFETY: calling the module's own function with arguments valid for its contract.
+        let function = unsafe { (*$module.list).$name }.expect(stringify!($name));
+        counted(unsafe { function($($arg),*) })
+    }};
+}
+
+impl Module {
+    fn load(path: &str) -> Module {
+        // SAFETY: loading the PKCS#11 module under test.
+        let library = unsafe { libloading::Library::new(path) }.expect("load module");
+        // SAFETY: the PKCS#11 prototype of C_GetFunctionList.
+        let get_list = unsafe {
+            library.get::<unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV>(
+                b"C_GetFunctionList\0",
+            )
+        }
+        .expect("C_GetFunctionList");
+        // SAFETY: as above, for C_GetInterface (optional).
+        let get_interface = unsafe {
+            library.get::<unsafe extern "C" fn(
+                CK_UTF8CHAR_PTR,
+                CK_VERSION_PTR,
+                CK_INTERFACE_PTR_PTR,
+                CK_FLAGS,
+            ) -> CK_RV>(b"C_GetInterface\0")
+        }
+        .ok()
+        .map(|symbol| *symbol);
+        let mut list: CK_FUNCTION_LIST_PTR = ptr::null_mut();
+        // SAFETY: out-pointer to our local.
+        let rv = counted(unsafe { get_list(&mut list) });
+        assert_eq!(rv, CKR_OK, "C_GetFunctionList");
+        Module {
+            list,
+            _library: library,
+            get_interface,
+        }
+    }
+
+    fn initialize(&self) {
+        let mut args = CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: ptr::null_mut(),
+        };
+        let rv = call!(self, C_Initialize((&raw mut args).cast::<c_void>()));
+        assert!(
+            rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED,
+            "C_Initialize: {rv:#x}"
+        );
+    }
+
+    fn first_token_slot(&self) -> CK_SLOT_ID {
+        let mut count: CK_ULONG = 0;
+        assert_eq!(
+            call!(
+                self,
+                C_GetSlotList(CK_TRUE as CK_BBOOL, ptr::null_mut(), &mut count)
+            ),
+            CKR_OK
+        );
+        let mut slots = vec![0 as CK_SLOT_ID; count as usize];
+        assert_eq!(
+            call!(
+                self,
+                C_GetSlotList(CK_TRUE as CK_BBOOL, slots.as_mut_ptr(), &mut count)
+            ),
+            CKR_OK
+        );
+        slots[0]
+    }
+
+    fn open_session(&self, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
+        let mut session: CK_SESSION_HANDLE = 0;
+        let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+        let rv = call!(
+            self,
+            C_OpenSession(slot, flags, ptr::null_mut(), None, &mut session)
+        );
+        assert_eq!(rv, CKR_OK, "C_OpenSession");
+        session
+    }
+
+    fn session_info(&self, session: CK_SESSION_HANDLE) {
+        // SAFETY: plain data.
+        let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+        assert_eq!(call!(self, C_GetSessionInfo(session, &mut info)), CKR_OK);
+    }
+}
+
+fn gettid() -> i64 {
+    // SAFETY: no preconditions.
+    i64::from(unsafe { libc::gettid() })
+}
+
+fn threads(module: &Module, threads: usize, calls: usize) -> serde_json::Value {
+    module.initialize();
+    let slot = module.first_token_slot();
+    let per_thread: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let before = CALLS.load(Ordering::Relaxed);
+                    let _ = before;
+                    let session = module.open_session(slot);
+                    for _ in 0..calls {
+                        module.session_info(session);
+                    }
+                    assert_eq!(call!(module, C_CloseSession(session)), CKR_OK);
+                    json!({ "tid": gettid(), "calls": calls + 2, "session": session })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    json!({ "pid": std::process::id(), "main_tid": gettid(), "calls": CALLS.load(Ordering::Relaxed), "threads": per_thread })
+}
+
+fn fork(module: &Module, children: usize, burst: usize) -> serde_json::Value {
+    module.initialize();
+    let slot = module.first_token_slot();
+    let session = module.open_session(slot);
+    let mut pids = Vec::new();
+    for _ in 0..children {
+        for _ in 0..burst {
+            module.session_info(session);
+        }
+        // SAFETY: fork in a single-threaded test client (the shim's sender thread is not copied).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            CALLS.store(0, Ordering::Relaxed);
+            module.initialize();
+            let slot = module.first_token_slot();
+            let session = module.open_session(slot);
+            for _ in 0..burst {
+                module.session_info(session);
+            }
+            let _ = call!(module, C_CloseSession(session));
+            let _ = call!(module, C_Finalize(ptr::null_mut()));
+            println!(
+                "{}",
+                json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "child": true })
+            );
+            std::process::exit(0);
+        }
+        pids.push(pid);
+    }
+    let mut failures = 0;
+    for pid in pids {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            failures += 1;
+        }
+    }
+    let _ = call!(module, C_CloseSession(session));
+    assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "child": false, "failed_children": failures })
+}
+
+fn burst(module: &Module, calls: usize, pace_ms: u64, finalize: bool) -> serde_json::Value {
+    module.initialize();
+    let slot = module.first_token_slot();
+    let session = module.open_session(slot);
+    for _ in 0..calls {
+        module.session_info(session);
+        if pace_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(pace_ms));
+        }
+    }
+    assert_eq!(call!(module, C_CloseSession(session)), CKR_OK);
+    if finalize {
+        assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    }
+    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed) })
+}
+
+fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
+    let get_interface = module
+        .get_interface
+        .expect("the module exports C_GetInterface");
+    let mut results = Vec::new();
+    let mut initialized = false;
+    for (major, minor) in [(3u8, 0u8), (3, 2)] {
+        let mut version = CK_VERSION { major, minor };
+        let mut interface: CK_INTERFACE_PTR = ptr::null_mut();
+        let name = c"PKCS 11";
+        // SAFETY: valid name, version and out-pointer.
+        let rv = counted(unsafe {
+            get_interface(
+                name.as_ptr().cast_mut().cast(),
+                &mut version,
+                &mut interface,
+                0,
+            )
+        });
+        if rv != CKR_OK {
+            results.push(json!({ "version": format!("{major}.{minor}"), "get_interface": rv }));
+            continue;
+        }
+        // SAFETY: a successful C_GetInterface returns a valid interface with a 3.x function list.
+        let list = unsafe { (*interface).pFunctionList }.cast::<CK_FUNCTION_LIST_3_0>();
+        let table = Table3(list);
+        // SAFETY: the list's version field.
+        let reported = unsafe { (*list).version };
+        if !initialized {
+            let rv =
+                table.call(|l| unsafe { l.C_Initialize.expect("C_Initialize")(ptr::null_mut()) });
+            assert_eq!(rv, CKR_OK);
+            initialized = true;
+        }
+        let mut count: CK_ULONG = 1;
+        let mut slot: CK_SLOT_ID = 0;
+        table.call(|l| unsafe {
+            l.C_GetSlotList.expect("C_GetSlotList")(CK_TRUE as CK_BBOOL, &mut slot, &mut count)
+        });
+        let mut session: CK_SESSION_HANDLE = 0;
+        let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+        let open = table.call(|l| unsafe {
+            l.C_OpenSession.expect("C_OpenSession")(
+                slot,
+                flags,
+                ptr::null_mut(),
+                None,
+                &mut session,
+            )
+        });
+        let user = c"user";
+        let login_user = table.call(|l| unsafe {
+            l.C_LoginUser.expect("C_LoginUser")(
+                session,
+                CKU_USER,
+                pin.as_ptr().cast_mut(),
+                pin.len() as CK_ULONG,
+                user.as_ptr().cast_mut().cast(),
+                4,
+            )
+        });
+        let cancel = table
+            .call(|l| unsafe { l.C_SessionCancel.expect("C_SessionCancel")(session, CKF_SIGN) });
+        let logout = table.call(|l| unsafe { l.C_Logout.expect("C_Logout")(session) });
+        let close = table.call(|l| unsafe { l.C_CloseSession.expect("C_CloseSession")(session) });
+        results.push(json!({
+            "version": format!("{major}.{minor}"),
+            "reported_version": format!("{}.{}", reported.major, reported.minor),
+            "open_session": open, "login_user": login_user, "session_cancel": cancel, "logout": logout, "close": close,
+        }));
+    }
+    assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "interfaces": results })
+}
+
+/// A 3.x function list.
+struct Table3(*const CK_FUNCTION_LIST_3_0);
+
+impl Table3 {
+    fn call(&self, f: impl FnOnce(&CK_FUNCTION_LIST_3_0) -> CK_RV) -> CK_RV {
+        // SAFETY: the list came from a successful C_GetInterface for a 3.x interface.
+        counted(f(unsafe { &*self.0 }))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!(
+            "usage: p11client MODULE threads N M | fork N K | burst M | paced M MS | noexit M | interfaces PIN"
+        );
+        std::process::exit(2);
+    }
+    let number = |index: usize| {
+        args.get(index)
+            .and_then(|a| a.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    let module = Module::load(&args[1]);
+    let result = match args[2].as_str() {
+        "threads" => threads(&module, number(3), number(4)),
+        "fork" => fork(&module, number(3), number(4)),
+        "burst" => burst(&module, number(3), 0, true),
+        "paced" => burst(&module, number(3), number(4) as u64, true),
+        "noexit" => burst(&module, number(3), 0, false),
+        "interfaces" => interfaces(&module, args.get(3).map_or("", String::as_str)),
+        other => {
+            eprintln!("unknown mode {other}");
+            std::process::exit(2);
+        }
+    };
+    println!("{result}");
+}
