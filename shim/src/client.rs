@@ -25,6 +25,10 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 /// The configuration, read once per process.
 pub fn config() -> &'static Config {
     CONFIG.get_or_init(|| {
+        // Our panics are caught at the FFI boundary and reported in one line by `diag`; the default
+        // hook would print several more to the host's stderr. (This is the shim's own copy of std:
+        // a Rust host keeps its hook.)
+        std::panic::set_hook(Box::new(|_| {}));
         let config = Config::load();
         if !config.warnings.is_empty() {
             crate::diag::report(

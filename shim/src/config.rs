@@ -44,6 +44,9 @@ pub struct Config {
     pub exit_wait: Duration,
     /// Problems found while reading the configuration, reported once.
     pub warnings: Vec<String>,
+    /// Test-only (`P11TRACE_TEST_PANIC=C_Name`): panic while recording calls of this function,
+    /// to prove no panic crosses the FFI boundary.
+    pub test_panic: Option<p11trace_schema::Func>,
 }
 
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;
@@ -164,6 +167,8 @@ impl Config {
             ),
             exit_wait: millis("P11TRACE_EXIT_WAIT_MS", "exit_wait_ms", DEFAULT_EXIT_WAIT),
             warnings,
+            test_panic: secure_env("P11TRACE_TEST_PANIC")
+                .and_then(|name| p11trace_schema::Func::from_name(&name)),
         }
     }
 }

@@ -131,6 +131,9 @@ pub fn record_call(
     let end = monotonic_ns();
     call.rec.seq = client.next_seq();
     let finished = catch_unwind(AssertUnwindSafe(|| {
+        if client.config.test_panic == Some(func) {
+            panic!("injected by P11TRACE_TEST_PANIC");
+        }
         after(&mut call, rv);
         finish(client, func, &mut call, rv, start, end);
     }));

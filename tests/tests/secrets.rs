@@ -243,6 +243,16 @@ fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
         value[0]["len"] == 32 && value[0]["redacted"] == true && value[0]["value"].is_null(),
         "{value:?}"
     );
+    // Mechanism parameters keep their non-secret fields.
+    let pss = duckdb(&format!(
+        "SELECT mech_params FROM {} WHERE func = 'C_SignInit' AND mechanism = 'CKM_SHA256_RSA_PKCS_PSS'",
+        recorder.table("calls")
+    ))?;
+    ensure!(
+        pss.len() == 1
+            && pss[0]["mech_params"] == "hash=CKM_SHA256 mgf=CKG_MGF1_SHA256 salt_len=32",
+        "{pss:?}"
+    );
     // PIN lengths are kept, PINs are not.
     let logins = duckdb(&format!(
         "SELECT user_type, in_len, rv_name FROM {} WHERE func = 'C_Login' ORDER BY start",

@@ -309,6 +309,31 @@ fn pkcs11_tool_workloads_match_direct_runs_and_the_oracles_on_both_providers() -
             cbc.first().is_some_and(|r| r["mech_params"] == "iv_len=16"),
             "{provider:?}: {cbc:?}"
         );
+        // Info calls keep their useful fields.
+        let info = duckdb(&format!(
+            "WITH one AS (SELECT attrs FROM {} WHERE func = 'C_GetTokenInfo' AND rv = 0 LIMIT 1) SELECT a.type AS t, a.value AS v FROM (SELECT unnest(attrs) AS a FROM one)",
+            recorder.table("calls")
+        ))?;
+        let field = |name: &str| info.iter().find(|r| r["t"] == name).map(|r| r["v"].clone());
+        ensure!(
+            field("label") == Some(Value::from("workloads")),
+            "{provider:?} token info: {info:?}"
+        );
+        ensure!(
+            field("serialNumber").is_some() && field("model").is_some(),
+            "{provider:?} token info: {info:?}"
+        );
+        let mechanism_info = duckdb(&format!(
+            "WITH one AS (SELECT attrs FROM {} WHERE func = 'C_GetMechanismInfo' AND mechanism = 'CKM_RSA_PKCS_KEY_PAIR_GEN' AND rv = 0 LIMIT 1) SELECT a.type AS t, a.value AS v FROM (SELECT unnest(attrs) AS a FROM one)",
+            recorder.table("calls")
+        ))?;
+        ensure!(
+            mechanism_info.iter().any(|r| r["t"] == "ulMaxKeySize"
+                && r["v"]
+                    .as_str()
+                    .is_some_and(|v| v.parse::<u64>().is_ok_and(|n| n >= 4096))),
+            "{provider:?}: {mechanism_info:?}"
+        );
     }
     Ok(())
 }
@@ -713,6 +738,125 @@ fn a_full_queue_drops_and_counts_so_rows_plus_dropped_equal_calls() -> Result<()
         seq[0]["n"].as_i64() == Some(rows)
             && seq[0]["hi"].as_i64().is_some_and(|h| h < calls + internal),
         "{seq:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn vendor_interfaces_pass_through_untraced_and_the_record_says_so() -> Result<()> {
+    let token = Token::of(Provider::Kryoptic, "vendor")?;
+    let dir = temp();
+    let count = target_dir().join("libp11count.so");
+    let oracle_env = |command: &mut std::process::Command, log: &str| {
+        command
+            .env("P11COUNT_MODULE", kryoptic())
+            .env("P11COUNT_OUTPUT", dir.path().join(log));
+    };
+    let mut direct = token.client(&count, &["interface-list"]);
+    oracle_env(&mut direct, "direct.log");
+    let direct = client_json(&run(&mut direct, Duration::from_secs(60))?)?.remove(0);
+    let mut recorder = Recorder::start(&[])?;
+    let mut traced = token.client(&shim(), &["interface-list"]);
+    recorder.shim_env(&mut traced, count.to_str().unwrap_or_default());
+    oracle_env(&mut traced, "traced.log");
+    let traced = client_json(&run(&mut traced, Duration::from_secs(60))?)?.remove(0);
+    recorder.stop()?;
+    // The caller sees exactly the interfaces and versions the module offers, and the vendor one works.
+    ensure!(
+        direct["interfaces"] == traced["interfaces"],
+        "{direct} vs {traced}"
+    );
+    ensure!(
+        traced["interfaces"]
+            .as_array()
+            .is_some_and(|i| i.len() == 3),
+        "{traced}"
+    );
+    ensure!(traced["vendor_ping"] == 42, "{traced}");
+    // Its call went straight to the module (the oracle saw it), the shim recorded none.
+    ensure!(std::fs::read_to_string(dir.path().join("traced.log"))?.contains("Vendor_Ping 42"));
+    let rows = duckdb(&format!(
+        "SELECT a.value AS v FROM (SELECT unnest(attrs) AS a FROM {} WHERE func = 'C_GetInterfaceList' AND out_len = 3) WHERE a.type = 'untracedInterface'",
+        recorder.table("calls")
+    ))?;
+    ensure!(
+        rows.len() == 1 && rows[0]["v"] == "Vendor p11count",
+        "{rows:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_host_that_forbids_threads_gets_no_thread_and_every_record() -> Result<()> {
+    let token = Token::new("nothreads")?;
+    let mut recorder = Recorder::start(&[])?;
+    let mut command = token.client(&shim(), &["nothreads", "20000"]);
+    recorder.shim_env(&mut command, SOFTHSM);
+    let report = client_json(&run(&mut command, Duration::from_secs(120))?)?.remove(0);
+    recorder.stop()?;
+    ensure!(
+        report["threads_before_finalize"] == 1,
+        "the shim started a thread: {report}"
+    );
+    let pid = report["pid"].as_i64().context("pid")?;
+    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
+    let (dropped, lost) = dropped_and_lost(&recorder, pid)?;
+    ensure!(
+        rows + dropped + lost - internal == report["calls"].as_i64().unwrap_or(-1),
+        "rows {rows} dropped {dropped} lost {lost} vs {report}"
+    );
+    ensure!(
+        rows - internal > 1000,
+        "calling threads must deliver records themselves: {rows}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_process_exiting_without_finalize_delivers_from_its_destructor() -> Result<()> {
+    let token = Token::new("noexit")?;
+    let mut recorder = Recorder::start(&[])?;
+    let mut command = token.client(&shim(), &["noexit", "3000"]);
+    recorder.shim_env(&mut command, SOFTHSM);
+    let report = client_json(&run(&mut command, Duration::from_secs(60))?)?.remove(0);
+    recorder.stop()?;
+    let pid = report["pid"].as_i64().context("pid")?;
+    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
+    ensure!(
+        rows - internal == report["calls"].as_i64().unwrap_or(-1),
+        "rows {rows} vs {report}"
+    );
+    let reason = duckdb(&format!(
+        "SELECT disconnect_reason AS r FROM {} WHERE pid = {pid}",
+        recorder.table("clients")
+    ))?;
+    ensure!(reason.len() == 1 && reason[0]["r"] == "exit", "{reason:?}");
+    Ok(())
+}
+
+#[test]
+fn a_panic_while_recording_never_reaches_the_host() -> Result<()> {
+    let token = Token::new("panic")?;
+    let mut recorder = Recorder::start(&[])?;
+    let mut command = token.client(&shim(), &["burst", "100"]);
+    recorder.shim_env(&mut command, SOFTHSM);
+    command.env("P11TRACE_TEST_PANIC", "C_GetSessionInfo");
+    let output = run(&mut command, Duration::from_secs(60))?;
+    let report = client_json(&output)?.remove(0);
+    recorder.stop()?;
+    let ours: Vec<String> = text(&output.stderr).lines().map(String::from).collect();
+    ensure!(
+        ours.len() == 1
+            && ours[0].starts_with("p11trace: internal error while recording C_GetSessionInfo"),
+        "{ours:?}"
+    );
+    let pid = report["pid"].as_i64().context("pid")?;
+    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
+    let (dropped, _) = dropped_and_lost(&recorder, pid)?;
+    // The 100 calls went through; their records were lost to the panic and counted as dropped.
+    ensure!(
+        dropped == 100 && rows + dropped - internal == report["calls"].as_i64().unwrap_or(-1),
+        "rows {rows} dropped {dropped} {report}"
     );
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! call order. It shares nothing with the shim but the function table.
 //!
 //! All its tables forward to one real table: the real module's 3.2 interface when it has one (a
-//! superset whose 2.40 and 3.0 entries are the same functions), else its 2.x list.
+//! superset whose 2.40 and 3.0 entries are the same functions), else its 2.x list. It also offers
+//! a vendor interface ("Vendor p11count", one `ping` function), so tests can watch the shim pass a
+//! vendor interface through untraced.
 
 #![allow(non_snake_case, non_camel_case_types, clippy::missing_safety_doc)]
 
@@ -147,11 +149,27 @@ macro_rules! oracle {
 
 p11trace_schema::with_pkcs11_functions!(oracle);
 
+/// A vendor interface, so tests can see the shim pass other interfaces through untraced.
+#[repr(C)]
+pub struct VendorList {
+    pub version: CK_VERSION,
+    pub ping: unsafe extern "C" fn(CK_ULONG) -> CK_RV,
+}
+
+/// The vendor interface's only function: answers its argument (as CK_RV) and logs it.
+unsafe extern "C" fn vendor_ping(value: CK_ULONG) -> CK_RV {
+    log("Vendor_Ping", value);
+    value
+}
+
+pub const VENDOR_NAME: &std::ffi::CStr = c"Vendor p11count";
+
 struct Tables {
     v240: FunctionList,
     v30: FunctionList,
     v32: FunctionList,
-    interfaces: [CK_INTERFACE; 2],
+    vendor: VendorList,
+    interfaces: [CK_INTERFACE; 3],
 }
 
 // SAFETY: immutable after construction; the interface names point to static strings.
@@ -163,19 +181,25 @@ static TABLES: OnceLock<Box<Tables>> = OnceLock::new();
 
 fn tables() -> &'static Tables {
     TABLES.get_or_init(|| {
+        let none = CK_INTERFACE {
+            pInterfaceName: std::ptr::null_mut(),
+            pFunctionList: std::ptr::null_mut(),
+            flags: 0,
+        };
         let mut tables = Box::new(Tables {
             v240: table(2, 40),
             v30: table(3, 0),
             v32: table(3, 2),
-            interfaces: [CK_INTERFACE {
-                pInterfaceName: std::ptr::null_mut(),
-                pFunctionList: std::ptr::null_mut(),
-                flags: 0,
-            }; 2],
+            vendor: VendorList {
+                version: CK_VERSION { major: 1, minor: 0 },
+                ping: vendor_ping,
+            },
+            interfaces: [none; 3],
         });
         let name = c"PKCS 11".as_ptr().cast_mut().cast();
         let v32 = (&raw mut tables.v32).cast();
         let v30 = (&raw mut tables.v30).cast();
+        let vendor = (&raw mut tables.vendor).cast();
         tables.interfaces = [
             CK_INTERFACE {
                 pInterfaceName: name,
@@ -185,6 +209,11 @@ fn tables() -> &'static Tables {
             CK_INTERFACE {
                 pInterfaceName: name,
                 pFunctionList: v30,
+                flags: 0,
+            },
+            CK_INTERFACE {
+                pInterfaceName: VENDOR_NAME.as_ptr().cast_mut().cast(),
+                pFunctionList: vendor,
                 flags: 0,
             },
         ];
@@ -212,6 +241,15 @@ pub unsafe extern "C" fn C_GetInterface(
     interface: CK_INTERFACE_PTR_PTR,
     flags: CK_FLAGS,
 ) -> CK_RV {
+    // SAFETY: a non-null name is a NUL-terminated string.
+    if !name.is_null() && unsafe { std::ffi::CStr::from_ptr(name.cast()) } == VENDOR_NAME {
+        log("C_GetInterface", CKR_OK);
+        if !interface.is_null() {
+            // SAFETY: caller's out-pointer.
+            unsafe { *interface = std::ptr::from_ref(&tables().interfaces[2]).cast_mut() };
+        }
+        return CKR_OK;
+    }
     let Some(get_interface) = real().get_interface else {
         log("C_GetInterface", CKR_FUNCTION_NOT_SUPPORTED);
         return CKR_FUNCTION_NOT_SUPPORTED;
@@ -239,22 +277,22 @@ pub unsafe extern "C" fn C_GetInterfaceList(list: CK_INTERFACE_PTR, count: CK_UL
     if count.is_null() {
         return CKR_ARGUMENTS_BAD;
     }
-    let rv = if list.is_null() {
-        // SAFETY: non-null out-pointer.
-        unsafe { *count = 2 };
-        CKR_OK
-    } else if unsafe { *count } < 2 {
-        // SAFETY: as above.
-        unsafe { *count = 2 };
-        CKR_BUFFER_TOO_SMALL
-    } else {
-        // SAFETY: the caller provides *count entries.
-        unsafe {
-            *list = tables().interfaces[0];
-            *list.add(1) = tables().interfaces[1];
-            *count = 2;
+    let all = &tables().interfaces;
+    // SAFETY: count is non-null; list, when non-null, holds *count entries.
+    let rv = unsafe {
+        if list.is_null() {
+            *count = all.len() as CK_ULONG;
+            CKR_OK
+        } else if (*count as usize) < all.len() {
+            *count = all.len() as CK_ULONG;
+            CKR_BUFFER_TOO_SMALL
+        } else {
+            for (index, interface) in all.iter().enumerate() {
+                *list.add(index) = *interface;
+            }
+            *count = all.len() as CK_ULONG;
+            CKR_OK
         }
-        CKR_OK
     };
     log("C_GetInterfaceList", rv);
     rv

@@ -11,6 +11,9 @@
 //! - `interfaces PIN` — `C_GetInterface("PKCS 11", 3.0)` and `(3.2)`, then `C_LoginUser`,
 //!   `C_SessionCancel` and friends through each table.
 //! - `noexit M`      — like `burst`, but exits without `C_Finalize`.
+//! - `nothreads M`   — like `burst`, with `CKF_LIBRARY_CANT_CREATE_OS_THREADS`; reports how many
+//!   threads the process has before `C_Finalize`.
+//! - `interface-list` — `C_GetInterfaceList`, then the vendor interface's `ping`, if any.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -90,12 +93,16 @@ impl Module {
     }
 
     fn initialize(&self) {
+        self.initialize_with(CKF_OS_LOCKING_OK);
+    }
+
+    fn initialize_with(&self, flags: CK_FLAGS) {
         let mut args = CK_C_INITIALIZE_ARGS {
             CreateMutex: None,
             DestroyMutex: None,
             LockMutex: None,
             UnlockMutex: None,
-            flags: CKF_OS_LOCKING_OK,
+            flags,
             pReserved: ptr::null_mut(),
         };
         let rv = call!(self, C_Initialize((&raw mut args).cast::<c_void>()));
@@ -236,6 +243,84 @@ fn burst(module: &Module, calls: usize, pace_ms: u64, finalize: bool) -> serde_j
     json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed) })
 }
 
+fn thread_count() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|v| v.trim().parse().unwrap_or(-1))
+            })
+        })
+        .unwrap_or(-1)
+}
+
+fn no_threads(module: &Module, calls: usize) -> serde_json::Value {
+    module.initialize_with(CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS);
+    let slot = module.first_token_slot();
+    let session = module.open_session(slot);
+    for _ in 0..calls {
+        module.session_info(session);
+    }
+    assert_eq!(call!(module, C_CloseSession(session)), CKR_OK);
+    let threads = thread_count();
+    assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "threads_before_finalize": threads })
+}
+
+/// A vendor interface's function list: a version and one `ping`.
+#[repr(C)]
+struct VendorList {
+    version: CK_VERSION,
+    ping: unsafe extern "C" fn(CK_ULONG) -> CK_RV,
+}
+
+fn interface_list(module: &Module) -> serde_json::Value {
+    // SAFETY: the module's exported C_GetInterfaceList.
+    let library = &module._library;
+    let list_fn = unsafe {
+        library.get::<unsafe extern "C" fn(CK_INTERFACE_PTR, CK_ULONG_PTR) -> CK_RV>(
+            b"C_GetInterfaceList\0",
+        )
+    }
+    .expect("C_GetInterfaceList");
+    let mut count: CK_ULONG = 0;
+    // SAFETY: size query.
+    assert_eq!(
+        counted(unsafe { list_fn(ptr::null_mut(), &mut count) }),
+        CKR_OK
+    );
+    let empty = CK_INTERFACE {
+        pInterfaceName: ptr::null_mut(),
+        pFunctionList: ptr::null_mut(),
+        flags: 0,
+    };
+    let mut interfaces = vec![empty; count as usize];
+    // SAFETY: a buffer of `count` entries.
+    assert_eq!(
+        counted(unsafe { list_fn(interfaces.as_mut_ptr(), &mut count) }),
+        CKR_OK
+    );
+    let mut listed = Vec::new();
+    let mut ping = None;
+    for interface in &interfaces[..count as usize] {
+        // SAFETY: filled entries: NUL-terminated names, lists starting with their version.
+        let name = unsafe { std::ffi::CStr::from_ptr(interface.pInterfaceName.cast()) }
+            .to_string_lossy()
+            .into_owned();
+        let version = unsafe { *interface.pFunctionList.cast::<CK_VERSION>() };
+        if name != "PKCS 11" {
+            // SAFETY: the test vendor interface's list (see tests/p11count).
+            let vendor = unsafe { &*interface.pFunctionList.cast::<VendorList>() };
+            ping = Some(unsafe { (vendor.ping)(42) });
+        }
+        listed.push(
+            json!({ "name": name, "version": format!("{}.{}", version.major, version.minor) }),
+        );
+    }
+    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "interfaces": listed, "vendor_ping": ping })
+}
+
 fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
     let get_interface = module
         .get_interface
@@ -342,6 +427,8 @@ fn main() {
         "paced" => burst(&module, number(3), number(4) as u64, true),
         "noexit" => burst(&module, number(3), 0, false),
         "interfaces" => interfaces(&module, args.get(3).map_or("", String::as_str)),
+        "interface-list" => interface_list(&module),
+        "nothreads" => no_threads(&module, number(3)),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
