@@ -118,7 +118,10 @@ impl Acceptor {
                 .spawn(move || watch(watch_rx, control, stop))
                 .expect("spawn the rendezvous watcher")
         };
-        let next_key = Arc::new(AtomicU64::new(1));
+        // Keys must not repeat across restarts on one dataset (the log outlives a process): a
+        // random high half, a counter low half.
+        let base = u64::from(u32::from_ne_bytes(random_bytes::<4>())) << 32;
+        let next_key = Arc::new(AtomicU64::new(base | 1));
         for stream in self.listener.incoming() {
             if self.stop.load(Ordering::Acquire) {
                 break;

@@ -1,10 +1,11 @@
-//! Batcher: turns events into Arrow record batches, one builder per table and date partition,
-//! and keeps each connection's counters for its `clients` row.
+//! Batcher: turns logged events into Arrow record batches, one builder per table and date
+//! partition, and keeps each connection's counters for its `clients` row.
 //!
-//! It hands a batch to the writer every [`FLUSH_ROWS`] rows or [`FLUSH_EVERY`], so what it holds
-//! in memory is bounded by those, not by the size of a Parquet file.
+//! It hands everything it holds to the writer every [`FLUSH_ROWS`] rows or [`FLUSH_EVERY`], so
+//! its memory is bounded by those, not by the size of a Parquet file. Each batch carries the log
+//! positions of its rows, so the writer can tell the log how far Parquet files cover it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,10 +14,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use p11trace_schema::Func;
 use p11trace_schema::arrow::{CallsBuilder, ClientsBuilder};
 use p11trace_schema::row::{CallRow, ClientRow, DisconnectReason, Source};
+use p11trace_schema::time::utc_date;
 use p11trace_schema::wire::{CallRecord, InterfaceVersion, record_flags};
 
-use crate::dataset::utc_date;
-use crate::events::{Connection, Event};
+use crate::events::{Connection, Event, Logged, Lsn, OpenConnection, now_us};
+use crate::ledger::{self, Ledger};
 use crate::stats::Stats;
 use crate::writer::{Job, Table};
 
@@ -25,29 +27,29 @@ pub const FLUSH_ROWS: usize = 64 * 1024;
 /// Longest a row waits in the batcher.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
-/// What the recorder remembers of a client's last connection, to account for calls lost or
-/// dropped between connections (see `schemas/clients.md`).
-#[derive(Debug, Clone, Copy)]
-struct Ledger {
-    connection: u32,
-    received: u64,
-    dropped_end: u64,
+/// Rows already in Parquet files, skipped when the log is replayed after a crash.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub calls: HashSet<(String, i64)>,
+    pub clients: HashSet<(String, i64)>,
 }
 
 struct Client {
-    meta: Arc<Connection>,
+    meta: Connection,
     provider: Option<String>,
     received: u64,
     seq_high: u64,
     dropped: u64,
+    sent: u64,
     dropped_base: u64,
     lost_before: u64,
 }
 
 pub struct Batcher {
-    pub events: Receiver<Event>,
+    pub events: Receiver<Logged>,
     pub jobs: Sender<Job>,
     pub stats: Arc<Stats>,
+    pub ledger: Ledger,
 }
 
 /// The date partition of the last row, cached: formatting a date per row would dominate.
@@ -70,58 +72,118 @@ impl DayCache {
     }
 }
 
-#[derive(Default)]
+/// A builder and the log positions of the rows in it.
+struct Part<B> {
+    builder: B,
+    lsn_min: Lsn,
+    lsn_max: Lsn,
+}
+
+impl<B: Default> Default for Part<B> {
+    fn default() -> Self {
+        Part {
+            builder: B::default(),
+            lsn_min: Lsn::MAX,
+            lsn_max: 0,
+        }
+    }
+}
+
+impl<B> Part<B> {
+    fn touch(&mut self, lsn: Lsn) -> &mut B {
+        self.lsn_min = self.lsn_min.min(lsn);
+        self.lsn_max = self.lsn_max.max(lsn);
+        &mut self.builder
+    }
+}
+
 struct State {
     stats: Arc<Stats>,
+    ledger: Ledger,
+    written: Option<Written>,
     clients: HashMap<u64, Client>,
-    ledger: HashMap<String, Ledger>,
-    calls: BTreeMap<String, CallsBuilder>,
-    client_rows: BTreeMap<String, ClientsBuilder>,
+    calls: BTreeMap<String, Part<CallsBuilder>>,
+    client_rows: BTreeMap<String, Part<ClientsBuilder>>,
     pending_rows: usize,
+    applied_through: Lsn,
     days: DayCache,
     interfaces: HashMap<InterfaceVersion, String>,
 }
 
 impl Batcher {
-    pub fn run(self) {
-        let mut state = State {
-            stats: self.stats.clone(),
-            ..State::default()
-        };
+    /// Runs until the shutdown event; returns the ledger (to be saved by the caller).
+    pub fn run(self) -> Ledger {
+        let mut state = State::new(self.stats, self.ledger, None);
         let mut last_flush = Instant::now();
         loop {
-            let event = match self.events.recv_timeout(FLUSH_EVERY) {
-                Ok(event) => Some(event),
+            let logged = match self.events.recv_timeout(FLUSH_EVERY) {
+                Ok(logged) => Some(logged),
                 Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => Some(Event::Shutdown),
+                Err(RecvTimeoutError::Disconnected) => Some(Logged {
+                    lsn: state.applied_through,
+                    event: Event::Shutdown,
+                }),
             };
-            let shutdown = matches!(event, Some(Event::Shutdown));
-            if let Some(event) = event {
-                state.apply(event);
+            let shutdown = matches!(
+                logged,
+                Some(Logged {
+                    event: Event::Shutdown,
+                    ..
+                })
+            );
+            if let Some(logged) = logged {
+                state.apply(logged);
             }
             if shutdown || state.pending_rows >= FLUSH_ROWS || last_flush.elapsed() >= FLUSH_EVERY {
-                state.flush(&self.jobs, &self.stats);
+                state.flush(&self.jobs);
                 last_flush = Instant::now();
-                let _ = self.jobs.send(Job::Tick);
+                let _ = self.jobs.send(Job::Tick {
+                    applied_through: state.applied_through,
+                });
             }
             if shutdown {
                 let _ = self.jobs.send(Job::Shutdown);
-                return;
+                return state.ledger;
             }
         }
     }
 }
 
 impl State {
-    fn apply(&mut self, event: Event) {
+    fn new(stats: Arc<Stats>, ledger: Ledger, written: Option<Written>) -> State {
+        State {
+            stats,
+            ledger,
+            written,
+            clients: HashMap::new(),
+            calls: BTreeMap::new(),
+            client_rows: BTreeMap::new(),
+            pending_rows: 0,
+            applied_through: 0,
+            days: DayCache::default(),
+            interfaces: HashMap::new(),
+        }
+    }
+
+    fn apply(&mut self, Logged { lsn, event }: Logged) {
         match event {
-            Event::Connected(meta) => self.connected(meta),
+            Event::Connected(meta) => self.connected(*meta, 0, None),
+            Event::Checkpoint(open) => {
+                for connection in open {
+                    if !self.clients.contains_key(&connection.meta.key) {
+                        self.resume(connection);
+                    }
+                }
+            }
             Event::Records {
                 key,
                 records,
                 seq_high,
                 dropped,
-            } => self.records(key, &records, seq_high, dropped),
+                sent,
+            } => {
+                self.records(lsn, key, &records, seq_high, dropped, sent);
+            }
             Event::Provider { key, provider } => {
                 if let Some(client) = self.clients.get_mut(&key) {
                     client.provider = Some(provider);
@@ -131,55 +193,89 @@ impl State {
                 key,
                 seq_high,
                 dropped,
+                sent,
                 ..
             } => {
                 if let Some(client) = self.clients.get_mut(&key) {
                     client.seq_high = client.seq_high.max(seq_high);
                     client.dropped = client.dropped.max(dropped);
+                    client.sent = client.sent.max(sent);
                 }
             }
-            Event::Disconnected { key, reason, at_us } => self.disconnected(key, reason, at_us),
+            Event::Disconnected { key, reason, at_us } => {
+                self.disconnected(lsn, key, reason, at_us)
+            }
             Event::Shutdown => {}
+        }
+        self.applied_through = self.applied_through.max(lsn);
+    }
+
+    /// A connection known only from a log checkpoint (its `Connected` event was in a deleted
+    /// segment): resume its counters.
+    fn resume(&mut self, open: OpenConnection) {
+        let key = open.meta.key;
+        self.connected(open.meta, open.received, open.provider);
+        if let Some(client) = self.clients.get_mut(&key) {
+            client.seq_high = client.seq_high.max(open.seq_high);
+            client.dropped = client.dropped.max(open.dropped);
+            client.sent = client.sent.max(open.sent);
         }
     }
 
-    fn connected(&mut self, meta: Arc<Connection>) {
-        let known = self.ledger.get(&meta.client_id).copied();
+    fn connected(&mut self, meta: Connection, received: u64, provider: Option<String>) {
+        let known = self.ledger.entries.get(&meta.client_id).copied();
         let matching = match (meta.previous, known) {
-            (Some(previous), Some(ledger)) if previous.connection == ledger.connection => {
-                Some((previous, ledger))
+            (Some(previous), Some(entry)) if previous.connection == entry.connection => {
+                Some((previous, entry))
             }
             _ => None,
         };
-        let lost_before = matching.map_or(0, |(previous, ledger)| {
-            previous.sent.saturating_sub(ledger.received)
+        let lost_before = matching.map_or(0, |(previous, entry)| {
+            previous.sent.saturating_sub(entry.received + entry.lost)
         });
         let dropped_base = match matching {
-            Some((_, ledger)) => ledger.dropped_end,
+            Some((_, entry)) => entry.dropped_end,
             None if meta.previous.is_none() => 0,
             None => meta.dropped_at_start,
         };
         let client = Client {
-            provider: None,
-            received: 0,
+            provider,
+            received,
             seq_high: meta.seq_start,
             dropped: meta.dropped_at_start,
+            sent: 0,
             dropped_base,
             lost_before,
-            meta: meta.clone(),
+            meta,
         };
-        self.clients.insert(meta.key, client);
+        self.clients.insert(client.meta.key, client);
     }
 
-    fn records(&mut self, key: u64, records: &[CallRecord], seq_high: u64, dropped: u64) {
+    fn records(
+        &mut self,
+        lsn: Lsn,
+        key: u64,
+        records: &[CallRecord],
+        seq_high: u64,
+        dropped: u64,
+        sent: u64,
+    ) {
         let Some(client) = self.clients.get_mut(&key) else {
             return;
         };
         client.received += records.len() as u64;
         client.seq_high = client.seq_high.max(seq_high);
         client.dropped = client.dropped.max(dropped);
+        client.sent = client.sent.max(sent + records.len() as u64);
         let meta = &client.meta;
         for record in records {
+            if let Some(written) = &self.written
+                && written
+                    .calls
+                    .contains(&(meta.client_id.clone(), record.seq as i64))
+            {
+                continue;
+            }
             let start_us = record.start_ns.div_euclid(1000);
             let interface = record.interface.map(|version| {
                 self.interfaces
@@ -188,11 +284,11 @@ impl State {
                     .as_str()
             });
             let date = self.days.date(start_us);
-            let builder = match self.calls.get_mut(date) {
-                Some(builder) => builder,
+            let part = match self.calls.get_mut(date) {
+                Some(part) => part,
                 None => self.calls.entry(date.to_owned()).or_default(),
             };
-            builder.append(
+            part.touch(lsn).append(
                 &CallRow {
                     run_id: &meta.run_id,
                     client_id: &meta.client_id,
@@ -216,81 +312,137 @@ impl State {
                 }
                 .with_arguments(record),
             );
+            self.pending_rows += 1;
         }
-        self.pending_rows += records.len();
     }
 
-    fn disconnected(&mut self, key: u64, reason: DisconnectReason, at_us: i64) {
+    fn disconnected(&mut self, lsn: Lsn, key: u64, reason: DisconnectReason, at_us: i64) {
         let Some(client) = self.clients.remove(&key) else {
             return;
         };
         let meta = &client.meta;
-        let date = utc_date(meta.connected_at_us);
-        self.client_rows
-            .entry(date)
-            .or_default()
-            .append(&ClientRow {
-                run_id: &meta.run_id,
-                client_id: &meta.client_id,
-                connection: i64::from(meta.connection),
-                host: Some(&meta.host),
-                pid: meta.pid,
-                ppid: Some(meta.ppid),
-                uid: Some(meta.uid),
-                process: Some(&meta.process),
-                exe: Some(&meta.exe),
-                module: &meta.module,
-                provider: client.provider.as_deref(),
-                shim_version: &meta.shim_version,
-                protocol_version: i64::from(meta.protocol_version),
-                redaction: meta.redaction.as_str(),
-                connected_at_us: meta.connected_at_us,
-                disconnected_at_us: Some(at_us),
-                records: client.received as i64,
-                seq_start: meta.seq_start as i64,
-                seq_end: Some(client.seq_high as i64),
-                dropped: client.dropped.saturating_sub(client.dropped_base) as i64,
-                lost: client.lost_before as i64,
-                disconnect_reason: Some(reason),
-            });
+        // Records the client sent on this connection that never became rows here: in flight when
+        // the connection broke, or refused by a full write-ahead log.
+        let lost_here = client.sent.saturating_sub(client.received);
         let dropped = client.dropped.saturating_sub(client.dropped_base);
+        let lost = client.lost_before + lost_here;
+        let already_written = self.written.as_ref().is_some_and(|w| {
+            w.clients
+                .contains(&(meta.client_id.clone(), i64::from(meta.connection)))
+        });
+        if !already_written {
+            let date = utc_date(meta.connected_at_us);
+            self.client_rows
+                .entry(date)
+                .or_default()
+                .touch(lsn)
+                .append(&ClientRow {
+                    run_id: &meta.run_id,
+                    client_id: &meta.client_id,
+                    connection: i64::from(meta.connection),
+                    host: Some(&meta.host),
+                    pid: meta.pid,
+                    ppid: Some(meta.ppid),
+                    uid: Some(meta.uid),
+                    process: Some(&meta.process),
+                    exe: Some(&meta.exe),
+                    module: &meta.module,
+                    provider: client.provider.as_deref(),
+                    shim_version: &meta.shim_version,
+                    protocol_version: i64::from(meta.protocol_version),
+                    redaction: meta.redaction.as_str(),
+                    connected_at_us: meta.connected_at_us,
+                    disconnected_at_us: Some(at_us),
+                    records: client.received as i64,
+                    seq_start: meta.seq_start as i64,
+                    seq_end: Some(client.seq_high as i64),
+                    dropped: dropped as i64,
+                    lost: lost as i64,
+                    disconnect_reason: Some(reason),
+                });
+            self.pending_rows += 1;
+        }
         self.stats
             .dropped_by_clients
             .fetch_add(dropped, Ordering::Relaxed);
-        self.stats
-            .lost
-            .fetch_add(client.lost_before, Ordering::Relaxed);
-        self.ledger.insert(
+        self.stats.lost.fetch_add(lost, Ordering::Relaxed);
+        self.ledger.entries.insert(
             meta.client_id.clone(),
-            Ledger {
+            ledger::Entry {
                 connection: meta.connection,
                 received: client.received,
+                lost: lost_here,
                 dropped_end: client.dropped,
+                updated_us: now_us(),
             },
         );
-        self.pending_rows += 1;
     }
 
-    fn flush(&mut self, jobs: &Sender<Job>, stats: &Stats) {
-        for (date, builder) in self.calls.iter_mut().filter(|(_, b)| !b.is_empty()) {
-            let _ = jobs.send(Job::Rows {
+    /// Ends every connection still open (replay after a crash: the recorder died under them).
+    fn end_all(&mut self, lsn: Lsn, reason: DisconnectReason) {
+        let keys: Vec<u64> = self.clients.keys().copied().collect();
+        for key in keys {
+            self.disconnected(lsn, key, reason, now_us());
+        }
+    }
+
+    fn flush(&mut self, jobs: &Sender<Job>) {
+        for (date, part) in self.calls.iter_mut().filter(|(_, p)| !p.builder.is_empty()) {
+            let job = Job::Rows {
                 table: Table::Calls,
                 date: date.clone(),
-                batch: builder.finish(),
-            });
+                batch: part.builder.finish(),
+                lsn_min: part.lsn_min,
+                lsn_max: part.lsn_max,
+            };
+            let _ = jobs.send(job);
+            (part.lsn_min, part.lsn_max) = (Lsn::MAX, 0);
         }
-        for (date, builder) in self.client_rows.iter_mut().filter(|(_, b)| !b.is_empty()) {
-            let _ = jobs.send(Job::Rows {
+        for (date, part) in self
+            .client_rows
+            .iter_mut()
+            .filter(|(_, p)| !p.builder.is_empty())
+        {
+            let job = Job::Rows {
                 table: Table::Clients,
                 date: date.clone(),
-                batch: builder.finish(),
-            });
+                batch: part.builder.finish(),
+                lsn_min: part.lsn_min,
+                lsn_max: part.lsn_max,
+            };
+            let _ = jobs.send(job);
+            (part.lsn_min, part.lsn_max) = (Lsn::MAX, 0);
         }
         // Partitions of past days that went quiet give their builders back.
         self.calls.retain(|date, _| *date == self.days.date);
-        stats
+        self.stats
             .write_queue
             .store(jobs.len() as u64, Ordering::Relaxed);
         self.pending_rows = 0;
     }
+}
+
+/// Replay: feeds logged events, then ends every connection left open as `recorder_crash`.
+pub fn replay(
+    events: impl Iterator<Item = Logged>,
+    jobs: &Sender<Job>,
+    stats: Arc<Stats>,
+    ledger: Ledger,
+    written: Written,
+) -> Ledger {
+    let mut state = State::new(stats, ledger, Some(written));
+    for logged in events {
+        state.apply(logged);
+        if state.pending_rows >= FLUSH_ROWS {
+            state.flush(jobs);
+        }
+    }
+    let last = state.applied_through;
+    state.end_all(last, DisconnectReason::RecorderCrash);
+    state.flush(jobs);
+    let _ = jobs.send(Job::Tick {
+        applied_through: last,
+    });
+    let _ = jobs.send(Job::Shutdown);
+    state.ledger
 }

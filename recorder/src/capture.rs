@@ -32,7 +32,7 @@ const MAX_BATCH_RECORDS: usize = 65_536;
 pub struct Capture {
     pub control: IpcReceiver<Control>,
     pub events: Sender<Event>,
-    pub run_id: Arc<str>,
+    pub run_id: String,
     pub stats: Arc<Stats>,
     pub once: bool,
 }
@@ -113,7 +113,7 @@ impl Capture {
 
 struct Loop {
     events: Sender<Event>,
-    run_id: Arc<str>,
+    run_id: String,
     stats: Arc<Stats>,
     clients: HashMap<u64, Client>,
     by_key: HashMap<u64, u64>,
@@ -176,7 +176,7 @@ impl Loop {
         self.ever_connected = true;
         self.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
         self.stats.clients_active.fetch_add(1, Ordering::Relaxed);
-        self.emit(Event::Connected(Arc::new(connection)));
+        self.emit(Event::Connected(Box::new(connection)));
     }
 
     fn end(&mut self, id: u64, reason: DisconnectReason) {
@@ -242,6 +242,7 @@ impl Loop {
                     records: batch.records,
                     seq_high: batch.seq_high,
                     dropped: batch.dropped,
+                    sent: batch.sent,
                 });
             }
             Ok(Message::Provider(provider)) => self.emit(Event::Provider { key, provider }),
@@ -249,6 +250,7 @@ impl Loop {
                 reason,
                 seq_high,
                 dropped,
+                sent,
             }) => {
                 if let Some(client) = self.clients.get_mut(&id) {
                     client.goodbye = Some(reason);
@@ -258,6 +260,7 @@ impl Loop {
                     reason,
                     seq_high,
                     dropped,
+                    sent,
                 });
             }
             Ok(Message::Hello(_)) => self.protocol_error(id, "second hello"),

@@ -7,27 +7,40 @@
 //! counters ([`stats`]):
 //!
 //! ```text
-//!  shims ──unix socket──▶ acceptor ──ipc control──▶ capture ──events (1024)──▶ batcher ──jobs (16)──▶ writer ──▶ calls/…/*.parquet
-//!         (peer creds,      (handshake,              (IpcReceiverSet          (Arrow batches per          (open file per      clients/…/*.parquet
-//!          token)            EOF watch)               select, decode,          table+date, counters)       partition, roll,
-//!                                                     validate)                                            rename into place)
+//!  shims ─unix socket─▶ acceptor ─ipc control─▶ capture ─events─▶ wal ─logged─▶ batcher ─jobs─▶ writer ─▶ calls/…, clients/…
+//!        (SO_PEERCRED,  (one-shot server,        (IpcReceiverSet  (append,     (Arrow batches  (open file per
+//!         same uid)      token, EOF watch)        select, decode,  CRC, fsync   per table and   table+date, roll,
+//!                                                 validate)        policy)      date)           rename) ──covered──▶ wal
 //! ```
 //!
-//! Backpressure: every channel is bounded. When the writer falls behind, the batcher blocks, then
-//! capture blocks and stops reading; the shims' socket buffers fill and each shim drops (and
-//! counts) what it cannot send. Nothing the recorder has read is dropped. Memory is bounded by the
-//! channel capacities (1024 events of at most one 1 MiB message; 16 batches of at most 64 Ki rows)
-//! plus one open row group per open file.
+//! Backpressure: every channel is bounded (events 1024, logged 1024, jobs 16). When the writer
+//! falls behind, the batcher blocks, then the log, then capture, which stops reading; the shims'
+//! socket buffers fill and each shim drops (and counts) what it cannot send. Nothing the recorder
+//! has read is dropped — except when the write-ahead log is at `--wal-max-bytes` (Parquet writes
+//! failing), where incoming call records are refused, counted (`dropped_by_recorder`) and reported.
+//!
+//! Memory is bounded by the channel capacities — 2048 events of at most one 1 MiB client message
+//! each (in practice ~48 KiB), 16 record batches of at most 64 Ki rows — plus one open Parquet row
+//! group (up to 1 Mi rows, encoded and compressed) per open file, plus the batcher's builders
+//! (at most 64 Ki rows between flushes).
+//!
+//! Crash safety: see [`wal`] (what a crash or power cut can lose) and [`recovery`] (replay on
+//! start). Security: see [`acceptor`] and [`dataset`] — version 1 accepts clients of the
+//! recorder's own uid only.
 //!
 //! Must not depend on polars (the query tool's) or be linked into traced processes.
 
 pub mod acceptor;
 pub mod batcher;
 pub mod capture;
+pub mod crash;
 pub mod dataset;
 pub mod events;
+pub mod ledger;
 pub mod options;
+pub mod recovery;
 pub mod stats;
+pub mod wal;
 pub mod writer;
 
 use std::io::Write as _;
@@ -93,7 +106,6 @@ pub fn run(options: Options) -> Result<Summary> {
         .socket
         .clone()
         .unwrap_or_else(|| p11trace_schema::wire::default_socket_path(dataset::current_uid()));
-    let listener = dataset::listen(&socket)?;
     let run_id = options
         .run_id
         .clone()
@@ -102,10 +114,36 @@ pub fn run(options: Options) -> Result<Summary> {
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
 
+    // Replay what a previous run left in the log before accepting anyone.
+    let ledger = ledger::Ledger::load(&dataset.wal());
+    let (ledger, recovered) = recovery::recover(&dataset, &run_id, &stats, ledger)?;
+    if recovered.segments > 0 {
+        eprintln!(
+            "p11trace-recorder: recovered {} logged events from {} write-ahead log segment(s){}",
+            recovered.events,
+            recovered.segments,
+            if recovered.torn.is_empty() {
+                String::new()
+            } else {
+                format!(" (cut at: {})", recovered.torn.join("; "))
+            }
+        );
+    }
+    let listener = dataset::listen(&socket)?;
+    let wal = wal::Wal::create(
+        &dataset.wal(),
+        Duration::from_millis(options.fsync_ms),
+        options.wal_max_bytes,
+    )
+    .context("cannot start the write-ahead log")?;
+    let crash = crash::Crash::from_env();
+
     let (control_tx, control_rx) =
         ipc::channel::<Control>().context("cannot create the control channel")?;
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
+    let (logged_tx, logged_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
     let (job_tx, job_rx) = crossbeam_channel::bounded(JOB_QUEUE);
+    let (covered_tx, covered_rx) = crossbeam_channel::unbounded();
 
     let signals = Arc::new(AtomicU32::new(0));
     {
@@ -115,7 +153,7 @@ pub fn run(options: Options) -> Result<Summary> {
         let socket = socket.clone();
         ctrlc::set_handler(move || {
             if signals.fetch_add(1, Ordering::AcqRel) > 0 {
-                // A second signal during the drain: leave now (the WAL keeps what was received).
+                // A second signal during the drain: leave now; the log keeps what was received.
                 eprintln!("p11trace-recorder: second signal, exiting without finishing the drain");
                 // SAFETY: _exit ends the process immediately, by design.
                 unsafe { libc::_exit(1) };
@@ -127,6 +165,7 @@ pub fn run(options: Options) -> Result<Summary> {
         .context("cannot install the signal handler")?;
     }
 
+    let spawn = |name: &str| std::thread::Builder::new().name(name.to_owned());
     let writer = writer::Writer {
         jobs: job_rx,
         dataset: dataset.clone(),
@@ -134,28 +173,35 @@ pub fn run(options: Options) -> Result<Summary> {
         roll_rows: options.roll_rows.max(1),
         roll_secs: Duration::from_secs(options.roll_secs.max(1)),
         stats: stats.clone(),
+        covered: Some(covered_tx),
+        crash: crash.clone(),
     };
-    let writer = std::thread::Builder::new()
-        .name("writer".into())
-        .spawn(move || writer.run())?;
+    let writer = spawn("writer").spawn(move || writer.run())?;
     let batcher = batcher::Batcher {
-        events: event_rx,
+        events: logged_rx,
         jobs: job_tx,
         stats: stats.clone(),
+        ledger,
     };
-    let batcher = std::thread::Builder::new()
-        .name("batcher".into())
-        .spawn(move || batcher.run())?;
+    let batcher = spawn("batcher").spawn(move || batcher.run())?;
+    let wal_actor = wal::WalActor {
+        input: event_rx,
+        output: logged_tx,
+        covered: covered_rx,
+        wal,
+        stats: stats.clone(),
+        crash,
+        stopping: stop.clone(),
+    };
+    let wal_actor = spawn("wal").spawn(move || wal_actor.run())?;
     let capture = capture::Capture {
         control: control_rx,
         events: event_tx,
-        run_id: run_id.as_str().into(),
+        run_id: run_id.clone(),
         stats: stats.clone(),
         once: options.once,
     };
-    let capture = std::thread::Builder::new()
-        .name("capture".into())
-        .spawn(move || capture.run())?;
+    let capture = spawn("capture").spawn(move || capture.run())?;
     let acceptor = Acceptor {
         listener,
         control: control_tx,
@@ -164,9 +210,7 @@ pub fn run(options: Options) -> Result<Summary> {
         stop: stop.clone(),
         stats: stats.clone(),
     };
-    let acceptor = std::thread::Builder::new()
-        .name("acceptor".into())
-        .spawn(move || acceptor.run())?;
+    let acceptor = spawn("acceptor").spawn(move || acceptor.run())?;
     let reporter = (options.stats_every > 0).then(|| {
         let stats = stats.clone();
         let stop = stop.clone();
@@ -183,24 +227,32 @@ pub fn run(options: Options) -> Result<Summary> {
     wake_acceptor(&socket);
     let _ = acceptor.join();
     let _ = std::fs::remove_file(&socket);
-    batcher
+    let mut ledger = batcher
         .join()
         .map_err(|_| anyhow::anyhow!("the batcher actor panicked"))?;
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the writer actor panicked"))?;
+    let logged = wal_actor
+        .join()
+        .map_err(|_| anyhow::anyhow!("the log actor panicked"))?;
     if let Some(reporter) = reporter {
         let _ = reporter.join();
     }
     captured.context("capture failed")?;
+    logged.context("the write-ahead log failed")?;
     written.context("writing the dataset failed")?;
+    ledger
+        .save(&dataset.wal())
+        .context("cannot save the ledger")?;
     let line = format!(
-        "stopped: clients={} records={} files={} dropped={} lost={} rejected={} protocol_errors={}",
+        "stopped: clients={} records={} files={} dropped={} lost={} dropped_by_recorder={} rejected={} protocol_errors={}",
         Stats::get(&stats.clients_connected),
         Stats::get(&stats.records_received),
         Stats::get(&stats.files_written),
         Stats::get(&stats.dropped_by_clients),
         Stats::get(&stats.lost),
+        Stats::get(&stats.dropped_by_recorder),
         Stats::get(&stats.rejected),
         Stats::get(&stats.protocol_errors),
     );

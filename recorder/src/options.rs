@@ -44,4 +44,14 @@ pub struct Options {
     /// Exit once the first client has connected and every client has disconnected.
     #[arg(long)]
     pub once: bool,
+
+    /// fsync the write-ahead log every MS milliseconds (0: after every batch). A power cut loses
+    /// at most this much of what was received; a process crash loses nothing the log holds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub fsync_ms: u64,
+
+    /// Cap of the write-ahead log. While Parquet files cannot be written (disk full) the log
+    /// grows; at the cap, incoming call records are dropped, counted and reported.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub wal_max_bytes: u64,
 }

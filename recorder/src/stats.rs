@@ -15,6 +15,11 @@ pub struct Stats {
     pub dropped_by_clients: AtomicU64,
     /// Calls clients sent that never arrived (found when they reconnect).
     pub lost: AtomicU64,
+    /// Call records received but refused by a full or failing write-ahead log.
+    pub dropped_by_recorder: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    /// The log cannot take records (cap reached or disk full).
+    pub wal_stuck: std::sync::atomic::AtomicBool,
     pub rejected: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub capture_queue: AtomicU64,
@@ -29,7 +34,7 @@ impl Stats {
     /// One line: the `--stats-every` format.
     pub fn line(&self, records_per_second: f64) -> String {
         format!(
-            "clients={} active={} records={} rate={:.0}/s written={} files={} queues=capture:{},write:{} dropped={} lost={} rejected={} protocol_errors={}",
+            "clients={} active={} records={} rate={:.0}/s written={} files={} queues=capture:{},write:{} wal_bytes={} dropped={} lost={} dropped_by_recorder={} rejected={} protocol_errors={}",
             Self::get(&self.clients_connected),
             Self::get(&self.clients_active),
             Self::get(&self.records_received),
@@ -38,8 +43,10 @@ impl Stats {
             Self::get(&self.files_written),
             Self::get(&self.capture_queue),
             Self::get(&self.write_queue),
+            Self::get(&self.wal_bytes),
             Self::get(&self.dropped_by_clients),
             Self::get(&self.lost),
+            Self::get(&self.dropped_by_recorder),
             Self::get(&self.rejected),
             Self::get(&self.protocol_errors),
         )

@@ -580,21 +580,37 @@ impl ParquetSink {
     }
 
     /// Closes the file, makes it durable, and renames it into place. Returns its final path.
-    pub fn finish(mut self) -> io::Result<PathBuf> {
+    pub fn finish(self) -> io::Result<PathBuf> {
+        self.finish_with(|_| {})
+    }
+
+    /// [`finish`](Self::finish), calling `hook("before-rename")` once the temporary file is
+    /// complete and durable and `hook("after-rename")` once it is in place (crash injection).
+    pub fn finish_with(mut self, hook: impl Fn(&str)) -> io::Result<PathBuf> {
         let writer = self
             .writer
             .take()
             .ok_or_else(|| io::Error::other("sink already finished"))?;
-        let file = writer.into_inner().map_err(io::Error::other)?;
-        file.sync_all()?;
-        drop(file);
-        if let Some(parent) = self.final_path.parent() {
-            fs::create_dir_all(parent)?;
+        let complete = writer
+            .into_inner()
+            .map_err(io::Error::other)
+            .and_then(|file| {
+                file.sync_all()?;
+                if let Some(parent) = self.final_path.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                Ok(())
+            });
+        if let Err(error) = complete {
+            let _ = fs::remove_file(&self.temp_path);
+            return Err(error);
         }
+        hook("before-rename");
         fs::rename(&self.temp_path, &self.final_path)?;
         if let Some(parent) = self.final_path.parent() {
             File::open(parent)?.sync_all()?;
         }
+        hook("after-rename");
         Ok(self.final_path.clone())
     }
 }

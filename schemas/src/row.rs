@@ -83,7 +83,7 @@ impl<'a> CallRow<'a> {
 }
 
 /// Why a client connection ended (`clients.disconnect_reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DisconnectReason {
     /// The application called `C_Finalize`.
     Finalize,
@@ -95,6 +95,9 @@ pub enum DisconnectReason {
     ProtocolError,
     /// The recorder stopped while the client was connected.
     RecorderShutdown,
+    /// The recorder was killed or crashed while the client was connected; the connection was
+    /// rebuilt from its write-ahead log when it restarted.
+    RecorderCrash,
 }
 
 impl DisconnectReason {
@@ -105,6 +108,7 @@ impl DisconnectReason {
             DisconnectReason::Eof => "eof",
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::RecorderShutdown => "recorder_shutdown",
+            DisconnectReason::RecorderCrash => "recorder_crash",
         }
     }
 }

@@ -205,6 +205,8 @@ pub enum Message {
         seq_high: u64,
         /// Calls it could not deliver (cumulative).
         dropped: u64,
+        /// Records handed to this connection's socket, in all.
+        sent: u64,
     },
 }
 
@@ -216,6 +218,8 @@ pub struct Batch {
     pub seq_high: u64,
     /// Calls it could not deliver so far (cumulative).
     pub dropped: u64,
+    /// Records handed to this connection's socket before this batch.
+    pub sent: u64,
 }
 
 /// Version of the function table the application called through.
@@ -360,6 +364,7 @@ mod tests {
             records: vec![record.clone(); 300],
             seq_high: 9,
             dropped: 1,
+            sent: 0,
         });
         let mut out = Vec::new();
         frame(&message, &mut out).unwrap();

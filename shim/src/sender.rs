@@ -253,6 +253,7 @@ impl SenderState {
                 records: std::mem::take(&mut self.batch),
                 seq_high: client.seq_high(),
                 dropped: client.dropped(),
+                sent: self.sent,
             });
             if self.send(client, &message, patience) {
                 self.sent += count as u64;
@@ -283,6 +284,7 @@ impl SenderState {
                 reason,
                 seq_high: client.seq_high(),
                 dropped: client.dropped(),
+                sent: self.sent,
             };
             self.send(client, &message, THREAD_PATIENCE);
             self.disconnect(client);
