@@ -607,9 +607,12 @@ impl ParquetSink {
         }
         hook("before-rename");
         fs::rename(&self.temp_path, &self.final_path)?;
-        if let Some(parent) = self.final_path.parent() {
-            File::open(parent)?.sync_all()?;
-        }
+        let parent = self
+            .final_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(parent)?.sync_all()?;
         hook("after-rename");
         Ok(self.final_path.clone())
     }

@@ -33,7 +33,11 @@ unsafe fn read_value(attribute: u64, value: *const u8, len: CK_ULONG) -> AttrVal
     if matches!(value_policy(attribute), ValuePolicy::Redact) {
         return AttrValue::Redacted;
     }
-    if value.is_null() || len == CK_UNAVAILABLE_INFORMATION || len as usize > MAX_VALUE_LEN {
+    if value.is_null()
+        || len == 0
+        || len == CK_UNAVAILABLE_INFORMATION
+        || len as usize > MAX_VALUE_LEN
+    {
         return AttrValue::None;
     }
     // SAFETY: non-null, and the caller guarantees `len` readable bytes.

@@ -344,6 +344,7 @@ pub fn import_files(
             }
         };
         let mut failure: Option<anyhow::Error> = None;
+        let calls_before = summary.calls;
         let mut emit = |call: ImportedCall| {
             if failure.is_some() {
                 return;
@@ -392,6 +393,16 @@ pub fn import_files(
         }
         if lines == 0 {
             bail!("{}: the file is empty", input.display());
+        }
+        if summary.calls == calls_before {
+            bail!(
+                "{}: no PKCS#11 call found in {lines} line(s); is it a {} file?",
+                input.display(),
+                match format {
+                    InputFormat::Spy => "pkcs11-spy log",
+                    _ => "observe JSON-lines",
+                }
+            );
         }
     }
     output.finish()?;

@@ -153,6 +153,10 @@ fn stamp(line: &str) -> Option<Stamp> {
 
 /// Where a glued line starts inside `line` (never inside single quotes), if anywhere after 0.
 fn glued_marker(line: &str) -> Option<usize> {
+    // A stamp line carries its own date: it is whole (the spy ends it with a newline).
+    if line.starts_with("P:") && stamp(line).is_some() {
+        return None;
+    }
     let bytes = line.as_bytes();
     let mut quoted = false;
     for i in 1..bytes.len() {
@@ -235,7 +239,10 @@ impl Open {
         let spec = self.spec?;
         let name = name.trim_start_matches('*');
         let find = |wanted: &str| spec.args.iter().find(|a| a.name == wanted).map(|a| a.role);
-        find(name).or_else(|| find(&format!("p{name}")))
+        // The table spells C keywords with a trailing underscore (`type_`).
+        find(name)
+            .or_else(|| find(&format!("p{name}")))
+            .or_else(|| find(&format!("{name}_")))
     }
 }
 
@@ -330,9 +337,17 @@ impl<'a> SpyParser<'a> {
         }
     }
 
-    /// Ends the input: records still open never returned.
+    /// Ends the input: records still open never returned. They are kept (`returned = false`);
+    /// `--strict`, which wants a complete log, reports each.
     pub fn end(&mut self, emit: &mut impl FnMut(ImportedCall)) {
         while let Some(open) = self.open.pop_front() {
+            if self.problems.strict {
+                let message = format!(
+                    "{} never returned: the log is truncated or the process crashed",
+                    open.func
+                );
+                self.problems.report(self.file, open.line, &message);
+            }
             self.unreturned += 1;
             self.emit(open, None, emit);
         }
@@ -430,7 +445,7 @@ impl<'a> SpyParser<'a> {
             if let Some(handle) = parse_number(object) {
                 open.found.get_or_insert_with(Vec::new).push(handle);
             }
-        } else if line.starts_with("      ") || line.starts_with('\t') {
+        } else if line.starts_with("     ") || line.starts_with('\t') {
             info_line(open, line);
         } else if line.contains(" : min:") {
             mechanism_info_line(open, line);
@@ -523,7 +538,7 @@ impl<'a> SpyParser<'a> {
             open.record.mech_params = open.params.render();
         }
         if !open.info.is_empty() {
-            let fields = info_attrs(&open.info);
+            let fields = info_attrs(&open.func, &open.info);
             open.record
                 .attrs
                 .get_or_insert_with(Vec::new)
@@ -640,6 +655,8 @@ fn set_role(open: &mut Open, role: &str, value: &str, input: bool) {
         "slot" | "slot_out" => record.slot_id = number(),
         "object" => record.object = number(),
         "object2" => record.object2 = number(),
+        // The spy prints flags by name only, so no flags at all is an empty value.
+        "flags" if value.trim().is_empty() => record.ck_flags = Some(0),
         "flags" | "token_present" | "flags_out" => record.ck_flags = number(),
         "user" => record.user_type = names::USER.code(value.trim()),
         "mech_type" => record.mechanism = names::MECHANISM.code(value.trim()),
@@ -668,7 +685,11 @@ fn argument_line(open: &mut Open, argument: &str, input: bool) {
     if let Some(field) = argument.strip_prefix("pMechanism->") {
         return mechanism_line(open, field);
     }
-    if let Some((name, value)) = argument.split_once(" = ") {
+    // `name = value`; the spy prints flags by name only, so `flags = ` can end the line.
+    if let Some((name, value)) = argument
+        .split_once(" = ")
+        .or_else(|| argument.strip_suffix(" =").map(|n| (n, "")))
+    {
         // `pInitArgs = 0x…` is followed by `     flags: N` (decimal), read by info_line.
         if let Some(role) = open.role(name) {
             set_role(open, role, value, input);
@@ -905,6 +926,13 @@ fn info_line(open: &mut Open, line: &str) {
         open.record.ck_flags = value.parse().ok();
         return;
     }
+    if open.func == "C_GetSessionInfo" {
+        // The shim keeps only the slot of a session's info (its hottest call never allocates).
+        if key == "slotID" {
+            open.record.slot_id = value.parse().ok();
+        }
+        return;
+    }
     let value = value
         .strip_prefix('\'')
         .map_or(value, |v| v.strip_suffix('\'').unwrap_or(v));
@@ -918,16 +946,14 @@ fn mechanism_info_line(open: &mut Open, line: &str) {
     };
     for part in rest.split_whitespace() {
         if let Some((key, value)) = part.split_once(':') {
-            let value = parse_number(value).map(|v| (v as u32) as u64);
             let key = match key {
                 "min" => "ulMinKeySize",
                 "max" => "ulMaxKeySize",
+                // printed as 0x-prefixed hex, as the info structures' flags are (without 0x)
                 "flags" => "flags",
                 _ => continue,
             };
-            if let Some(value) = value {
-                open.info.push((key.to_owned(), value.to_string()));
-            }
+            open.info.push((key.to_owned(), value.to_owned()));
         }
     }
 }
@@ -942,8 +968,40 @@ fn version_value(text: &str) -> AttrValue {
     }
 }
 
+/// The order the shim records each function's info fields in.
+fn info_order(func: &str) -> &'static [InfoField] {
+    use InfoField::*;
+    match func {
+        "C_GetInfo" => &[
+            CryptokiVersion,
+            ManufacturerId,
+            Flags,
+            LibraryDescription,
+            LibraryVersion,
+        ],
+        "C_GetSlotInfo" => &[
+            SlotDescription,
+            ManufacturerId,
+            Flags,
+            HardwareVersion,
+            FirmwareVersion,
+        ],
+        "C_GetTokenInfo" => &[
+            Label,
+            ManufacturerId,
+            Model,
+            SerialNumber,
+            Flags,
+            HardwareVersion,
+            FirmwareVersion,
+        ],
+        "C_GetMechanismInfo" => &[MinKeySize, MaxKeySize, Flags],
+        _ => &[],
+    }
+}
+
 /// Info fields as the shim records them (same fields, same order, same values).
-fn info_attrs(info: &[(String, String)]) -> Vec<Attr> {
+fn info_attrs(func: &str, info: &[(String, String)]) -> Vec<Attr> {
     let field = |field: InfoField, value: AttrValue| {
         let len = match &value {
             AttrValue::Text(text) => text.len() as i64,
@@ -987,6 +1045,11 @@ fn info_attrs(info: &[(String, String)]) -> Vec<Attr> {
         };
         attrs.push(attr);
     }
+    let order = info_order(func);
+    attrs.sort_by_key(|a| match a.kind {
+        AttrType::Field(field) => order.iter().position(|f| *f == field).unwrap_or(usize::MAX),
+        AttrType::Attribute(_) => usize::MAX,
+    });
     attrs
 }
 
@@ -1040,6 +1103,10 @@ mod tests {
             Some(30)
         );
         assert_eq!(glued_marker("x2026-11-25 16:21:43.451"), Some(1));
+        assert_eq!(
+            glued_marker("P:4100; T:0x140001 2026-11-25 10:00:00.000"),
+            None
+        );
     }
 
     #[test]
