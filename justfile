@@ -8,10 +8,15 @@ softhsm := "/usr/lib/softhsm/libsofthsm2.so"
 build:
     cargo build --workspace --all-targets
 
-# Run the whole test suite: unit tests and end-to-end tests against real SoftHSM2, Kryoptic,
-# pkcs11-tool, pkcs11-spy and DuckDB.
-test: build kryoptic
+# Unit tests and end-to-end tests against real SoftHSM2, Kryoptic, pkcs11-tool, pkcs11-spy and
+# DuckDB; the bench smoke run; the shim's instruction budget.
+# Run the whole test suite.
+test: build kryoptic release-shim
     cargo test --workspace --no-fail-fast
+
+# The shim alone in release (small, ~1 min cold): the instruction-budget test measures what ships.
+release-shim:
+    cargo build --release -p p11trace-shim
 
 # Build the Kryoptic PKCS#11 3.2 token the tests use (once; target/kryoptic/).
 kryoptic:
@@ -22,14 +27,18 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Install what the demo and the tests need on Debian 12 (SoftHSM2, OpenSC, GnuTLS tools, DuckDB CLI).
+# SoftHSM2, OpenSC, GnuTLS tools, jq, valgrind, DuckDB CLI; `.ci/run` installs the same, plus
+# what building Kryoptic needs.
+# Install what the demo, the tests and the benchmarks need on Debian 12.
 deps:
     #!/usr/bin/env bash
     set -euo pipefail
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null || ! command -v p11tool >/dev/null; then
+    missing=0
+    for tool in softhsm2-util pkcs11-tool p11tool jq valgrind; do command -v $tool >/dev/null || missing=1; done
+    if [ $missing = 1 ]; then
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin jq valgrind >/dev/null
     fi
     command -v duckdb >/dev/null || python3 -m pip install -q duckdb-cli==1.5.6
 
@@ -56,6 +65,10 @@ demo: deps build
     echo "== dataset: $work/dataset"
     target/debug/p11trace-query analyze "$work/dataset"
 
-# Benchmarks (issue 6 adds them; until then this says so).
-bench *args:
-    @echo "benchmarks land with the bench issue (#6); nothing to run yet" {{args}}
+# Release build (polars takes ~20 min cold): overhead vs pkcs11-spy, recorder throughput,
+# bytes/call, query speed vs DuckDB, instruction budget; one table, see BENCHMARKS.md.
+# `just bench --quick` is the smoke mode; `just bench --help` lists the options.
+# Run the benchmarks.
+bench *args: deps kryoptic
+    cargo build --release -p p11trace-shim -p p11trace-recorder -p p11trace-query -p p11trace-bench
+    target/release/p11trace-bench {{args}}

@@ -19,19 +19,21 @@ pub const USER_PIN: &str = "User-Pin-8812";
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const SPY: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so";
 
-/// The cargo target folder holding the binaries under test.
+/// The cargo target folder holding the binaries under test: the one the running executable was
+/// built into (tests run from `target/<profile>/deps/`, the bench from `target/<profile>/`).
 pub fn target_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir).join("debug");
+    let exe = std::env::current_exe().ok();
+    let built_beside = exe.as_deref().and_then(|exe| {
+        exe.ancestors()
+            .skip(1)
+            .take(3)
+            .find(|dir| dir.join("p11trace-recorder").exists())
+    });
+    match (built_beside, std::env::var_os("CARGO_TARGET_DIR")) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(dir)) => PathBuf::from(dir).join("debug"),
+        (None, None) => PathBuf::from("target/debug"),
     }
-    // tests run from target/debug/deps/<test>-<hash>
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.ancestors()
-        .find(|p| {
-            p.join("p11trace-recorder").exists() || p.file_name().is_some_and(|n| n == "debug")
-        })
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target/debug"))
 }
 
 pub fn shim() -> PathBuf {

@@ -1,0 +1,126 @@
+//! `p11trace-bench`: a thin binary over the `p11trace_bench` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use p11trace_bench::report::{self, Verdict};
+use p11trace_bench::{Bench, Ctx, client, setup};
+
+/// Benchmarks p11trace against the direct module and pkcs11-spy; prints one table.
+///
+/// Runs, by default, all of: per-call overhead (SoftHSM2 and Kryoptic), recorder throughput,
+/// bytes per call, query speed (vs DuckDB; spy import vs wc -l), and the callgrind instruction
+/// budget. Uses the shim, recorder and query binaries built beside this one (same profile:
+/// `just bench` builds release). Needs softhsm2, opensc (pkcs11-tool, pkcs11-spy), valgrind and
+/// the duckdb CLI.
+///
+/// Exit status: 0 when every target was met (or --quick), 1 when one was missed or a benchmark
+/// failed, 2 on a usage error.
+#[derive(Debug, Parser)]
+#[command(name = "p11trace-bench", version)]
+struct Options {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Only these benchmarks (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Bench>,
+
+    /// Smoke mode: every benchmark, tiny, one round; checks the code runs, judges no target.
+    #[arg(long)]
+    quick: bool,
+
+    /// Rounds of the overhead benchmark (at least 5 for the reported min–max).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+
+    /// Skip Kryoptic in the overhead benchmark (default: use it; `just kryoptic` builds it).
+    #[arg(long)]
+    no_kryoptic: bool,
+
+    /// The shim to measure [default: libp11trace_shim.so beside this executable].
+    #[arg(long, value_name = "PATH")]
+    shim: Option<PathBuf>,
+
+    /// Also write every figure as JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The benchmark client: times PKCS#11 operations through one module (used by the benchmarks).
+    Client(client::ClientArgs),
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    let result = match &options.command {
+        Some(Command::Client(args)) => client::run(args).map(|()| true),
+        None => benchmarks(&options),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("p11trace-bench: error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs the chosen benchmarks; true when no target was missed.
+fn benchmarks(options: &Options) -> Result<bool> {
+    let scratch = tempfile::Builder::new()
+        .prefix("p11b-")
+        .tempdir_in("/tmp")
+        .context("cannot create a scratch folder")?;
+    let kryoptic = p11trace_tests::target_dir()
+        .parent()
+        .map(|dir| dir.join("kryoptic/libkryoptic_pkcs11.so"))
+        .is_some_and(|path| path.exists());
+    if !kryoptic && !options.no_kryoptic {
+        anyhow::bail!("Kryoptic is not built: run `just kryoptic`, or pass --no-kryoptic");
+    }
+    let ctx = Ctx {
+        bins: setup::Bins::beside_me(options.shim.clone())?,
+        quick: options.quick,
+        rounds: if options.quick {
+            1
+        } else {
+            options.rounds.max(1)
+        },
+        with_kryoptic: !options.no_kryoptic,
+        scratch: scratch.path().to_owned(),
+    };
+    let chosen = if options.only.is_empty() {
+        Bench::ALL.to_vec()
+    } else {
+        options.only.clone()
+    };
+    let mut lines = Vec::new();
+    let mut figures = serde_json::Map::new();
+    for bench in chosen {
+        eprintln!("p11trace-bench: running {bench:?}…");
+        let (mut found, json) = bench
+            .run(&ctx)
+            .with_context(|| format!("benchmark {bench:?}"))?;
+        if ctx.quick {
+            for line in &mut found {
+                line.verdict = Verdict::Info;
+            }
+        }
+        lines.extend(found);
+        figures.insert(format!("{bench:?}").to_lowercase(), json);
+    }
+    println!("{}", report::render(&lines));
+    if let Some(path) = &options.json {
+        let document =
+            serde_json::json!({ "quick": ctx.quick, "lines": lines, "figures": figures });
+        std::fs::write(path, serde_json::to_string_pretty(&document)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(!lines.iter().any(|line| line.verdict == Verdict::Missed))
+}

@@ -1,0 +1,201 @@
+//! Running a process and measuring it: wall time, peak RSS and CPU time from `wait4(2)` (exact, per
+//! child, no polling), and the order statistics the report uses.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// What one finished process cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Cost {
+    pub wall: Duration,
+    /// Peak resident set size, bytes.
+    pub max_rss: u64,
+    /// User + system CPU time.
+    pub cpu: Duration,
+    pub success: bool,
+}
+
+/// A started process whose cost is collected by [`Running::finish`].
+pub struct Running {
+    pid: libc::pid_t,
+    started: Instant,
+    what: String,
+    reaped: bool,
+    // Reaped by wait4 in `finish` (std's `wait` would take the rusage away).
+    _child: std::process::Child,
+}
+
+impl Drop for Running {
+    /// A process the bench gave up on (an error elsewhere) must not outlive it.
+    fn drop(&mut self) {
+        if !self.reaped {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+fn timeval(tv: libc::timeval) -> Duration {
+    Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
+}
+
+impl Running {
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Waits for the exit and reads the process's own resource usage.
+    pub fn finish(mut self) -> Result<Cost> {
+        let mut status = 0;
+        // SAFETY: rusage is plain data; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for our own child with valid out-pointers.
+        let reaped = unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) };
+        self.reaped = true;
+        if reaped != self.pid {
+            bail!(
+                "wait4 on {}: {}",
+                self.what,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Cost {
+            wall: self.started.elapsed(),
+            max_rss: usage.ru_maxrss as u64 * 1024,
+            cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+            success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        })
+    }
+}
+
+/// Starts `command` with stdout and stderr going to files (`None`: discarded).
+pub fn start(
+    command: &mut Command,
+    stdout: Option<&Path>,
+    stderr: Option<&Path>,
+) -> Result<Running> {
+    let sink = |path: Option<&Path>| -> Result<Stdio> {
+        Ok(match path {
+            Some(path) => Stdio::from(
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            None => Stdio::null(),
+        })
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(sink(stdout)?)
+        .stderr(sink(stderr)?);
+    let what = format!("{command:?}");
+    let started = Instant::now();
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {what}"))?;
+    Ok(Running {
+        pid: child.id() as libc::pid_t,
+        started,
+        what,
+        reaped: false,
+        _child: child,
+    })
+}
+
+/// Runs `command` to completion; fails (with its stderr) unless it exits 0.
+pub fn run(command: &mut Command, stdout: Option<&Path>, scratch: &Path) -> Result<Cost> {
+    let stderr = scratch.join(format!("stderr-{}", std::process::id()));
+    let what = format!("{command:?}");
+    let cost = start(command, stdout, Some(&stderr))?.finish()?;
+    if !cost.success {
+        let message = std::fs::read_to_string(&stderr).unwrap_or_default();
+        bail!("{what} failed:\n{}", message.trim_end());
+    }
+    Ok(cost)
+}
+
+/// Median, min and max of a sample.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        Spread {
+            median: median(values),
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+/// Waits until `path` holds `needle` (a daemon's "ready" line).
+pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|text| text.contains(needle)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "`{needle}` never appeared in {}: {}",
+        path.display(),
+        std::fs::read_to_string(path).unwrap_or_default()
+    )
+}
+
+/// Total size of the regular files under `dir` whose name ends with `suffix`.
+pub fn bytes_under(dir: &Path, suffix: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => bytes_under(&path, suffix),
+                Ok(_) if path.to_string_lossy().ends_with(suffix) => {
+                    entry.metadata().map_or(0, |m| m.len())
+                }
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
+/// Rows in the Parquet files of a dataset table, from the file footers.
+pub fn parquet_rows(table_dir: &Path) -> Result<u64> {
+    let mut rows = 0;
+    for path in p11trace_tests::all_files(table_dir) {
+        if path.extension().is_none_or(|ext| ext != "parquet") {
+            continue;
+        }
+        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let reader = parquet::file::reader::SerializedFileReader::new(file)
+            .with_context(|| format!("{} is not Parquet", path.display()))?;
+        rows += parquet::file::reader::FileReader::metadata(&reader)
+            .file_metadata()
+            .num_rows() as u64;
+    }
+    Ok(rows)
+}

@@ -1,0 +1,163 @@
+//! Benchmark 4: query speed. A synthetic 10 M-call dataset, `p11trace-query analyze` and `sql`
+//! against DuckDB running the equivalent SQL on the same files in the same run; spy import speed
+//! against `wc -l` (the read-speed floor) on a ≥ 100 MB log.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::Ctx;
+use crate::measure::{self, Spread};
+use crate::report::{Line, bytes};
+use crate::synth;
+
+pub const ANALYZE_TARGET_S: f64 = 2.0;
+pub const IMPORT_TARGET_MB_S: f64 = 100.0;
+
+/// Wall time (median, min–max over repetitions) and peak RSS (max) of one command.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timed {
+    pub name: String,
+    pub seconds: Spread,
+    pub max_rss: u64,
+}
+
+fn timed(ctx: &Ctx, name: &str, repetitions: u32, command: impl Fn() -> Command) -> Result<Timed> {
+    let mut seconds = Vec::new();
+    let mut max_rss = 0;
+    for _ in 0..repetitions {
+        let cost = measure::run(&mut command(), None, &ctx.scratch)?;
+        seconds.push(cost.wall.as_secs_f64());
+        max_rss = max_rss.max(cost.max_rss);
+    }
+    Ok(Timed {
+        name: name.to_owned(),
+        seconds: Spread::of(&seconds),
+        max_rss,
+    })
+}
+
+const GROUP_BY: &str = "SELECT func, count(*) AS calls, sum(dur_ns) AS total_ns FROM calls \
+                        GROUP BY func ORDER BY calls DESC";
+
+/// DuckDB's nearest equivalent of `analyze`'s heaviest part: per-function counts, failures, total
+/// time and latency percentiles.
+const DUCKDB_PERFORMANCE: &str = "SELECT func, count(*) AS calls, count(*) FILTER (WHERE rv <> 0) AS failed, \
+     sum(dur_ns) AS total_ns, quantile_cont(dur_ns, [0.5, 0.95, 0.99]) AS p, max(dur_ns) AS max_ns \
+     FROM calls GROUP BY func ORDER BY total_ns DESC";
+
+fn duckdb(dataset: &Path, sql: &str) -> Command {
+    let from = format!(
+        "read_parquet('{}/calls/**/*.parquet', hive_partitioning = true)",
+        dataset.display()
+    );
+    let mut command = Command::new("duckdb");
+    command.args(["-c", &sql.replace("FROM calls", &format!("FROM {from}"))]);
+    command
+}
+
+pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
+    let (rows, spy_bytes, reps) = if ctx.quick {
+        (20_000, 1 << 20, 1)
+    } else {
+        (10_000_000, 100 << 20, 3)
+    };
+    let dir = tempfile::tempdir_in(&ctx.scratch)?;
+    let dataset = dir.path().join("dataset");
+    let made = synth::dataset(&dataset, rows)?;
+    let query = |args: &[&str]| {
+        let mut command = Command::new(&ctx.bins.query);
+        command.args(args).arg(&dataset);
+        command
+    };
+    let results = vec![
+        timed(ctx, "p11trace-query analyze (text)", reps, || {
+            query(&["analyze"])
+        })?,
+        timed(ctx, "p11trace-query analyze --format json", reps, || {
+            query(&["analyze", "--format", "json"])
+        })?,
+        timed(ctx, "duckdb: per-function percentiles", reps, || {
+            duckdb(&dataset, DUCKDB_PERFORMANCE)
+        })?,
+        timed(ctx, "p11trace-query sql (group by func)", reps, || {
+            query(&["sql", GROUP_BY])
+        })?,
+        timed(ctx, "duckdb: the same group by", reps, || {
+            duckdb(&dataset, GROUP_BY)
+        })?,
+    ];
+    let log = dir.path().join("big-spy.log");
+    let log_bytes = synth::spy_log(&log, spy_bytes)?;
+    let out = dir.path().join("imported.parquet");
+    let wc = timed(ctx, "wc -l", reps + 1, || {
+        let mut command = Command::new("wc");
+        command.arg("-l").arg(&log);
+        command
+    })?;
+    let import = timed(ctx, "p11trace-query import", reps, || {
+        let _ = std::fs::remove_file(&out);
+        let mut command = Command::new(&ctx.bins.query);
+        command
+            .arg("import")
+            .arg(&log)
+            .arg("-o")
+            .arg(&out)
+            .args(["--tz", "UTC"]);
+        command
+    })?;
+
+    let mut lines = Vec::new();
+    let seconds = |t: &Timed| {
+        format!(
+            "{:.2} s ({:.2}–{:.2}) · peak RSS {}",
+            t.seconds.median,
+            t.seconds.min,
+            t.seconds.max,
+            bytes(t.max_rss as f64)
+        )
+    };
+    let subject = |t: &Timed| format!("{} · {made} calls", t.name);
+    lines.push(Line::target(
+        "4 query",
+        subject(&results[0]),
+        seconds(&results[0]),
+        format!("≤ {ANALYZE_TARGET_S} s"),
+        results[0].seconds.median <= ANALYZE_TARGET_S,
+    ));
+    for (ours, theirs) in [(&results[1], &results[2]), (&results[3], &results[4])] {
+        lines.push(Line::info("4 query", subject(ours), seconds(ours)));
+        lines.push(Line::info(
+            "4 query",
+            subject(theirs),
+            format!(
+                "{} · ours/DuckDB {:.1}×",
+                seconds(theirs),
+                ours.seconds.median / theirs.seconds.median
+            ),
+        ));
+    }
+    let mb = log_bytes as f64 / 1e6;
+    let rate = |t: &Timed| mb / t.seconds.median;
+    lines.push(Line::target(
+        "4 query",
+        format!("spy import, {mb:.0} MB log"),
+        format!(
+            "{:.0} MB/s ({:.2} s) · peak RSS {} · wc -l {:.0} MB/s",
+            rate(&import),
+            import.seconds.median,
+            bytes(import.max_rss as f64),
+            rate(&wc)
+        ),
+        format!("≥ {IMPORT_TARGET_MB_S} MB/s"),
+        rate(&import) >= IMPORT_TARGET_MB_S,
+    ));
+    let mut all = results;
+    all.extend([wc, import]);
+    Ok((
+        lines,
+        serde_json::json!({ "dataset_calls": made, "spy_log_bytes": log_bytes, "commands": all }),
+    ))
+}

@@ -1,0 +1,59 @@
+//! The instruction budget (benchmark 6) as a test: callgrind counts, on the application's thread,
+//! the instructions the release-built shim adds to each `C_GetSessionInfo`. Counts repeat exactly
+//! run to run, so unlike a timing this can fail a build. `just test` builds the release shim first.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use p11trace_bench::budget::INSTRUCTION_BUDGET;
+
+#[test]
+fn the_release_shim_stays_within_its_instruction_budget() -> Result<()> {
+    let shim = p11trace_tests::target_dir()
+        .parent()
+        .context("target folder")?
+        .join("release/libp11trace_shim.so");
+    assert!(
+        shim.exists(),
+        "{} is missing: `just test` builds it (cargo build --release -p p11trace-shim)",
+        shim.display()
+    );
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("budget.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_p11trace-bench"))
+        .args(["--only", "budget", "--no-kryoptic", "--shim"])
+        .arg(&shim)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .context("cannot run p11trace-bench")?;
+    let figures: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&json)
+            .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())?,
+    )?;
+    let budget = &figures["figures"]["budget"];
+    let added = budget["added_per_call"]
+        .as_f64()
+        .context("added_per_call")?;
+    let direct = budget["direct_per_call"]
+        .as_f64()
+        .context("direct_per_call")?;
+    // A shim that did nothing would add ~0: the recording path must really have been measured.
+    assert!(added > 50.0, "implausibly few added instructions: {budget}");
+    assert!(
+        direct > 50.0,
+        "implausibly few direct instructions: {budget}"
+    );
+    assert!(
+        added <= INSTRUCTION_BUDGET,
+        "the shim adds {added:.0} instructions per C_GetSessionInfo on the calling thread; the \
+         budget is {INSTRUCTION_BUDGET:.0} (see BENCHMARKS.md). Profile with \
+         `valgrind --tool=callgrind` before raising it."
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}

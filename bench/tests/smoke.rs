@@ -1,0 +1,108 @@
+//! `p11trace-bench --quick`: every benchmark runs end to end, tiny, against the real binaries, so
+//! the bench code cannot rot. Timings are not asserted (this machine is shared and noisy); what
+//! the benchmarks measure is: every cell exists, every figure is a real number, no call is lost.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+fn quick_run() -> Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("figures.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_p11trace-bench"))
+        .arg("--quick")
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .context("cannot run p11trace-bench")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "p11trace-bench --quick failed:\n{stderr}"
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    for bench in [
+        "1 overhead",
+        "2 throughput",
+        "3 bytes/call",
+        "4 query",
+        "6 instructions",
+    ] {
+        assert!(
+            table.contains(bench),
+            "the table has no `{bench}` rows:\n{table}"
+        );
+    }
+    let text = std::fs::read_to_string(&json).with_context(|| {
+        format!(
+            "no {} after a successful run; stderr:\n{stderr}",
+            json.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON:\n{text}", json.display()))
+}
+
+fn number(value: &Value, what: &str) -> f64 {
+    let n = value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {value}"));
+    assert!(n.is_finite(), "{what} = {n}");
+    n
+}
+
+#[test]
+fn quick_mode_runs_every_benchmark_against_the_real_binaries() -> Result<()> {
+    let figures = quick_run()?["figures"].clone();
+
+    // 1: every operation through every route, on both tokens.
+    let cells = figures["overhead"].as_array().context("overhead cells")?;
+    assert_eq!(
+        cells.len(),
+        6 * 4 * 2,
+        "ops × routes × providers: {cells:#?}"
+    );
+    for cell in cells {
+        assert!(number(&cell["median_ns"], "median_ns") > 0.0, "{cell}");
+    }
+
+    // 2: 1, 4 and 16 clients; every call written, none dropped.
+    let runs = figures["throughput"]
+        .as_array()
+        .context("throughput runs")?;
+    let clients: Vec<u64> = runs.iter().filter_map(|r| r["clients"].as_u64()).collect();
+    assert_eq!(clients, [1, 4, 16]);
+    for run in runs {
+        let calls = run["calls"].as_u64().context("calls")?;
+        let rows = run["rows_written"].as_u64().context("rows")?;
+        assert!(rows >= calls, "fewer rows than calls made: {run}");
+        assert_eq!(run["dropped"], 0, "{run}");
+        assert!(number(&run["recorder_max_rss"], "rss") > 0.0);
+    }
+
+    // 3: both records of the same calls exist.
+    let size = &figures["size"];
+    assert!(size["calls"].as_u64().context("calls")? > 100, "{size}");
+    assert!(size["calls_bytes"].as_u64().context("bytes")? > 0, "{size}");
+    assert!(
+        size["spy_bytes"].as_u64().context("spy bytes")? > 0,
+        "{size}"
+    );
+
+    // 4: the synthetic dataset and every timed command.
+    let query = &figures["query"];
+    assert!(query["dataset_calls"].as_u64().context("dataset calls")? >= 20_000);
+    let commands = query["commands"].as_array().context("commands")?;
+    assert_eq!(commands.len(), 7, "{commands:#?}");
+    for command in commands {
+        assert!(
+            number(&command["seconds"]["median"], "seconds") > 0.0,
+            "{command}"
+        );
+    }
+
+    // 6: callgrind counted the shim's extra work on the calling thread.
+    let budget = &figures["budget"];
+    assert!(number(&budget["added_per_call"], "added") > 0.0, "{budget}");
+    Ok(())
+}
