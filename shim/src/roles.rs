@@ -200,7 +200,7 @@ pub mod mechanism {
         let mechanism = unsafe { &*mechanism };
         call.rec.mechanism = Some(mechanism.mechanism as u64);
         // SAFETY: pParameter holds ulParameterLen bytes.
-        call.params = unsafe { capture::mechanism_params(mechanism) };
+        call.params = Some(unsafe { capture::mechanism_params(mechanism) });
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_MECHANISM_PTR) {}
 }
@@ -209,7 +209,7 @@ pub mod mechanism {
 pub mod message_param {
     use super::*;
     pub unsafe fn before(call: &mut Call, len: CK_ULONG, _: CK_VOID_PTR) {
-        call.params.param_len = Some(len as u64);
+        call.params.get_or_insert_default().param_len = Some(len as u64);
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_ULONG, _: CK_VOID_PTR) {}
 }
@@ -218,7 +218,7 @@ pub mod message_param {
 pub mod aad_len {
     use super::*;
     pub unsafe fn before(call: &mut Call, len: CK_ULONG) {
-        call.params.aad_len = Some(len as u64);
+        call.params.get_or_insert_default().aad_len = Some(len as u64);
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_ULONG) {}
 }

@@ -23,8 +23,9 @@ pub struct Call {
     pub size_query: bool,
     /// `C_Initialize` flags (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`, ...).
     pub init_flags: CK_FLAGS,
-    /// Mechanism parameter fields, rendered into `mech_params` when the call is finished.
-    pub params: MechParams,
+    /// Mechanism parameter fields, rendered into `mech_params` when the call is finished. An
+    /// `Option` so the calls without one (most) neither build nor compare a default.
+    pub params: Option<MechParams>,
 }
 
 /// Monotonic clock, nanoseconds.
@@ -122,7 +123,7 @@ pub fn record_call(
         },
         size_query: false,
         init_flags: 0,
-        params: MechParams::default(),
+        params: None,
     };
     // A panic while capturing inputs loses those fields, not the call.
     let _ = catch_unwind(AssertUnwindSafe(|| before(&mut call)));
@@ -175,8 +176,8 @@ fn finish(client: &Client, func: Func, call: &mut Call, rv: CK_RV, start: i64, e
     rec.start_ns = start + client.clock_offset();
     rec.dur_ns = end - start;
     rec.rv = rv as u64;
-    if call.params != MechParams::default() {
-        rec.mech_params = call.params.render();
+    if let Some(params) = &call.params {
+        rec.mech_params = params.render();
     }
     if let Some((kind, stage)) = func.spec().op {
         rec.op_id = client
