@@ -20,7 +20,7 @@ use crate::setup::{Rig, Route, RouteEnv};
 /// Instructions the shim may add, on the calling thread, to one `C_GetSessionInfo` (release
 /// build). Measured: see BENCHMARKS.md; the budget leaves room for small changes, not for a lock,
 /// an allocation per call or a system call.
-pub const INSTRUCTION_BUDGET: f64 = 700.0;
+pub const INSTRUCTION_BUDGET: f64 = 450.0;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Budget {

@@ -109,10 +109,7 @@ macro_rules! p11 {
 
 fn check(rv: CK_RV, what: &str) -> Result<()> {
     if rv != CKR_OK as CK_RV {
-        bail!(
-            "{what} failed: {}",
-            p11trace_schema::names::RV.render(rv)
-        );
+        bail!("{what} failed: {}", p11trace_schema::names::RV.render(rv));
     }
     Ok(())
 }
@@ -299,8 +296,9 @@ impl Session {
         Ok(found)
     }
 
-    /// Runs one operation `n` times; returns the elapsed nanoseconds.
-    fn time(&self, op: Op, n: u64, keys: &Keys) -> Result<u128> {
+    /// Runs one operation `n` times, at most `pace` per second if given; returns the elapsed
+    /// nanoseconds.
+    fn time(&self, op: Op, n: u64, keys: &Keys, pace: Option<f64>) -> Result<u128> {
         let module = &self.module;
         let session = self.handle;
         let mut class: CK_OBJECT_CLASS = CKO_PRIVATE_KEY as CK_OBJECT_CLASS;
@@ -323,7 +321,17 @@ impl Session {
         let mut sha256_rsa = mechanism(CKM_SHA256_RSA_PKCS as CK_MECHANISM_TYPE);
         let mut ecdsa = mechanism(CKM_ECDSA as CK_MECHANISM_TYPE);
         let started = Instant::now();
-        for _ in 0..n {
+        // Paced: bursts of one millisecond's worth, each started on schedule.
+        let burst = pace.map_or(u64::MAX, |rate| ((rate / 1000.0) as u64).max(1));
+        for i in 0..n {
+            if let Some(rate) = pace
+                && i % burst == 0
+            {
+                let due = started + std::time::Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
             let mut out_len = out.len() as CK_ULONG;
             let rv = match op {
                 Op::SessionInfo => p11!(module, C_GetSessionInfo(session, &mut info)),
@@ -428,6 +436,9 @@ pub struct ClientArgs {
     /// Untimed operations before the first batch (caches, lazy initialisation).
     #[arg(long)]
     pub warmup: Option<u64>,
+    /// At most this many operations per second (default: as fast as possible).
+    #[arg(long, value_name = "OPS")]
+    pub rate: Option<f64>,
 }
 
 /// Runs the client; prints one [`Timing`] line per operation.
@@ -451,11 +462,11 @@ pub fn run(args: &ClientArgs) -> Result<()> {
             .unwrap_or_else(|| ((op.batch() as f64 * args.scale).round() as u64).max(1));
         let warmup = args.warmup.unwrap_or(per_batch / 10);
         if warmup > 0 {
-            session.time(op, warmup, &keys)?;
+            session.time(op, warmup, &keys, None)?;
         }
         let mut ns_per_op = Vec::with_capacity(args.batches as usize);
         for _ in 0..args.batches {
-            let elapsed = session.time(op, per_batch, &keys)?;
+            let elapsed = session.time(op, per_batch, &keys, args.rate)?;
             ns_per_op.push(elapsed as f64 / per_batch as f64);
         }
         println!("{}", serde_json::to_string(&Timing { op, ns_per_op })?);

@@ -53,12 +53,27 @@ struct Options {
 enum Command {
     /// The benchmark client: times PKCS#11 operations through one module (used by the benchmarks).
     Client(client::ClientArgs),
+    /// Writes the synthetic dataset the query benchmark uses (to try queries at scale).
+    Synth {
+        /// Dataset folder to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Calls to generate (whole sessions: a few more, never fewer).
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let options = Options::parse();
     let result = match &options.command {
         Some(Command::Client(args)) => client::run(args).map(|()| true),
+        Some(Command::Synth { out, rows }) => {
+            p11trace_bench::synth::dataset(out, *rows).map(|made| {
+                eprintln!("p11trace-bench: wrote {made} calls to {}", out.display());
+                true
+            })
+        }
         None => benchmarks(&options),
     };
     match result {

@@ -86,11 +86,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         ReportFormat::Events => write_events(calls, false, &mut out)?,
         ReportFormat::PrettyEvents => write_events(calls, true, &mut out)?,
         format => {
-            let max_operations = if format == ReportFormat::Json {
-                args.max_operations
-            } else {
-                1
-            };
+            let max_operations = (format == ReportFormat::Json).then_some(args.max_operations);
             let report = analyze::analyze(calls, AnalyzeOptions { max_operations })?;
             match format {
                 ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,

@@ -109,8 +109,9 @@ pub struct ProviderStats {
 /// How much of the call list to include.
 #[derive(Debug, Clone, Copy)]
 pub struct AnalyzeOptions {
-    /// Most calls listed in `operations` (0 = all).
-    pub max_operations: usize,
+    /// Most calls listed in `operations` (0 = all); `None`: list none (the text reports do not
+    /// show them, and ordering 10 M calls costs a second).
+    pub max_operations: Option<usize>,
 }
 
 fn ms(ns: Option<f64>) -> Option<f64> {
@@ -184,8 +185,40 @@ fn latency_aggs() -> Vec<Expr> {
     ]
 }
 
+/// The columns the analysis reads: everything else (attributes, parameters, object lists) is
+/// never decoded.
+const ANALYZED_COLUMNS: &[&str] = &[
+    "client_id",
+    "pid",
+    "tid",
+    "process",
+    "provider",
+    "seq",
+    "start",
+    "dur_ns",
+    "func",
+    "internal",
+    "returned",
+    "rv",
+    "rv_name",
+    "slot_id",
+    "session",
+    "mechanism",
+    "object",
+];
+
 pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
-    let calls = calls.cache();
+    // Decoded once, then every part of the report reads memory, not Parquet.
+    let calls = calls
+        .select(
+            ANALYZED_COLUMNS
+                .iter()
+                .map(|name| col(*name))
+                .collect::<Vec<_>>(),
+        )
+        .collect()
+        .explain("cannot read the calls")?
+        .lazy();
     let totals = calls
         .clone()
         .select([
@@ -201,6 +234,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
             col("start").max().alias("last"),
             col("pid").n_unique().alias("processes"),
             col("client_id").n_unique().alias("clients"),
+            col("provider").null_count().alias("provider_nulls"),
         ])
         .collect()
         .explain("cannot compute the summary")?;
@@ -342,15 +376,18 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
 
     // A client's provider is known from its C_GetInfo on; earlier calls of the same client
     // belong to the same provider.
-    let providers = calls
-        .clone()
-        .with_column(
+    let with_providers = if u64_at(&totals, "provider_nulls", 0) > 0 {
+        calls.clone().with_column(
             col("provider")
                 .drop_nulls()
                 .first()
                 .over([col("client_id")])?
                 .alias("provider"),
         )
+    } else {
+        calls.clone()
+    };
+    let providers = with_providers
         .group_by([col("provider")])
         .agg(latency_aggs())
         .sort(
@@ -384,7 +421,10 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
 
     let sessions = sessions::lifecycle(calls.clone())?;
     let issues = issues::find(calls.clone(), &per_function, &sessions)?;
-    let (operations, truncated) = operations(calls, options.max_operations, total)?;
+    let (operations, truncated) = match options.max_operations {
+        Some(max) => operations(calls, max, total)?,
+        None => (Vec::new(), false),
+    };
 
     Ok(Report {
         analysis_version: ANALYSIS_VERSION,
