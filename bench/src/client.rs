@@ -180,6 +180,39 @@ fn find_slot(module: &Module, label: &str) -> Result<CK_SLOT_ID> {
         .with_context(|| format!("no token labelled `{label}`"))
 }
 
+/// Opens a read-write session on the token labelled `label` and logs the user in.
+fn logged_in_session(module: &Module, label: &str, pin: &str) -> Result<CK_SESSION_HANDLE> {
+    let slot = find_slot(module, label)?;
+    let mut handle: CK_SESSION_HANDLE = 0;
+    check(
+        p11!(
+            module,
+            C_OpenSession(
+                slot,
+                (CKF_SERIAL_SESSION | CKF_RW_SESSION) as CK_FLAGS,
+                ptr::null_mut(),
+                None,
+                &mut handle,
+            )
+        ),
+        "C_OpenSession",
+    )?;
+    let mut pin = pin.as_bytes().to_vec();
+    check(
+        p11!(
+            module,
+            C_Login(
+                handle,
+                CKU_USER as CK_USER_TYPE,
+                pin.as_mut_ptr(),
+                pin.len() as CK_ULONG
+            )
+        ),
+        "C_Login",
+    )?;
+    Ok(handle)
+}
+
 impl Session {
     pub fn open(module: &Path, label: &str, pin: &str) -> Result<Session> {
         let module = Module::load(module)?;
@@ -196,12 +229,12 @@ impl Session {
             "C_Initialize",
         )?;
         // SoftHSM2 reads its file store in C_Initialize; a read that collides with another
-        // process's lock (16 clients starting at once) leaves the token out until the next
-        // C_Initialize: initialise again before giving up.
+        // process's lock (16 clients starting at once) leaves the token out, or its PIN unset,
+        // until the next C_Initialize: initialise again before giving up.
         let mut attempts = 0;
-        let slot = loop {
-            match find_slot(&module, label) {
-                Ok(slot) => break slot,
+        let handle = loop {
+            match logged_in_session(&module, label, pin) {
+                Ok(handle) => break handle,
                 Err(_) if attempts < 50 => {
                     attempts += 1;
                     p11!(module, C_Finalize(ptr::null_mut()));
@@ -214,33 +247,6 @@ impl Session {
                 Err(error) => return Err(error),
             }
         };
-        let mut handle: CK_SESSION_HANDLE = 0;
-        check(
-            p11!(
-                module,
-                C_OpenSession(
-                    slot,
-                    (CKF_SERIAL_SESSION | CKF_RW_SESSION) as CK_FLAGS,
-                    ptr::null_mut(),
-                    None,
-                    &mut handle,
-                )
-            ),
-            "C_OpenSession",
-        )?;
-        let mut pin = pin.as_bytes().to_vec();
-        check(
-            p11!(
-                module,
-                C_Login(
-                    handle,
-                    CKU_USER as CK_USER_TYPE,
-                    pin.as_mut_ptr(),
-                    pin.len() as CK_ULONG
-                )
-            ),
-            "C_Login",
-        )?;
         Ok(Session { module, handle })
     }
 
