@@ -4,7 +4,9 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p p11trace-shim -p p11trace-recorder -p p11trace-query
+RUN cargo build --release --locked -p p11trace-shim -p p11trace-recorder -p p11trace-query \
+ && strip --strip-debug target/release/libp11trace_shim.so target/release/p11trace-recorder \
+      target/release/p11trace-query
 
 FROM debian:bookworm-slim
 RUN apt-get update \
