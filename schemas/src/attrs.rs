@@ -248,6 +248,22 @@ pub fn curve_name(der: &[u8]) -> Option<&'static str> {
 }
 
 /// Text of a fixed-size, blank-padded PKCS#11 string field (trailing blanks and NULs removed).
+/// An info-structure field (`C_GetInfo`, `C_GetTokenInfo`, …) as an `out` attribute; its `len` is
+/// the text's length, -1 for numbers and versions. The shim and the spy importer both build them
+/// here, so the two sources record the same thing.
+pub fn info_field(field: InfoField, value: AttrValue) -> crate::wire::Attr {
+    let len = match &value {
+        AttrValue::Text(text) => text.len() as i64,
+        _ => -1,
+    };
+    crate::wire::Attr {
+        template: crate::wire::Template::Out,
+        kind: crate::wire::AttrType::Field(field),
+        len,
+        value,
+    }
+}
+
 pub fn fixed_text_of(bytes: &[u8]) -> String {
     let end = bytes
         .iter()

@@ -4,9 +4,7 @@
 //! Nothing here reads a byte the allowlist does not name: secret attributes, PINs, data buffers
 //! and secret parameter fields keep only their lengths.
 
-use p11trace_schema::attrs::{
-    InfoField, MAX_VALUE_LEN, ValuePolicy, value_from_bytes, value_policy,
-};
+use p11trace_schema::attrs::{MAX_VALUE_LEN, ValuePolicy, value_from_bytes, value_policy};
 use p11trace_schema::names;
 use p11trace_schema::params::{MechParams, takes_bare_iv};
 use p11trace_schema::wire::{Attr, AttrType, AttrValue, Template};
@@ -93,20 +91,7 @@ pub unsafe fn template(
 }
 
 pub use p11trace_schema::attrs::fixed_text_of as fixed_text;
-
-/// An info-structure field as an `out` attribute.
-pub fn field(field: InfoField, value: AttrValue) -> Attr {
-    let len = match &value {
-        AttrValue::Text(text) => text.len() as i64,
-        _ => -1,
-    };
-    Attr {
-        template: Template::Out,
-        kind: AttrType::Field(field),
-        len,
-        value,
-    }
-}
+pub use p11trace_schema::attrs::info_field as field;
 
 pub fn version(v: CK_VERSION) -> AttrValue {
     AttrValue::Version(v.major, v.minor)

@@ -1002,18 +1002,7 @@ fn info_order(func: &str) -> &'static [InfoField] {
 
 /// Info fields as the shim records them (same fields, same order, same values).
 fn info_attrs(func: &str, info: &[(String, String)]) -> Vec<Attr> {
-    let field = |field: InfoField, value: AttrValue| {
-        let len = match &value {
-            AttrValue::Text(text) => text.len() as i64,
-            _ => -1,
-        };
-        Attr {
-            template: Template::Out,
-            kind: AttrType::Field(field),
-            len,
-            value,
-        }
-    };
+    let field = p11trace_schema::attrs::info_field;
     let text = |v: &str| AttrValue::Text(v.trim_end().to_owned());
     let hex_flags = |v: &str| {
         u64::from_str_radix(v.trim().trim_start_matches("0x"), 16)
