@@ -5,7 +5,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Serialize;
 
-use super::{Sessions, f64_at, failed, i64_at, str_at, u64_at};
+use super::{LargestFirst, Sessions, column_sum, f64_at, failed, i64_at, str_at, u64_at};
 
 #[derive(Debug, Serialize)]
 pub struct Issue {
@@ -54,20 +54,13 @@ fn failed_calls(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result<()> {
         .filter(failed())
         .group_by([col("rv_name"), col("func")])
         .agg([len().alias("count")])
-        .sort(
-            ["count"],
-            SortMultipleOptions::default()
-                .with_order_descending(true)
-                .with_maintain_order(true),
-        )
+        .largest_first("count")
         .collect()
         .explain("cannot list failed calls")?;
     if by_rv.height() == 0 {
         return Ok(());
     }
-    let total: u64 = (0..by_rv.height())
-        .map(|row| u64_at(&by_rv, "count", row))
-        .sum();
+    let total: u64 = column_sum(&by_rv, "count");
     issues.push(Issue {
         kind: "failed_calls",
         severity: "warning",
@@ -140,18 +133,11 @@ fn buffer_too_small_storms(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result
         .group_by([col("client_id"), col("session"), col("func")])
         .agg([len().alias("count")])
         .filter(col("count").gt_eq(lit(STORM as u32)))
-        .sort(
-            ["count"],
-            SortMultipleOptions::default()
-                .with_order_descending(true)
-                .with_maintain_order(true),
-        )
+        .largest_first("count")
         .collect()
         .explain("cannot look for CKR_BUFFER_TOO_SMALL storms")?;
     if storms.height() > 0 {
-        let total: u64 = (0..storms.height())
-            .map(|row| u64_at(&storms, "count", row))
-            .sum();
+        let total: u64 = column_sum(&storms, "count");
         issues.push(Issue {
             kind: "buffer_too_small_storm",
             severity: "warning",
@@ -271,9 +257,7 @@ fn pin_bursts(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result<()> {
         .collect()
         .explain("cannot look for CKR_PIN_INCORRECT bursts")?;
     if bursts.height() > 0 {
-        let total: u64 = (0..bursts.height())
-            .map(|row| u64_at(&bursts, "count", row))
-            .sum();
+        let total: u64 = column_sum(&bursts, "count");
         issues.push(Issue {
             kind: "pin_incorrect_burst",
             severity: "critical",

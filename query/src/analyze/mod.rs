@@ -131,6 +131,30 @@ pub fn failed() -> Expr {
     col("rv").neq(lit(0i64)).and(col("rv").is_not_null())
 }
 
+/// Sorting for the report's tables: the largest first; ties keep their order, so a report is the
+/// same run to run.
+trait LargestFirst {
+    fn largest_first(self, column: &str) -> LazyFrame;
+}
+
+impl LargestFirst for LazyFrame {
+    fn largest_first(self, column: &str) -> LazyFrame {
+        self.sort(
+            [column],
+            SortMultipleOptions::default()
+                .with_order_descending(true)
+                .with_maintain_order(true),
+        )
+    }
+}
+
+/// The sum of a count column of a (small) result frame.
+fn column_sum(frame: &DataFrame, column: &str) -> u64 {
+    (0..frame.height())
+        .map(|row| u64_at(frame, column, row))
+        .sum()
+}
+
 fn u64_at(frame: &DataFrame, column: &str, row: usize) -> u64 {
     frame
         .column(column)
@@ -254,12 +278,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
         .clone()
         .group_by([col("func")])
         .agg(latency_aggs())
-        .sort(
-            ["count"],
-            SortMultipleOptions::default()
-                .with_order_descending(true)
-                .with_maintain_order(true),
-        )
+        .largest_first("count")
         .collect()
         .explain("cannot compute per-function statistics")?;
     let mut performance = std::collections::BTreeMap::new();
@@ -320,12 +339,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
         .clone()
         .group_by([col("rv"), col("rv_name")])
         .agg([len().alias("count")])
-        .sort(
-            ["count"],
-            SortMultipleOptions::default()
-                .with_order_descending(true)
-                .with_maintain_order(true),
-        )
+        .largest_first("count")
         .collect()
         .explain("cannot compute return codes")?;
     let return_codes = (0..codes.height())
@@ -352,12 +366,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
                 .alias("total_ns"),
             col("dur_ns").count().alias("timed"),
         ])
-        .sort(
-            ["calls"],
-            SortMultipleOptions::default()
-                .with_order_descending(true)
-                .with_maintain_order(true),
-        )
+        .largest_first("calls")
         .collect()
         .explain("cannot compute the per-process breakdown")?;
     let by_process = (0..processes.height())
@@ -390,12 +399,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
     let providers = with_providers
         .group_by([col("provider")])
         .agg(latency_aggs())
-        .sort(
-            ["count"],
-            SortMultipleOptions::default()
-                .with_order_descending(true)
-                .with_maintain_order(true),
-        )
+        .largest_first("count")
         .collect()
         .explain("cannot compute the per-provider breakdown")?;
     let by_provider = (0..providers.height())
