@@ -163,33 +163,25 @@ pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> Result<()>
     )
 }
 
-/// Total size of the regular files under `dir` whose name ends with `suffix`.
-pub fn bytes_under(dir: &Path, suffix: &str) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| {
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(kind) if kind.is_dir() => bytes_under(&path, suffix),
-                Ok(_) if path.to_string_lossy().ends_with(suffix) => {
-                    entry.metadata().map_or(0, |m| m.len())
-                }
-                _ => 0,
-            }
-        })
+/// Total size of the Parquet files of a dataset table.
+pub fn parquet_bytes(table_dir: &Path) -> u64 {
+    parquet_files(table_dir)
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
         .sum()
+}
+
+fn parquet_files(table_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = p11trace_tests::all_files(table_dir);
+    files.retain(|path| path.extension().is_some_and(|ext| ext == "parquet"));
+    files
 }
 
 /// Rows in the Parquet files of a dataset table, from the file footers.
 pub fn parquet_rows(table_dir: &Path) -> Result<u64> {
     let mut rows = 0;
-    for path in p11trace_tests::all_files(table_dir) {
-        if path.extension().is_none_or(|ext| ext != "parquet") {
-            continue;
-        }
+    for path in parquet_files(table_dir) {
         let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let reader = parquet::file::reader::SerializedFileReader::new(file)
             .with_context(|| format!("{} is not Parquet", path.display()))?;

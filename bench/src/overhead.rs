@@ -72,7 +72,7 @@ fn measure_provider(ctx: &Ctx, provider: Provider) -> Result<Vec<Cell>> {
         }
     }
     let (recorded, _) = rig.stop()?;
-    if recorded.get("dropped") + recorded.get("dropped_by_recorder") + recorded.get("lost") > 0 {
+    if recorded.undelivered() > 0 {
         eprintln!(
             "p11trace-bench: note: the recorder reported drops during the overhead run: {:?}",
             recorded.summary

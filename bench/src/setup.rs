@@ -106,6 +106,11 @@ pub struct RecorderRun {
 }
 
 impl RecorderRun {
+    /// Calls that never became rows: dropped by the shims, refused by the recorder, or lost.
+    pub fn undelivered(&self) -> u64 {
+        self.get("dropped") + self.get("dropped_by_recorder") + self.get("lost")
+    }
+
     pub fn get(&self, key: &str) -> u64 {
         self.summary
             .iter()

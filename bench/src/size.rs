@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::Ctx;
 use crate::client::EC_LABEL;
-use crate::measure::{self, bytes_under, parquet_rows};
+use crate::measure::{self, parquet_bytes, parquet_rows};
 use crate::report::{Line, bytes};
 use crate::setup::{Rig, token_holding};
 
@@ -89,8 +89,8 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
     let size = Size {
         runs,
         calls: parquet_rows(&dataset.join("calls"))?,
-        calls_bytes: bytes_under(&dataset.join("calls"), ".parquet"),
-        clients_bytes: bytes_under(&dataset.join("clients"), ".parquet"),
+        calls_bytes: parquet_bytes(&dataset.join("calls")),
+        clients_bytes: parquet_bytes(&dataset.join("clients")),
         spy_bytes: std::fs::metadata(&spy_log)?.len(),
     };
     let calls = size.calls.max(1) as f64;

@@ -84,9 +84,7 @@ fn measure_clients(
         offered_per_sec,
         calls,
         rows_written,
-        dropped: recorded.get("dropped")
-            + recorded.get("dropped_by_recorder")
-            + recorded.get("lost"),
+        dropped: recorded.undelivered(),
         client_calls_per_sec: calls as f64 * 1e9 / longest_loop_ns,
         written_calls_per_sec: rows_written as f64 / all_written.as_secs_f64(),
         recorder_max_rss: recorded.cost.max_rss,
