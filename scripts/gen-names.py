@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Regenerates schemas/src/names/constants.rs: PKCS#11 3.2 constant names and values.
+"""Regenerates schemas/record/src/names/constants.rs: PKCS#11 3.2 constant names and values.
 
 Input: the x86_64 Linux bindings of cryptoki-sys 0.5 (generated from the OASIS 3.2 header), found in
 cargo's registry after `cargo fetch` of any crate depending on it. Usage:
-    scripts/gen-names.py path/to/x86_64-unknown-linux-gnu.rs > schemas/src/names/constants.rs
+    scripts/gen-names.py path/to/x86_64-unknown-linux-gnu.rs > schemas/record/src/names/constants.rs
 """
 import collections
 import re

@@ -109,7 +109,7 @@ macro_rules! p11 {
 
 fn check(rv: CK_RV, what: &str) -> Result<()> {
     if rv != CKR_OK as CK_RV {
-        bail!("{what} failed: {}", p11trace_schema::names::RV.render(rv));
+        bail!("{what} failed: {}", p11trace_record::names::RV.render(rv));
     }
     Ok(())
 }

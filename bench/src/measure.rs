@@ -173,9 +173,7 @@ pub fn parquet_bytes(table_dir: &Path) -> u64 {
 }
 
 fn parquet_files(table_dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = p11trace_tests::all_files(table_dir);
-    files.retain(|path| path.extension().is_some_and(|ext| ext == "parquet"));
-    files
+    p11trace_dataset::layout::parquet_files(table_dir).unwrap_or_default()
 }
 
 /// Rows in the Parquet files of a dataset table, from the file footers.

@@ -6,8 +6,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use p11trace_schema::arrow::{CallsBuilder, ParquetSink, calls_schema, writer_properties};
-use p11trace_schema::row::{CallRow, Source};
+use p11trace_dataset::layout::{CALLS, Layout, part_name};
+use p11trace_dataset::{CallRow, Source};
+use p11trace_dataset::{CallsBuilder, ParquetSink, calls_schema, writer_properties};
 
 /// Deterministic xorshift64*: the same dataset every run.
 struct Rng(u64);
@@ -47,7 +48,7 @@ struct TableWriter<'a> {
     dataset: &'a Path,
     builder: CallsBuilder,
     sink: Option<ParquetSink>,
-    files: u32,
+    files: u64,
     rows_per_file: u64,
 }
 
@@ -66,13 +67,13 @@ impl TableWriter<'_> {
         }
         if self.sink.is_none() {
             self.files += 1;
-            let name = format!("synth-{:05}.parquet", self.files);
-            let path = self.dataset.join("calls/date=2026-11-25").join(name);
+            let layout = Layout::new(self.dataset);
+            let path = layout.part(CALLS, "2026-11-25", &part_name("synth", self.files));
             self.sink = Some(ParquetSink::create(
-                &self.dataset.join(".tmp"),
+                &layout.temp(),
                 &path,
                 calls_schema(),
-                writer_properties("calls", &[]),
+                writer_properties(CALLS, &[]),
             )?);
         }
         let batch = self.builder.finish();

@@ -1,7 +1,7 @@
 //! Row filters (`--func`, `--pid`, `--since`, `--until`, `--rv`, `--failed`, `--run-id`).
 
 use anyhow::{Result, bail};
-use p11trace_schema::names;
+use p11trace_record::names;
 use polars::prelude::*;
 
 use crate::cli::Filters;

@@ -13,19 +13,15 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
-use p11trace_schema::wire::{self, Hello, Message, Welcome};
+use p11trace_record::wire::{self, Hello, Message, Welcome};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::stats::Stats;
 
-/// The shim's first one-shot message, decoded with the recorder's types (same postcard bytes as
-/// the shim's own `Bootstrap`).
-#[derive(Serialize, Deserialize)]
-struct Bootstrap {
-    hello: ByteBuf,
-    data: IpcReceiver<ByteBuf>,
-}
+/// The shim's first one-shot message, with the data channel's receiving end as ipc-channel
+/// hands it to the recorder.
+type Bootstrap = wire::Bootstrap<IpcReceiver<ByteBuf>>;
 
 /// Peer credentials of a rendezvous connection.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -108,7 +104,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 impl Acceptor {
     /// Accepts until `stop` is set (the caller then connects once to wake `accept`).
     pub fn run(self) {
-        let uid = i64::from(crate::dataset::current_uid());
+        let uid = i64::from(p11trace_record::socket::current_uid());
         let (watch_tx, watch_rx) = crossbeam_channel::unbounded();
         let watcher = {
             let control = self.control.clone();

@@ -11,11 +11,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use p11trace_schema::Func;
-use p11trace_schema::arrow::{CallsBuilder, ClientsBuilder};
-use p11trace_schema::row::{CallRow, ClientRow, DisconnectReason, Source};
-use p11trace_schema::time::utc_date;
-use p11trace_schema::wire::{CallRecord, InterfaceVersion, record_flags};
+use p11trace_dataset::time::utc_date;
+use p11trace_dataset::{CallRow, ClientRow, DisconnectReason, Source};
+use p11trace_dataset::{CallsBuilder, ClientsBuilder};
+use p11trace_record::Func;
+use p11trace_record::wire::{CallRecord, InterfaceVersion, record_flags};
 
 use crate::events::{Connection, Event, Logged, Lsn, OpenConnection, now_us};
 use crate::ledger::{self, Ledger};

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use ipc_channel::ipc::{IpcReceiver, IpcReceiverSet, IpcSelectionResult};
-use p11trace_schema::Func;
-use p11trace_schema::row::DisconnectReason;
-use p11trace_schema::wire::{self, GoodbyeReason, Message};
+use p11trace_dataset::DisconnectReason;
+use p11trace_record::Func;
+use p11trace_record::wire::{self, GoodbyeReason, Message};
 use serde_bytes::ByteBuf;
 
 use crate::acceptor::{Control, Registration};

@@ -1,91 +1,53 @@
-//! The dataset folder and the socket: paths, naming, and the permission rules both must obey.
+//! Setting up where the recorder writes and listens: the dataset's folders (their layout is
+//! `p11trace_dataset::layout`'s) and the socket, under the folder rule `p11trace_record::socket`
+//! shares with the shim.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use p11trace_dataset::layout::Layout;
+use p11trace_record::socket::{self, Untrusted, socket_folder};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum SetupError {
     #[error("cannot create {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
-    #[error(
-        "refusing to start: socket folder {path} is owned by uid {owner}, not by us (uid {uid}); \
-         use --socket with a folder of your own"
-    )]
-    ForeignFolder { path: PathBuf, owner: u32, uid: u32 },
-    #[error(
-        "refusing to start: socket folder {path} is group- or world-writable (mode {mode:o}); \
-         another user could replace the socket. Use a 0700 folder"
-    )]
-    OpenFolder { path: PathBuf, mode: u32 },
+    #[error("refusing to start: socket folder {path} {why}; {}", advice(.why))]
+    Untrusted { path: PathBuf, why: Untrusted },
     #[error("another recorder is already listening on {0}")]
     InUse(PathBuf),
     #[error("cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
 }
 
-/// Layout of a dataset folder.
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    pub root: PathBuf,
-}
-
-impl Dataset {
-    pub fn open(root: &Path) -> Result<Dataset, SetupError> {
-        let dataset = Dataset {
-            root: root.to_owned(),
-        };
-        for folder in [
-            dataset.table("calls"),
-            dataset.table("clients"),
-            dataset.temp(),
-            dataset.wal(),
-        ] {
-            fs::create_dir_all(&folder).map_err(|source| SetupError::Create {
-                path: folder.clone(),
-                source,
-            })?;
-        }
-        Ok(dataset)
-    }
-
-    pub fn table(&self, table: &str) -> PathBuf {
-        self.root.join(table)
-    }
-
-    /// Where files are written before they are renamed into place.
-    pub fn temp(&self) -> PathBuf {
-        self.root.join(".tmp")
-    }
-
-    pub fn wal(&self) -> PathBuf {
-        self.root.join(".wal")
-    }
-
-    /// Final path of a part file of `table` for `date` (hive partition `date=YYYY-MM-DD`).
-    pub fn part(&self, table: &str, date: &str, name: &str) -> PathBuf {
-        self.table(table).join(format!("date={date}")).join(name)
+fn advice(why: &Untrusted) -> &'static str {
+    match why {
+        Untrusted::Foreign { .. } => "use --socket with a folder of your own",
+        Untrusted::Open { .. } => "another user could replace the socket. Use a 0700 folder",
     }
 }
 
-pub use p11trace_schema::time::utc_date;
-
-pub fn current_uid() -> u32 {
-    // SAFETY: getuid never fails.
-    unsafe { libc::getuid() }
+/// Creates the dataset's folders (both tables, the temporary folder, the log) and returns its
+/// layout.
+pub fn open(root: &Path) -> Result<Layout, SetupError> {
+    let layout = Layout::new(root);
+    let [calls, clients, temp] = layout.folders();
+    for folder in [calls, clients, temp, layout.wal()] {
+        fs::create_dir_all(&folder).map_err(|source| SetupError::Create {
+            path: folder.clone(),
+            source,
+        })?;
+    }
+    Ok(layout)
 }
 
 /// Creates (0700) or checks the socket's folder, removes a stale socket, and listens (0600).
 pub fn listen(socket: &Path) -> Result<UnixListener, SetupError> {
-    let folder = socket
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let uid = current_uid();
+    let folder = socket_folder(socket);
     if !folder.exists() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -100,19 +62,10 @@ pub fn listen(socket: &Path) -> Result<UnixListener, SetupError> {
         path: folder.to_owned(),
         source,
     })?;
-    if metadata.uid() != uid {
-        return Err(SetupError::ForeignFolder {
-            path: folder.to_owned(),
-            owner: metadata.uid(),
-            uid,
-        });
-    }
-    if metadata.mode() & 0o022 != 0 {
-        return Err(SetupError::OpenFolder {
-            path: folder.to_owned(),
-            mode: metadata.mode() & 0o7777,
-        });
-    }
+    socket::check_folder(&metadata).map_err(|why| SetupError::Untrusted {
+        path: folder.to_owned(),
+        why,
+    })?;
     if socket.exists() {
         if UnixStream::connect(socket).is_ok() {
             return Err(SetupError::InUse(socket.to_owned()));

@@ -1,8 +1,8 @@
 //! What flows between the actors (and what the write-ahead log stores): connection metadata and
 //! events in arrival order.
 
-use p11trace_schema::row::DisconnectReason;
-use p11trace_schema::wire::{CallRecord, GoodbyeReason, PreviousConnection, Redaction};
+use p11trace_dataset::DisconnectReason;
+use p11trace_record::wire::{CallRecord, GoodbyeReason, PreviousConnection, Redaction};
 use serde::{Deserialize, Serialize};
 
 /// Identity of one client connection, fixed at the handshake. `pid` and `uid` come from the

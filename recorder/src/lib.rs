@@ -1,7 +1,7 @@
 //! # p11trace-recorder
 //!
 //! The long-running capture service. Shims connect to its Unix socket; it writes what they send
-//! into a Parquet dataset (`calls`, `clients`) with the one fixed schema of `p11trace-schema`.
+//! into a Parquet dataset (`calls`, `clients`) with the one fixed schema of `p11trace-dataset`.
 //!
 //! Actors with one job each, joined by bounded channels, sharing no mutable state but atomic
 //! counters ([`stats`]):
@@ -55,9 +55,9 @@ use anyhow::{Context, Result};
 use ipc_channel::ipc;
 
 use crate::acceptor::{Acceptor, Control};
-use crate::dataset::Dataset;
 pub use crate::options::Options;
 use crate::stats::Stats;
+use p11trace_dataset::layout::Layout;
 
 /// Capacity of the capture → log and log → batcher channels (events; each at most one client
 /// message, typically a few thousand records, ~250 KB at 1 M calls/s). Enough to ride out a
@@ -68,7 +68,7 @@ pub const EVENT_QUEUE: usize = 64;
 pub const JOB_QUEUE: usize = 16;
 
 /// The per-dataset secret for `P11TRACE_REDACT=labels`, created on first use (`DIR/.key`, 0600).
-fn label_key(dataset: &Dataset) -> Result<[u8; 32]> {
+fn label_key(dataset: &Layout) -> Result<[u8; 32]> {
     let path = dataset.root.join(".key");
     if let Ok(bytes) = std::fs::read(&path) {
         return bytes.try_into().map_err(|_| {
@@ -104,11 +104,10 @@ fn wake_acceptor(socket: &Path) {
 
 /// Runs the recorder until SIGINT/SIGTERM (or, with `--once`, until every client has left).
 pub fn run(options: Options) -> Result<Summary> {
-    let dataset = Dataset::open(&options.dataset)?;
-    let socket = options
-        .socket
-        .clone()
-        .unwrap_or_else(|| p11trace_schema::wire::default_socket_path(dataset::current_uid()));
+    let dataset = dataset::open(&options.dataset)?;
+    let socket = options.socket.clone().unwrap_or_else(|| {
+        p11trace_record::socket::default_socket_path(p11trace_record::socket::current_uid())
+    });
     let run_id = options
         .run_id
         .clone()

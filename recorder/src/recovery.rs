@@ -19,12 +19,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::batcher::{self, Written};
 use crate::crash::Crash;
-use crate::dataset::Dataset;
 use crate::events::{Logged, Lsn};
 use crate::ledger::Ledger;
 use crate::stats::Stats;
 use crate::wal;
 use crate::writer::{self, Writer};
+use p11trace_dataset::layout::{CALLS, CLIENTS, Layout, parquet_files};
 
 /// What recovery did.
 #[derive(Debug, Default)]
@@ -37,56 +37,41 @@ pub struct Recovered {
 /// The keys (`first` column, second column) of rows in files whose log range ends at or after
 /// `from`.
 fn written_keys(
-    dataset: &Dataset,
+    dataset: &Layout,
     table: &str,
     second: &str,
     from: Lsn,
 ) -> Result<Vec<(String, i64)>> {
     let mut keys = Vec::new();
-    let root = dataset.table(table);
-    let mut stack = vec![root];
-    while let Some(folder) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
+    let files = parquet_files(&dataset.table(table))?;
+    for path in files {
+        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let last = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == writer::WAL_LAST_KEY))
+            .and_then(|k| k.value.as_deref()?.parse::<Lsn>().ok());
+        if last.is_none_or(|last| last < from) {
             continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "parquet") {
-                continue;
-            }
-            let file =
-                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let last = builder
-                .metadata()
-                .file_metadata()
-                .key_value_metadata()
-                .and_then(|kv| kv.iter().find(|k| k.key == writer::WAL_LAST_KEY))
-                .and_then(|k| k.value.as_deref()?.parse::<Lsn>().ok());
-            if last.is_none_or(|last| last < from) {
-                continue;
-            }
-            let schema = builder.parquet_schema();
-            let mask = ProjectionMask::columns(schema, ["client_id", second]);
-            for batch in builder.with_projection(mask).build()? {
-                let batch = batch?;
-                let ids = batch
-                    .column_by_name("client_id")
-                    .context("client_id column")?
-                    .as_string::<i32>();
-                let numbers = batch
-                    .column_by_name(second)
-                    .context("key column")?
-                    .as_primitive::<Int64Type>();
-                for row in 0..batch.num_rows() {
-                    if !ids.is_null(row) {
-                        keys.push((ids.value(row).to_owned(), numbers.value(row)));
-                    }
+        }
+        let schema = builder.parquet_schema();
+        let mask = ProjectionMask::columns(schema, ["client_id", second]);
+        for batch in builder.with_projection(mask).build()? {
+            let batch = batch?;
+            let ids = batch
+                .column_by_name("client_id")
+                .context("client_id column")?
+                .as_string::<i32>();
+            let numbers = batch
+                .column_by_name(second)
+                .context("key column")?
+                .as_primitive::<Int64Type>();
+            for row in 0..batch.num_rows() {
+                if !ids.is_null(row) {
+                    keys.push((ids.value(row).to_owned(), numbers.value(row)));
                 }
             }
         }
@@ -96,7 +81,7 @@ fn written_keys(
 
 /// Replays uncovered log segments into Parquet; returns the ledger to continue with.
 pub fn recover(
-    dataset: &Dataset,
+    dataset: &Layout,
     run_id: &str,
     stats: &Arc<Stats>,
     mut ledger: Ledger,
@@ -114,10 +99,10 @@ pub fn recover(
     };
     let from = wal::lsn(*first, 0);
     let written = Written {
-        calls: written_keys(dataset, "calls", "seq", from)?
+        calls: written_keys(dataset, CALLS, "seq", from)?
             .into_iter()
             .collect(),
-        clients: written_keys(dataset, "clients", "connection", from)?
+        clients: written_keys(dataset, CLIENTS, "connection", from)?
             .into_iter()
             .collect(),
     };

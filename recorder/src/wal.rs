@@ -445,7 +445,7 @@ impl WalActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use p11trace_schema::wire::CallRecord;
+    use p11trace_record::wire::CallRecord;
 
     #[test]
     fn appended_events_read_back_and_a_torn_tail_is_cut_off() {

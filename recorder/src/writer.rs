@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use crossbeam_channel::{Receiver, Sender};
-use p11trace_schema::arrow::{ParquetSink, calls_schema, clients_schema, writer_properties};
+use p11trace_dataset::{ParquetSink, calls_schema, clients_schema, writer_properties};
 
 use crate::crash::Crash;
-use crate::dataset::Dataset;
 use crate::events::Lsn;
 use crate::stats::Stats;
+use p11trace_dataset::layout::{CALLS, CLIENTS, Layout, part_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
@@ -31,8 +31,8 @@ pub enum Table {
 impl Table {
     pub fn name(self) -> &'static str {
         match self {
-            Table::Calls => "calls",
-            Table::Clients => "clients",
+            Table::Calls => CALLS,
+            Table::Clients => CLIENTS,
         }
     }
 }
@@ -59,7 +59,7 @@ pub const WAL_LAST_KEY: &str = "p11trace.wal_last";
 
 pub struct Writer {
     pub jobs: Receiver<Job>,
-    pub dataset: Dataset,
+    pub dataset: Layout,
     pub run_id: String,
     pub roll_rows: u64,
     pub roll_secs: Duration,
@@ -147,7 +147,7 @@ impl Writer {
         let key = (table, date);
         if !state.open.contains_key(&key) {
             state.counter += 1;
-            let name = format!("part-{started}-{:06}.parquet", state.counter);
+            let name = part_name(&started.to_string(), state.counter);
             let schema = match table {
                 Table::Calls => calls_schema(),
                 Table::Clients => clients_schema(),

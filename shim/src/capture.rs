@@ -4,10 +4,10 @@
 //! Nothing here reads a byte the allowlist does not name: secret attributes, PINs, data buffers
 //! and secret parameter fields keep only their lengths.
 
-use p11trace_schema::attrs::{MAX_VALUE_LEN, ValuePolicy, value_from_bytes, value_policy};
-use p11trace_schema::names;
-use p11trace_schema::params::{MechParams, takes_bare_iv};
-use p11trace_schema::wire::{Attr, AttrType, AttrValue, Template};
+use p11trace_record::attr::{Attr, AttrType, AttrValue, Template};
+use p11trace_record::names;
+use p11trace_record::params::{MechParams, takes_bare_iv};
+use p11trace_record::policy::{MAX_VALUE_LEN, ValuePolicy, value_from_bytes, value_policy};
 
 use crate::ffi::*;
 
@@ -90,8 +90,8 @@ pub unsafe fn template(
         .collect()
 }
 
-pub use p11trace_schema::attrs::fixed_text_of as fixed_text;
-pub use p11trace_schema::attrs::info_field as field;
+pub use p11trace_record::attr::info_field as field;
+pub use p11trace_record::policy::fixed_text_of as fixed_text;
 
 pub fn version(v: CK_VERSION) -> AttrValue {
     AttrValue::Version(v.major, v.minor)

@@ -12,7 +12,7 @@ use std::sync::atomic::{
 };
 
 use crossbeam_queue::ArrayQueue;
-use p11trace_schema::wire::{CallRecord, GoodbyeReason, InterfaceVersion, Redaction};
+use p11trace_record::wire::{CallRecord, GoodbyeReason, InterfaceVersion, Redaction};
 
 use crate::config::{Config, Mode};
 use crate::ffi::*;

@@ -10,7 +10,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use p11trace_schema::wire::Redaction;
+use p11trace_record::socket;
+use p11trace_record::wire::Redaction;
 
 /// What the shim does with each call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Test-only (`P11TRACE_TEST_PANIC=C_Name`): panic while recording calls of this function,
     /// to prove no panic crosses the FFI boundary.
-    pub test_panic: Option<p11trace_schema::Func>,
+    pub test_panic: Option<p11trace_record::Func>,
 }
 
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;
@@ -143,7 +144,7 @@ impl Config {
         };
         let socket = setting("P11TRACE_SOCKET", "socket")
             .map(PathBuf::from)
-            .unwrap_or_else(|| p11trace_schema::wire::default_socket_path(current_uid()));
+            .unwrap_or_else(|| socket::default_socket_path(socket::current_uid()));
         let queue_capacity = secure_env("P11TRACE_QUEUE_CAPACITY")
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&n| n >= 1)
@@ -168,14 +169,9 @@ impl Config {
             exit_wait: millis("P11TRACE_EXIT_WAIT_MS", "exit_wait_ms", DEFAULT_EXIT_WAIT),
             warnings,
             test_panic: secure_env("P11TRACE_TEST_PANIC")
-                .and_then(|name| p11trace_schema::Func::from_name(&name)),
+                .and_then(|name| p11trace_record::Func::from_name(&name)),
         }
     }
-}
-
-pub fn current_uid() -> u32 {
-    // SAFETY: getuid never fails.
-    unsafe { libc::getuid() }
 }
 
 /// The socket path as bytes (for messages).

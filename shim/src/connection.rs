@@ -7,24 +7,19 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use bincode::Options as _;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
-use p11trace_schema::wire::{self, Hello, Message};
-use serde::Serialize;
+use p11trace_record::socket::{self, socket_folder};
+use p11trace_record::wire::{self, Hello, Message};
 use serde_bytes::ByteBuf;
 
 /// First message on the one-shot server: the hello (a bincode [`Message::Hello`]) and the receiving
-/// end of the data channel. The recorder decodes the same bytes as its own `Bootstrap` type.
-#[derive(Serialize, serde::Deserialize)]
-struct Bootstrap {
-    hello: ByteBuf,
-    data: IpcBytesReceiver,
-}
+/// end of the data channel.
+type Bootstrap = wire::Bootstrap<IpcBytesReceiver>;
 
 /// Why a connection attempt failed.
 #[derive(Debug)]
@@ -51,30 +46,16 @@ pub struct Connection {
 /// How long the handshake may take before the recorder counts as unreachable.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Refuses socket folders another user could have planted: the folder must be ours and not
-/// group- or world-writable.
+/// Refuses socket folders another user could have planted (the rule of
+/// [`p11trace_record::socket::check_folder`], which the recorder applies too).
 pub fn check_folder(socket: &Path) -> Result<(), String> {
-    let folder = socket.parent().unwrap_or(Path::new("/"));
-    let metadata = match std::fs::metadata(folder) {
-        Ok(metadata) => metadata,
-        Err(_) => return Ok(()), // missing folder: the connect fails as "absent"
-    };
-    let uid = crate::config::current_uid();
-    if metadata.uid() != uid {
-        return Err(format!(
-            "not connecting: socket folder {} belongs to uid {}, not to us (uid {uid})",
-            folder.display(),
-            metadata.uid()
-        ));
+    let folder = socket_folder(socket);
+    match std::fs::metadata(folder) {
+        // A missing folder: the connect fails as "absent".
+        Err(_) => Ok(()),
+        Ok(metadata) => socket::check_folder(&metadata)
+            .map_err(|why| format!("not connecting: socket folder {} {why}", folder.display())),
     }
-    if metadata.mode() & 0o022 != 0 {
-        return Err(format!(
-            "not connecting: socket folder {} is group- or world-writable (mode {:o})",
-            folder.display(),
-            metadata.mode() & 0o7777
-        ));
-    }
-    Ok(())
 }
 
 impl Connection {

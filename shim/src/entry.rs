@@ -13,9 +13,11 @@ use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-use p11trace_schema::Func;
-use p11trace_schema::attrs::{InfoField, provider_string};
-use p11trace_schema::wire::{AttrValue, InterfaceVersion, record_flags};
+use p11trace_record::Func;
+use p11trace_record::attr::AttrValue;
+use p11trace_record::attr::InfoField;
+use p11trace_record::policy::provider_string;
+use p11trace_record::wire::{InterfaceVersion, record_flags};
 
 use crate::capture::{field, fixed_text};
 use crate::ffi::*;

@@ -12,7 +12,7 @@
 //! problem.
 //!
 //! Layout: `entry` (exported functions) → `tables` (traced function lists, generated from the one
-//! function table in `p11trace_schema`) → `trace` (hot path) with `roles`/`capture` (argument
+//! function table in `p11trace_record`) → `trace` (hot path) with `roles`/`capture` (argument
 //! capture) → `client` (queue, identity, fork generations) → `sender`/`connection` (delivery).
 //!
 //! Must not depend on arrow, parquet or polars: it is linked into every traced process.

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use p11trace_schema::functions::{OpKind, OpStage};
+use p11trace_record::functions::{OpKind, OpStage};
 
 use crate::ffi::*;
 

@@ -5,8 +5,10 @@
 //! Hashing happens on the sender thread, just before a batch is encoded.
 
 use hmac::{Hmac, Mac};
-use p11trace_schema::attrs::{InfoField, ValuePolicy, value_policy};
-use p11trace_schema::wire::{AttrType, AttrValue, CallRecord};
+use p11trace_record::attr::InfoField;
+use p11trace_record::attr::{AttrType, AttrValue};
+use p11trace_record::policy::{ValuePolicy, value_policy};
+use p11trace_record::wire::CallRecord;
 use sha2::Sha256;
 
 fn is_label_like(kind: AttrType) -> bool {
@@ -47,7 +49,7 @@ pub fn hash_labels(record: &mut CallRecord, key: &[u8; 32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use p11trace_schema::wire::{Attr, Template};
+    use p11trace_record::attr::{Attr, Template};
 
     #[test]
     fn labels_and_ids_are_hashed_and_equal_labels_stay_equal() {

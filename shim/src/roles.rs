@@ -1,6 +1,6 @@
 //! Argument roles: what each argument of the function table contributes to the call record.
 //!
-//! Every role named in `p11trace_schema::with_pkcs11_functions!` is a module here with a
+//! Every role named in `p11trace_record::with_pkcs11_functions!` is a module here with a
 //! `before` (inputs, read before the real call) and an `after` (outputs, read once it returned).
 //! The meaning of each role per column is documented in `schemas/calls.md`.
 //!
@@ -11,8 +11,8 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use p11trace_schema::attrs::InfoField;
-use p11trace_schema::wire::{Attr, AttrValue, Template};
+use p11trace_record::attr::InfoField;
+use p11trace_record::attr::{Attr, AttrValue, Template};
 
 use crate::capture::{self, field, fixed_text, version};
 use crate::ffi::*;
@@ -266,7 +266,7 @@ pub mod token_label {
         let text = fixed_text(bytes);
         let attr = Attr {
             template: Template::In,
-            kind: p11trace_schema::wire::AttrType::Attribute(CKA_LABEL as u64),
+            kind: p11trace_record::attr::AttrType::Attribute(CKA_LABEL as u64),
             len: 32,
             value: AttrValue::Text(text),
         };

@@ -12,7 +12,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use p11trace_schema::wire::{
+use p11trace_record::wire::{
     self, Batch, CallRecord, GoodbyeReason, Hello, Message, PreviousConnection, Redaction,
 };
 

@@ -1,5 +1,5 @@
 //! The traced function tables and their wrappers, generated from the one function table in
-//! `p11trace_schema::with_pkcs11_functions!`.
+//! `p11trace_record::with_pkcs11_functions!`.
 //!
 //! Every wrapper is generic over the slot `V` it belongs to (see `real.rs`), so a call through the
 //! 3.2 table forwards to the real 3.2 table and is recorded with that interface version. The
@@ -11,7 +11,7 @@
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
-use p11trace_schema::Func;
+use p11trace_record::Func;
 
 use crate::ffi::*;
 use crate::{real, roles};
@@ -95,7 +95,7 @@ macro_rules! define_shim {
     };
 }
 
-p11trace_schema::with_pkcs11_functions!(define_shim);
+p11trace_record::with_pkcs11_functions!(define_shim);
 
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<CK_FUNCTION_LIST_3_2>() == 840);

@@ -7,9 +7,9 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use p11trace_schema::Func;
-use p11trace_schema::params::MechParams;
-use p11trace_schema::wire::{CallRecord, InterfaceVersion};
+use p11trace_record::Func;
+use p11trace_record::params::MechParams;
+use p11trace_record::wire::{CallRecord, InterfaceVersion};
 
 use crate::client::{self, Client};
 use crate::diag::{Problem, report};

@@ -395,6 +395,55 @@ fn dropped_and_lost(recorder: &Recorder, pid: i64) -> Result<(i64, i64)> {
         .unwrap_or((0, 0)))
 }
 
+/// One p11client run through the shim on a fresh SoftHSM2 token, with a recorder of its own,
+/// stopped once the client is done; its dataset stays to be queried.
+struct TracedRun {
+    recorder: Recorder,
+    output: std::process::Output,
+    report: Value,
+    pid: i64,
+    /// Rows the client's process produced, and how many of them the shim made itself.
+    rows: i64,
+    internal: i64,
+}
+
+fn traced_run(
+    label: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<TracedRun> {
+    let token = Token::new(label)?;
+    let mut recorder = Recorder::start(&[])?;
+    let mut command = token.client(&shim(), args);
+    recorder.shim_env(&mut command, SOFTHSM);
+    command.envs(env.iter().copied());
+    let output = run(&mut command, timeout)?;
+    let report = client_json(&output)?.remove(0);
+    recorder.stop()?;
+    let pid = report["pid"].as_i64().context("pid")?;
+    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
+    Ok(TracedRun {
+        recorder,
+        output,
+        report,
+        pid,
+        rows,
+        internal,
+    })
+}
+
+impl TracedRun {
+    /// The calls the client says it made.
+    fn calls(&self) -> i64 {
+        self.report["calls"].as_i64().unwrap_or(-1)
+    }
+
+    fn dropped_and_lost(&self) -> Result<(i64, i64)> {
+        dropped_and_lost(&self.recorder, self.pid)
+    }
+}
+
 #[test]
 fn three_x_interfaces_of_kryoptic_are_traced_including_3x_only_functions() -> Result<()> {
     let token = Token::of(Provider::Kryoptic, "interfaces")?;
@@ -436,23 +485,20 @@ fn three_x_interfaces_of_kryoptic_are_traced_including_3x_only_functions() -> Re
 
 #[test]
 fn eight_threads_of_five_hundred_calls_are_recorded_exactly() -> Result<()> {
-    let token = Token::new("threads")?;
-    let mut recorder = Recorder::start(&[])?;
-    let mut command = token.client(&shim(), &["threads", "8", "500"]);
-    recorder.shim_env(&mut command, SOFTHSM);
-    let report = client_json(&run(&mut command, Duration::from_secs(120))?)?.remove(0);
-    recorder.stop()?;
-    let pid = report["pid"].as_i64().context("pid")?;
-    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
+    let traced = traced_run(
+        "threads",
+        &["threads", "8", "500"],
+        &[],
+        Duration::from_secs(120),
+    )?;
+    let (recorder, report) = (&traced.recorder, &traced.report);
+    let (rows, internal) = (traced.rows, traced.internal);
     ensure!(
-        rows - internal == report["calls"].as_i64().unwrap_or(-1),
+        rows - internal == traced.calls(),
         "rows {rows} (internal {internal}) vs client {}",
         report["calls"]
     );
-    ensure!(
-        dropped_and_lost(&recorder, pid)? == (0, 0),
-        "drops or losses"
-    );
+    ensure!(traced.dropped_and_lost()? == (0, 0), "drops or losses");
     // Each thread's rows carry its tid, and only its own session: no record mixed between threads.
     for thread in report["threads"].as_array().context("threads")? {
         let tid = thread["tid"].as_i64().context("tid")?;
@@ -713,17 +759,15 @@ fn configuration_comes_from_a_file_when_the_host_cannot_set_variables() -> Resul
 
 #[test]
 fn a_full_queue_drops_and_counts_so_rows_plus_dropped_equal_calls() -> Result<()> {
-    let token = Token::new("drops")?;
-    let mut recorder = Recorder::start(&[])?;
-    let mut command = token.client(&shim(), &["burst", "20000"]);
-    recorder.shim_env(&mut command, SOFTHSM);
-    command.env("P11TRACE_QUEUE_CAPACITY", "4");
-    let report = client_json(&run(&mut command, Duration::from_secs(120))?)?.remove(0);
-    recorder.stop()?;
-    let pid = report["pid"].as_i64().context("pid")?;
-    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
-    let (dropped, lost) = dropped_and_lost(&recorder, pid)?;
-    let calls = report["calls"].as_i64().context("calls")?;
+    let traced = traced_run(
+        "drops",
+        &["burst", "20000"],
+        &[("P11TRACE_QUEUE_CAPACITY", "4")],
+        Duration::from_secs(120),
+    )?;
+    let (rows, internal, pid) = (traced.rows, traced.internal, traced.pid);
+    let (dropped, lost) = traced.dropped_and_lost()?;
+    let calls = traced.report["calls"].as_i64().context("calls")?;
     ensure!(dropped > 0, "a 4-record queue under 20,000 calls must drop");
     ensure!(
         rows + dropped + lost == calls + internal,
@@ -732,7 +776,7 @@ fn a_full_queue_drops_and_counts_so_rows_plus_dropped_equal_calls() -> Result<()
     // `calls` never holds gap rows: every row is a real call, and seq values are distinct.
     let seq = duckdb(&format!(
         "SELECT count(DISTINCT seq) AS n, max(seq) AS hi FROM {} WHERE pid = {pid}",
-        recorder.table("calls")
+        traced.recorder.table("calls")
     ))?;
     ensure!(
         seq[0]["n"].as_i64() == Some(rows)
@@ -788,21 +832,20 @@ fn vendor_interfaces_pass_through_untraced_and_the_record_says_so() -> Result<()
 
 #[test]
 fn a_host_that_forbids_threads_gets_no_thread_and_every_record() -> Result<()> {
-    let token = Token::new("nothreads")?;
-    let mut recorder = Recorder::start(&[])?;
-    let mut command = token.client(&shim(), &["nothreads", "20000"]);
-    recorder.shim_env(&mut command, SOFTHSM);
-    let report = client_json(&run(&mut command, Duration::from_secs(120))?)?.remove(0);
-    recorder.stop()?;
+    let traced = traced_run(
+        "nothreads",
+        &["nothreads", "20000"],
+        &[],
+        Duration::from_secs(120),
+    )?;
+    let (report, rows, internal) = (&traced.report, traced.rows, traced.internal);
     ensure!(
         report["threads_before_finalize"] == 1,
         "the shim started a thread: {report}"
     );
-    let pid = report["pid"].as_i64().context("pid")?;
-    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
-    let (dropped, lost) = dropped_and_lost(&recorder, pid)?;
+    let (dropped, lost) = traced.dropped_and_lost()?;
     ensure!(
-        rows + dropped + lost - internal == report["calls"].as_i64().unwrap_or(-1),
+        rows + dropped + lost - internal == traced.calls(),
         "rows {rows} dropped {dropped} lost {lost} vs {report}"
     );
     ensure!(
@@ -814,18 +857,16 @@ fn a_host_that_forbids_threads_gets_no_thread_and_every_record() -> Result<()> {
 
 #[test]
 fn a_process_exiting_without_finalize_delivers_from_its_destructor() -> Result<()> {
-    let token = Token::new("noexit")?;
-    let mut recorder = Recorder::start(&[])?;
-    let mut command = token.client(&shim(), &["noexit", "3000"]);
-    recorder.shim_env(&mut command, SOFTHSM);
-    let report = client_json(&run(&mut command, Duration::from_secs(60))?)?.remove(0);
-    recorder.stop()?;
-    let pid = report["pid"].as_i64().context("pid")?;
-    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
-    ensure!(
-        rows - internal == report["calls"].as_i64().unwrap_or(-1),
-        "rows {rows} vs {report}"
-    );
+    let traced = traced_run("noexit", &["noexit", "3000"], &[], Duration::from_secs(60))?;
+    let TracedRun {
+        recorder,
+        report,
+        pid,
+        rows,
+        internal,
+        ..
+    } = &traced;
+    ensure!(rows - internal == traced.calls(), "rows {rows} vs {report}");
     let reason = duckdb(&format!(
         "SELECT disconnect_reason AS r FROM {} WHERE pid = {pid}",
         recorder.table("clients")
@@ -836,26 +877,26 @@ fn a_process_exiting_without_finalize_delivers_from_its_destructor() -> Result<(
 
 #[test]
 fn a_panic_while_recording_never_reaches_the_host() -> Result<()> {
-    let token = Token::new("panic")?;
-    let mut recorder = Recorder::start(&[])?;
-    let mut command = token.client(&shim(), &["burst", "100"]);
-    recorder.shim_env(&mut command, SOFTHSM);
-    command.env("P11TRACE_TEST_PANIC", "C_GetSessionInfo");
-    let output = run(&mut command, Duration::from_secs(60))?;
-    let report = client_json(&output)?.remove(0);
-    recorder.stop()?;
-    let ours: Vec<String> = text(&output.stderr).lines().map(String::from).collect();
+    let traced = traced_run(
+        "panic",
+        &["burst", "100"],
+        &[("P11TRACE_TEST_PANIC", "C_GetSessionInfo")],
+        Duration::from_secs(60),
+    )?;
+    let (report, rows, internal) = (&traced.report, traced.rows, traced.internal);
+    let ours: Vec<String> = text(&traced.output.stderr)
+        .lines()
+        .map(String::from)
+        .collect();
     ensure!(
         ours.len() == 1
             && ours[0].starts_with("p11trace: internal error while recording C_GetSessionInfo"),
         "{ours:?}"
     );
-    let pid = report["pid"].as_i64().context("pid")?;
-    let (rows, internal) = rows_by_pid(&recorder)?[&pid];
-    let (dropped, _) = dropped_and_lost(&recorder, pid)?;
+    let (dropped, _) = traced.dropped_and_lost()?;
     // The 100 calls went through; their records were lost to the panic and counted as dropped.
     ensure!(
-        dropped == 100 && rows + dropped - internal == report["calls"].as_i64().unwrap_or(-1),
+        dropped == 100 && rows + dropped - internal == traced.calls(),
         "rows {rows} dropped {dropped} {report}"
     );
     Ok(())

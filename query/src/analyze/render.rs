@@ -13,7 +13,7 @@ use super::Report;
 
 /// RFC 3339 UTC rendering of a `start` value.
 pub fn timestamp(micros: i64) -> String {
-    p11trace_schema::time::rfc3339(micros)
+    p11trace_dataset::time::rfc3339(micros)
 }
 
 /// One polars value as JSON (timestamps as RFC 3339 strings).

@@ -13,10 +13,11 @@ use std::rc::Rc;
 
 use anyhow::{Context, Result, bail};
 use chrono::{NaiveDate, TimeZone as _};
-use p11trace_schema::arrow::{CallsBuilder, ParquetSink, calls_schema, writer_properties};
-use p11trace_schema::row::{CallRow, Source};
-use p11trace_schema::time::utc_date;
-use p11trace_schema::wire::CallRecord;
+use p11trace_dataset::layout::{CALLS, Layout, part_name};
+use p11trace_dataset::time::utc_date;
+use p11trace_dataset::{CallRow, Source};
+use p11trace_dataset::{CallsBuilder, ParquetSink, calls_schema, writer_properties};
+use p11trace_record::wire::CallRecord;
 
 use crate::input::InputFormat;
 
@@ -110,7 +111,7 @@ impl Clock {
         {
             return None;
         }
-        let days = p11trace_schema::time::days_from_civil(year, month, day);
+        let days = p11trace_dataset::time::days_from_civil(year, month, day);
         let hour_key = days * 24 + i64::from(hour);
         let naive_us = hour_key * 3_600_000_000
             + i64::from(minute) * 60_000_000
@@ -147,7 +148,7 @@ pub struct ImportSummary {
 enum Output {
     File(Box<(CallsBuilder, ParquetSink)>),
     Dataset {
-        root: PathBuf,
+        layout: Layout,
         name: String,
         parts: BTreeMap<String, (CallsBuilder, ParquetSink)>,
     },
@@ -171,8 +172,8 @@ impl Output {
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create folder {}", out.display()))?;
         Ok(Output::Dataset {
-            root: out.to_owned(),
-            name: format!("part-import-{run_id}.parquet"),
+            layout: Layout::new(out),
+            name: part_name(&format!("import-{run_id}"), 1),
             parts: BTreeMap::new(),
         })
     }
@@ -180,13 +181,17 @@ impl Output {
     fn builder(&mut self, start_us: Option<i64>) -> Result<(&mut CallsBuilder, &mut ParquetSink)> {
         match self {
             Output::File(file) => Ok((&mut file.0, &mut file.1)),
-            Output::Dataset { root, name, parts } => {
+            Output::Dataset {
+                layout,
+                name,
+                parts,
+            } => {
                 let date = start_us.map_or_else(|| "unknown".to_owned(), utc_date);
                 if !parts.contains_key(&date) {
-                    let path = root.join("calls").join(format!("date={date}")).join(&*name);
-                    let properties = writer_properties("calls", &[]);
+                    let path = layout.part(CALLS, &date, name);
+                    let properties = writer_properties(CALLS, &[]);
                     let sink =
-                        ParquetSink::create(&root.join(".tmp"), &path, calls_schema(), properties)
+                        ParquetSink::create(&layout.temp(), &path, calls_schema(), properties)
                             .with_context(|| format!("cannot create {}", path.display()))?;
                     parts.insert(date.clone(), (CallsBuilder::new(), sink));
                 }
@@ -209,11 +214,11 @@ impl Output {
                 let (builder, sink) = *file;
                 close(builder, sink)
             }
-            Output::Dataset { root, parts, .. } => {
+            Output::Dataset { layout, parts, .. } => {
                 for (builder, sink) in parts.into_values() {
                     close(builder, sink)?;
                 }
-                let _ = std::fs::remove_dir(root.join(".tmp"));
+                let _ = std::fs::remove_dir(layout.temp());
                 Ok(())
             }
         }

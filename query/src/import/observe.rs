@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use p11trace_schema::attrs::{ValuePolicy, value_policy};
-use p11trace_schema::names;
-use p11trace_schema::wire::{Attr, AttrType, AttrValue, CallRecord, Template};
+use p11trace_record::attr::{Attr, AttrType, AttrValue, Template};
+use p11trace_record::names;
+use p11trace_record::policy::{ValuePolicy, value_policy};
+use p11trace_record::wire::CallRecord;
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -14,7 +14,7 @@
 //!   whatever follows is another line, and its ASCII column (which may hold spaces, `:`, `=`, 0x7F)
 //!   is never searched. Elsewhere, markers are searched outside quoted text only.
 //! - A record without `Returned:` (crash, truncation) is kept with `returned = false`, `rv` null.
-//! - Values: only what the shim's allowlist would record (`p11trace_schema::attrs`); PINs, data
+//! - Values: only what the shim's allowlist would record (`p11trace_record::policy`); PINs, data
 //!   and key material are never stored, only their lengths.
 //! - Durations: the spy logs only start times, so `dur_ns` stays null. The next call on the same
 //!   thread bounds a duration from above, but that bound includes the application's own time
@@ -23,14 +23,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use p11trace_schema::Func;
-use p11trace_schema::attrs::{
-    InfoField, ValuePolicy, fixed_text_of, provider_string, value_from_bytes, value_policy,
+use p11trace_record::Func;
+use p11trace_record::attr::InfoField;
+use p11trace_record::attr::{Attr, AttrType, AttrValue, Template};
+use p11trace_record::functions::FunctionSpec;
+use p11trace_record::names;
+use p11trace_record::params::{MechParams, takes_bare_iv};
+use p11trace_record::policy::{
+    ValuePolicy, fixed_text_of, provider_string, value_from_bytes, value_policy,
 };
-use p11trace_schema::functions::FunctionSpec;
-use p11trace_schema::names;
-use p11trace_schema::params::{MechParams, takes_bare_iv};
-use p11trace_schema::wire::{Attr, AttrType, AttrValue, CallRecord, Template};
+use p11trace_record::wire::CallRecord;
 
 use super::{Clock, ImportedCall, Problems, SourceClient};
 
@@ -1002,7 +1004,7 @@ fn info_order(func: &str) -> &'static [InfoField] {
 
 /// Info fields as the shim records them (same fields, same order, same values).
 fn info_attrs(func: &str, info: &[(String, String)]) -> Vec<Attr> {
-    let field = p11trace_schema::attrs::info_field;
+    let field = p11trace_record::attr::info_field;
     let text = |v: &str| AttrValue::Text(v.trim_end().to_owned());
     let hex_flags = |v: &str| {
         u64::from_str_radix(v.trim().trim_start_matches("0x"), 16)

@@ -30,27 +30,7 @@ pub struct Loaded {
 
 /// Parquet files below `folder`, skipping hidden entries (`.tmp`, `.wal`).
 pub fn parquet_files(folder: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut stack = vec![folder.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let entries =
-            fs::read_dir(&dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.with_context(|| format!("cannot read folder {}", dir.display()))?;
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
+    Ok(p11trace_dataset::layout::parquet_files(folder)?)
 }
 
 /// Guesses the format of a file from its first bytes.

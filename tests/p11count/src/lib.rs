@@ -147,7 +147,7 @@ macro_rules! oracle {
     };
 }
 
-p11trace_schema::with_pkcs11_functions!(oracle);
+p11trace_record::with_pkcs11_functions!(oracle);
 
 /// A vendor interface, so tests can see the shim pass other interfaces through untraced.
 #[repr(C)]

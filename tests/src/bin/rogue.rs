@@ -14,15 +14,10 @@ use std::os::unix::net::UnixStream;
 
 use bincode::Options;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
-use p11trace_schema::wire::{self, Hello, Message, Redaction};
-use serde::{Deserialize, Serialize};
+use p11trace_record::wire::{self, Hello, Message, Redaction};
 use serde_bytes::ByteBuf;
 
-#[derive(Serialize, Deserialize)]
-struct Bootstrap {
-    hello: ByteBuf,
-    data: IpcBytesReceiver,
-}
+type Bootstrap = wire::Bootstrap<IpcBytesReceiver>;
 
 fn hello(token: [u8; 16]) -> Vec<u8> {
     let hello = Hello {
@@ -67,16 +62,7 @@ fn handshake(socket: &str, honest: bool) -> (IpcBytesSender, UnixStream) {
 /// A frame as the shim builds it: a LEB128 length, then the payload.
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut rest = payload.len() as u64;
-    loop {
-        let byte = (rest & 0x7f) as u8;
-        rest >>= 7;
-        if rest == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
+    wire::push_length(payload.len() as u64, &mut out);
     out.extend_from_slice(payload);
     out
 }

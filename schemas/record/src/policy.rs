@@ -7,10 +7,8 @@
 
 use std::fmt::Write as _;
 
-use serde::{Deserialize, Serialize};
-
+use crate::attr::{AttrType, AttrValue, InfoField};
 use crate::names;
-use crate::wire::AttrValue;
 
 /// How an allowlisted attribute's value is read and rendered.
 #[derive(Debug, Clone, Copy)]
@@ -99,65 +97,12 @@ pub fn value_from_bytes(attribute: u64, bytes: &[u8]) -> AttrValue {
     }
 }
 
-/// A returned field of an info structure (`C_GetInfo`, `C_GetSlotInfo`, `C_GetTokenInfo`,
-/// `C_GetMechanismInfo`, `C_GetSessionInfo`) or of an interface, recorded in `attrs` with
-/// `template = out` and a null `type_code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InfoField {
-    CryptokiVersion,
-    ManufacturerId,
-    LibraryDescription,
-    LibraryVersion,
-    SlotDescription,
-    HardwareVersion,
-    FirmwareVersion,
-    Label,
-    Model,
-    SerialNumber,
-    Flags,
-    MinKeySize,
-    MaxKeySize,
-    State,
-    DeviceError,
-    InterfaceName,
-    InterfaceVersion,
-    /// An interface the shim passed through untraced (a vendor interface).
-    UntracedInterface,
-}
-
-impl InfoField {
-    /// The C field name, used as the `attrs.type` value.
-    pub fn name(self) -> &'static str {
-        use InfoField::*;
-        match self {
-            CryptokiVersion => "cryptokiVersion",
-            ManufacturerId => "manufacturerID",
-            LibraryDescription => "libraryDescription",
-            LibraryVersion => "libraryVersion",
-            SlotDescription => "slotDescription",
-            HardwareVersion => "hardwareVersion",
-            FirmwareVersion => "firmwareVersion",
-            Label => "label",
-            Model => "model",
-            SerialNumber => "serialNumber",
-            Flags => "flags",
-            MinKeySize => "ulMinKeySize",
-            MaxKeySize => "ulMaxKeySize",
-            State => "state",
-            DeviceError => "ulDeviceError",
-            InterfaceName => "pInterfaceName",
-            InterfaceVersion => "version",
-            UntracedInterface => "untracedInterface",
-        }
-    }
-}
-
 /// Renders a captured value for the `attrs.value` column (`None` = null).
-pub fn render_value(kind: crate::wire::AttrType, value: &AttrValue) -> Option<String> {
+pub fn render_value(kind: AttrType, value: &AttrValue) -> Option<String> {
     let policy = match kind {
-        crate::wire::AttrType::Attribute(code) => value_policy(code),
-        crate::wire::AttrType::Field(InfoField::State) => ValuePolicy::Number,
-        crate::wire::AttrType::Field(_) => ValuePolicy::Number,
+        AttrType::Attribute(code) => value_policy(code),
+        AttrType::Field(InfoField::State) => ValuePolicy::Number,
+        AttrType::Field(_) => ValuePolicy::Number,
     };
     Some(match value {
         AttrValue::Redacted | AttrValue::None => return None,
@@ -248,22 +193,6 @@ pub fn curve_name(der: &[u8]) -> Option<&'static str> {
 }
 
 /// Text of a fixed-size, blank-padded PKCS#11 string field (trailing blanks and NULs removed).
-/// An info-structure field (`C_GetInfo`, `C_GetTokenInfo`, …) as an `out` attribute; its `len` is
-/// the text's length, -1 for numbers and versions. The shim and the spy importer both build them
-/// here, so the two sources record the same thing.
-pub fn info_field(field: InfoField, value: AttrValue) -> crate::wire::Attr {
-    let len = match &value {
-        AttrValue::Text(text) => text.len() as i64,
-        _ => -1,
-    };
-    crate::wire::Attr {
-        template: crate::wire::Template::Out,
-        kind: crate::wire::AttrType::Field(field),
-        len,
-        value,
-    }
-}
-
 pub fn fixed_text_of(bytes: &[u8]) -> String {
     let end = bytes
         .iter()
@@ -286,7 +215,7 @@ pub fn provider_string(manufacturer: &str, description: &str, version: (u8, u8))
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::AttrType;
+    use AttrType;
 
     #[test]
     fn secrets_are_not_on_the_allowlist() {

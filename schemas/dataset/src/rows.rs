@@ -2,7 +2,8 @@
 //! spy importer, observe importer) hands them to the Arrow writer. Fields borrow, so the recorder
 //! builds a row from a wire record without allocating.
 
-use crate::wire::{Attr, CallRecord};
+use p11trace_record::attr::Attr;
+use p11trace_record::wire::CallRecord;
 
 /// Where a row came from (`calls.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,12 @@
 //!    first message is always [`Message::Hello`] echoing the token.
 //!
 //! Records carry codes, not names: the recorder renders names with [`crate::names`], so the shim
-//! does no string work on its hot path.
+//! does no string work on its hot path. Attribute types live in [`crate::attr`].
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
+
+use crate::attr::Attr;
 
 /// Version of this protocol; a recorder refuses a `Hello` with another version.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -41,17 +43,22 @@ pub fn codec() -> impl Options + Copy {
 pub fn frame(message: &Message, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
     let size = codec().serialized_size(message)?;
     out.clear();
-    let mut rest = size;
+    push_length(size, out);
+    codec().serialize_into(&mut *out, message)
+}
+
+/// Appends `len` as a LEB128 varint: the length prefix of every frame.
+pub fn push_length(len: u64, out: &mut Vec<u8>) {
+    let mut rest = len;
     loop {
         let byte = (rest & 0x7f) as u8;
         rest >>= 7;
         if rest == 0 {
             out.push(byte);
-            break;
+            return;
         }
         out.push(byte | 0x80);
     }
-    codec().serialize_into(&mut *out, message)
 }
 
 /// The bincode payload of a frame built by [`frame`], if its length prefix is consistent.
@@ -70,18 +77,6 @@ pub fn unframe(framed: &[u8]) -> Option<&[u8]> {
 /// Decodes the bincode payload of one message (the frame's length prefix already removed).
 pub fn decode(payload: &[u8]) -> Result<Message, bincode::Error> {
     codec().deserialize(payload)
-}
-
-/// The recorder's default socket: `/run/user/<uid>/p11trace.sock` where that folder exists, else
-/// `/tmp/p11trace-<uid>/p11trace.sock`. Derived from the uid alone, so a login shell, cron and a
-/// service of the same user agree.
-pub fn default_socket_path(uid: u32) -> std::path::PathBuf {
-    let run_user = std::path::PathBuf::from(format!("/run/user/{uid}"));
-    if run_user.is_dir() {
-        run_user.join("p11trace.sock")
-    } else {
-        std::path::PathBuf::from(format!("/tmp/p11trace-{uid}/p11trace.sock"))
-    }
 }
 
 /// Largest [`Welcome`] frame a shim accepts on the rendezvous stream.
@@ -112,6 +107,16 @@ pub fn read_welcome(input: &mut impl std::io::Read) -> std::io::Result<Welcome> 
     codec()
         .deserialize(&bytes)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The shim's first (and only) message to the recorder's one-shot server: the encoded
+/// [`Message::Hello`] and the receiving end of the data channel. Generic over the receiver type
+/// because each side names it as its ipc-channel API hands it out (`IpcBytesReceiver` on the shim,
+/// `IpcReceiver<ByteBuf>` on the recorder); both serialize to the same bytes.
+#[derive(Serialize, Deserialize)]
+pub struct Bootstrap<R> {
+    pub hello: serde_bytes::ByteBuf,
+    pub data: R,
 }
 
 /// Recorder → shim, on the rendezvous stream, as `u32` little-endian length + bincode.
@@ -253,7 +258,7 @@ pub struct CallRecord {
     pub start_ns: i64,
     /// Monotonic duration of the real call, nanoseconds.
     pub dur_ns: i64,
-    /// [`crate::functions::Func`] code.
+    /// [`crate::Func`] code.
     pub func: u16,
     pub flags: u8,
     pub interface: Option<InterfaceVersion>,
@@ -273,75 +278,10 @@ pub struct CallRecord {
     pub attrs: Option<Vec<Attr>>,
 }
 
-/// Which template an attribute came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Template {
-    In,
-    Out,
-    Public,
-    Private,
-}
-
-impl Template {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Template::In => "in",
-            Template::Out => "out",
-            Template::Public => "public",
-            Template::Private => "private",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Template> {
-        Some(match text {
-            "in" => Template::In,
-            "out" => Template::Out,
-            "public" => Template::Public,
-            "private" => Template::Private,
-            _ => return None,
-        })
-    }
-}
-
-/// What an [`Attr`] describes: a `CKA_*` attribute, or a field of an info structure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AttrType {
-    Attribute(u64),
-    Field(crate::attrs::InfoField),
-}
-
-/// One attribute of a template, or one returned field of an info structure.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Attr {
-    pub template: Template,
-    pub kind: AttrType,
-    /// `ulValueLen` (-1 = `CK_UNAVAILABLE_INFORMATION`).
-    pub len: i64,
-    pub value: AttrValue,
-}
-
-/// A captured value. Only allowlisted attributes ever carry one (see [`crate::attrs`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum AttrValue {
-    /// Not allowlisted: the value was never read.
-    Redacted,
-    /// No value to show (a size query, a failed call, an empty buffer).
-    None,
-    Ulong(u64),
-    Bool(bool),
-    /// Printable text (labels, info strings), trailing blanks removed.
-    Text(String),
-    /// Raw bytes of an allowlisted binary attribute (`CKA_ID`, `CKA_EC_PARAMS`).
-    Bytes(Vec<u8>),
-    /// HMAC-SHA256 (first 16 bytes) of a label or id under `P11TRACE_REDACT=labels`.
-    Hashed([u8; 16]),
-    /// A version (`2.40`).
-    Version(u8, u8),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attr::{Attr, AttrType, AttrValue, Template};
 
     fn postcard_bytes(framed: &[u8]) -> &[u8] {
         unframe(framed).expect("a consistent frame")
@@ -351,7 +291,7 @@ mod tests {
     fn frames_round_trip() {
         let record = CallRecord {
             seq: 7,
-            func: crate::functions::Func::C_Sign.code(),
+            func: crate::Func::C_Sign.code(),
             attrs: Some(vec![Attr {
                 template: Template::In,
                 kind: AttrType::Attribute(0x11),

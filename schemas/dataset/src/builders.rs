@@ -1,138 +1,19 @@
-//! Schema v1 in Arrow form, the builders that turn rows into record batches, and the one Parquet
-//! writer every producer uses (feature `arrow`; the shim never links this).
-//!
-//! Column types follow `schemas/calls.md`: every integer is Int64 (a `CK_ULONG` keeps its bit
-//! pattern), every string plain Utf8, timestamps `Timestamp(µs, UTC)`.
+//! The builders that turn [`CallRow`]s and [`ClientRow`]s into Arrow record batches of
+//! [`calls_schema`] and [`clients_schema`].
 
-use std::fs::{self, File};
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Int64Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder,
     TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{WriterProperties, WriterVersion};
-use parquet::schema::types::ColumnPath;
+use arrow::datatypes::{DataType, Field};
+use p11trace_record::attr::AttrType;
+use p11trace_record::names;
+use p11trace_record::policy::render_value;
 
-use crate::attrs::render_value;
-use crate::names;
-use crate::row::{CallRow, ClientRow};
-use crate::wire::AttrType;
-
-/// Parquet key-value metadata key holding the schema version.
-pub const SCHEMA_VERSION_KEY: &str = "p11trace.schema_version";
-/// Parquet key-value metadata key naming the table (`calls`, `clients`).
-pub const TABLE_KEY: &str = "p11trace.table";
-
-fn utc_micros() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
-fn attr_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("template", DataType::Utf8, false),
-        Field::new("type", DataType::Utf8, false),
-        Field::new("type_code", DataType::Int64, true),
-        Field::new("len", DataType::Int64, false),
-        Field::new("value", DataType::Utf8, true),
-        Field::new("redacted", DataType::Boolean, false),
-    ])
-}
-
-fn list_of(item: DataType) -> DataType {
-    DataType::List(Arc::new(Field::new("element", item, false)))
-}
-
-/// The Arrow schema of the `calls` table.
-pub fn calls_schema() -> SchemaRef {
-    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            use DataType::{Boolean, Int64, Utf8};
-            let column = |name: &str, data_type: DataType, nullable: bool| {
-                Field::new(name, data_type, nullable)
-            };
-            Arc::new(Schema::new(vec![
-                column("run_id", Utf8, false),
-                column("client_id", Utf8, false),
-                column("source", Utf8, false),
-                column("host", Utf8, true),
-                column("pid", Int64, true),
-                column("tid", Int64, true),
-                column("process", Utf8, true),
-                column("module", Utf8, false),
-                column("provider", Utf8, true),
-                column("interface_version", Utf8, true),
-                column("seq", Int64, false),
-                column("start", utc_micros(), true),
-                column("start_local", Boolean, false),
-                column("dur_ns", Int64, true),
-                column("func", Utf8, false),
-                column("internal", Boolean, false),
-                column("returned", Boolean, false),
-                column("rv", Int64, true),
-                column("rv_name", Utf8, true),
-                column("slot_id", Int64, true),
-                column("session", Int64, true),
-                column("mechanism", Utf8, true),
-                column("mech_code", Int64, true),
-                column("mech_params", Utf8, true),
-                column("object", Int64, true),
-                column("object2", Int64, true),
-                column("out_objects", list_of(Int64), true),
-                column("user_type", Utf8, true),
-                column("in_len", Int64, true),
-                column("out_len", Int64, true),
-                column("ck_flags", Int64, true),
-                column("op_id", Int64, true),
-                column("attrs", list_of(DataType::Struct(attr_fields())), true),
-            ]))
-        })
-        .clone()
-}
-
-/// The Arrow schema of the `clients` table.
-pub fn clients_schema() -> SchemaRef {
-    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            use DataType::{Int64, Utf8};
-            let column = |name: &str, data_type: DataType, nullable: bool| {
-                Field::new(name, data_type, nullable)
-            };
-            Arc::new(Schema::new(vec![
-                column("run_id", Utf8, false),
-                column("client_id", Utf8, false),
-                column("connection", Int64, false),
-                column("host", Utf8, true),
-                column("pid", Int64, false),
-                column("ppid", Int64, true),
-                column("uid", Int64, true),
-                column("process", Utf8, true),
-                column("exe", Utf8, true),
-                column("module", Utf8, false),
-                column("provider", Utf8, true),
-                column("shim_version", Utf8, false),
-                column("protocol_version", Int64, false),
-                column("redaction", Utf8, false),
-                column("connected_at", utc_micros(), false),
-                column("disconnected_at", utc_micros(), true),
-                column("records", Int64, false),
-                column("seq_start", Int64, false),
-                column("seq_end", Int64, true),
-                column("dropped", Int64, false),
-                column("lost", Int64, false),
-                column("disconnect_reason", Utf8, true),
-            ]))
-        })
-        .clone()
-}
+use crate::rows::{CallRow, ClientRow};
+use crate::schema::{attr_fields, calls_schema, clients_schema};
 
 fn as_i64(value: Option<u64>) -> Option<i64> {
     value.map(|v| v as i64)
@@ -290,7 +171,7 @@ impl CallsBuilder {
                         AttrType::Field(field) => (field.name().into(), None),
                     };
                     let value = render_value(attr.kind, &attr.value);
-                    let redacted = matches!(attr.value, crate::wire::AttrValue::Redacted);
+                    let redacted = matches!(attr.value, p11trace_record::attr::AttrValue::Redacted);
                     string_field(entries, 0).append_value(attr.template.as_str());
                     string_field(entries, 1).append_value(type_name);
                     int_field(entries, 2).append_option(type_code);
@@ -485,143 +366,5 @@ impl ClientsBuilder {
         self.rows = 0;
         RecordBatch::try_new(clients_schema(), columns)
             .expect("ClientsBuilder columns match clients_schema()")
-    }
-}
-
-/// Writer settings shared by every p11trace Parquet file: zstd, dictionaries for the repetitive
-/// string columns, delta encoding for the monotonic integer columns, and the schema version (plus
-/// `extra` entries) in the key-value metadata.
-pub fn writer_properties(table: &str, extra: &[(String, String)]) -> WriterProperties {
-    let mut metadata = vec![
-        KeyValue::new(
-            SCHEMA_VERSION_KEY.to_owned(),
-            crate::SCHEMA_VERSION.to_string(),
-        ),
-        KeyValue::new(TABLE_KEY.to_owned(), table.to_owned()),
-    ];
-    metadata.extend(
-        extra
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-    );
-    let mut builder = WriterProperties::builder()
-        .set_writer_version(WriterVersion::PARQUET_1_0)
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("zstd level 3 is valid"),
-        ))
-        .set_key_value_metadata(Some(metadata))
-        .set_max_row_group_row_count(Some(1 << 20));
-    for column in ["seq", "start", "dur_ns"] {
-        let path = ColumnPath::from(column);
-        builder = builder
-            .set_column_dictionary_enabled(path.clone(), false)
-            .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
-    }
-    builder.build()
-}
-
-/// A Parquet file being written in a temporary folder; it appears at its final path, complete,
-/// only when [`finish`](Self::finish) renames it there. Dropped unfinished, it removes itself.
-pub struct ParquetSink {
-    temp_path: PathBuf,
-    final_path: PathBuf,
-    writer: Option<ArrowWriter<File>>,
-    rows: u64,
-}
-
-impl ParquetSink {
-    /// Starts a file that will become `final_path`, written as `temp_dir/<final name>.tmp`.
-    pub fn create(
-        temp_dir: &Path,
-        final_path: &Path,
-        schema: SchemaRef,
-        properties: WriterProperties,
-    ) -> io::Result<ParquetSink> {
-        fs::create_dir_all(temp_dir)?;
-        let name = final_path.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "final path has no file name")
-        })?;
-        let temp_path = temp_dir.join(format!("{}.tmp", name.to_string_lossy()));
-        let file = File::create(&temp_path)?;
-        let writer =
-            ArrowWriter::try_new(file, schema, Some(properties)).map_err(io::Error::other)?;
-        Ok(ParquetSink {
-            temp_path,
-            final_path: final_path.to_owned(),
-            writer: Some(writer),
-            rows: 0,
-        })
-    }
-
-    pub fn write(&mut self, batch: &RecordBatch) -> io::Result<()> {
-        let writer = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| io::Error::other("sink already finished"))?;
-        writer.write(batch).map_err(io::Error::other)?;
-        self.rows += batch.num_rows() as u64;
-        Ok(())
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
-    /// Adds a key-value metadata entry to the file footer.
-    pub fn add_metadata(&mut self, key: &str, value: String) {
-        if let Some(writer) = self.writer.as_mut() {
-            writer.append_key_value_metadata(KeyValue::new(key.to_owned(), value));
-        }
-    }
-
-    /// Bytes of encoded rows buffered for the current row group (memory held by this sink).
-    pub fn buffered_bytes(&self) -> usize {
-        self.writer.as_ref().map_or(0, ArrowWriter::memory_size)
-    }
-
-    /// Closes the file, makes it durable, and renames it into place. Returns its final path.
-    pub fn finish(self) -> io::Result<PathBuf> {
-        self.finish_with(|_| {})
-    }
-
-    /// [`finish`](Self::finish), calling `hook("before-rename")` once the temporary file is
-    /// complete and durable and `hook("after-rename")` once it is in place (crash injection).
-    pub fn finish_with(mut self, hook: impl Fn(&str)) -> io::Result<PathBuf> {
-        let writer = self
-            .writer
-            .take()
-            .ok_or_else(|| io::Error::other("sink already finished"))?;
-        let complete = writer
-            .into_inner()
-            .map_err(io::Error::other)
-            .and_then(|file| {
-                file.sync_all()?;
-                if let Some(parent) = self.final_path.parent() {
-                    fs::create_dir_all(parent)?;
-                }
-                Ok(())
-            });
-        if let Err(error) = complete {
-            let _ = fs::remove_file(&self.temp_path);
-            return Err(error);
-        }
-        hook("before-rename");
-        fs::rename(&self.temp_path, &self.final_path)?;
-        let parent = self
-            .final_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        File::open(parent)?.sync_all()?;
-        hook("after-rename");
-        Ok(self.final_path.clone())
-    }
-}
-
-impl Drop for ParquetSink {
-    fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = fs::remove_file(&self.temp_path);
-        }
     }
 }
