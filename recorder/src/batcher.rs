@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use p11trace_dataset::time::utc_date;
 use p11trace_dataset::{CallRow, ClientRow, DisconnectReason, Source};
@@ -17,7 +18,7 @@ use p11trace_dataset::{CallsBuilder, ClientsBuilder};
 use p11trace_record::Func;
 use p11trace_record::wire::{CallRecord, InterfaceVersion, record_flags};
 
-use crate::events::{Connection, Event, Logged, Lsn, OpenConnection, now_us};
+use crate::events::{Connection, Counters, Event, Logged, Lsn, OpenConnection, now_us};
 use crate::ledger::{self, Ledger};
 use crate::stats::Stats;
 use crate::writer::{Job, Table};
@@ -38,9 +39,7 @@ struct Client {
     meta: Connection,
     provider: Option<String>,
     received: u64,
-    seq_high: u64,
-    dropped: u64,
-    sent: u64,
+    counters: Counters,
     dropped_base: u64,
     lost_before: u64,
 }
@@ -94,6 +93,27 @@ impl<B> Part<B> {
         self.lsn_min = self.lsn_min.min(lsn);
         self.lsn_max = self.lsn_max.max(lsn);
         &mut self.builder
+    }
+}
+
+/// Hands every non-empty part of one table to the writer, each with its log range.
+fn send_parts<B>(
+    parts: &mut BTreeMap<String, Part<B>>,
+    table: Table,
+    jobs: &Sender<Job>,
+    is_empty: fn(&B) -> bool,
+    finish: fn(&mut B) -> RecordBatch,
+) {
+    for (date, part) in parts.iter_mut().filter(|(_, p)| !is_empty(&p.builder)) {
+        let job = Job::Rows {
+            table,
+            date: date.clone(),
+            batch: finish(&mut part.builder),
+            lsn_min: part.lsn_min,
+            lsn_max: part.lsn_max,
+        };
+        let _ = jobs.send(job);
+        (part.lsn_min, part.lsn_max) = (Lsn::MAX, 0);
     }
 }
 
@@ -166,6 +186,12 @@ impl State {
     }
 
     fn apply(&mut self, Logged { lsn, event }: Logged) {
+        if let Some((key, carried, counters)) = event.progress()
+            && let Some(client) = self.clients.get_mut(&key)
+        {
+            client.received += carried;
+            client.counters.fold(counters);
+        }
         match event {
             Event::Connected(meta) => self.connected(*meta, 0, None),
             Event::Checkpoint(open) => {
@@ -175,33 +201,13 @@ impl State {
                     }
                 }
             }
-            Event::Records {
-                key,
-                records,
-                seq_high,
-                dropped,
-                sent,
-            } => {
-                self.records(lsn, key, &records, seq_high, dropped, sent);
-            }
+            Event::Records { key, records, .. } => self.records(lsn, key, &records),
             Event::Provider { key, provider } => {
                 if let Some(client) = self.clients.get_mut(&key) {
                     client.provider = Some(provider);
                 }
             }
-            Event::Goodbye {
-                key,
-                seq_high,
-                dropped,
-                sent,
-                ..
-            } => {
-                if let Some(client) = self.clients.get_mut(&key) {
-                    client.seq_high = client.seq_high.max(seq_high);
-                    client.dropped = client.dropped.max(dropped);
-                    client.sent = client.sent.max(sent);
-                }
-            }
+            Event::Goodbye { .. } => {}
             Event::Disconnected { key, reason, at_us } => {
                 self.disconnected(lsn, key, reason, at_us)
             }
@@ -216,9 +222,7 @@ impl State {
         let key = open.meta.key;
         self.connected(open.meta, open.received, open.provider);
         if let Some(client) = self.clients.get_mut(&key) {
-            client.seq_high = client.seq_high.max(open.seq_high);
-            client.dropped = client.dropped.max(open.dropped);
-            client.sent = client.sent.max(open.sent);
+            client.counters.fold(open.counters);
         }
     }
 
@@ -241,9 +245,7 @@ impl State {
         let client = Client {
             provider,
             received,
-            seq_high: meta.seq_start,
-            dropped: meta.dropped_at_start,
-            sent: 0,
+            counters: Counters::at_start(&meta),
             dropped_base,
             lost_before,
             meta,
@@ -251,22 +253,11 @@ impl State {
         self.clients.insert(client.meta.key, client);
     }
 
-    fn records(
-        &mut self,
-        lsn: Lsn,
-        key: u64,
-        records: &[CallRecord],
-        seq_high: u64,
-        dropped: u64,
-        sent: u64,
-    ) {
+    /// Rows for the records of a batch (the client's counters are folded in by [`Self::apply`]).
+    fn records(&mut self, lsn: Lsn, key: u64, records: &[CallRecord]) {
         let Some(client) = self.clients.get_mut(&key) else {
             return;
         };
-        client.received += records.len() as u64;
-        client.seq_high = client.seq_high.max(seq_high);
-        client.dropped = client.dropped.max(dropped);
-        client.sent = client.sent.max(sent + records.len() as u64);
         let meta = &client.meta;
         for record in records {
             if let Some(written) = &self.written
@@ -323,8 +314,8 @@ impl State {
         let meta = &client.meta;
         // Records the client sent on this connection that never became rows here: in flight when
         // the connection broke, or refused by a full write-ahead log.
-        let lost_here = client.sent.saturating_sub(client.received);
-        let dropped = client.dropped.saturating_sub(client.dropped_base);
+        let lost_here = client.counters.sent.saturating_sub(client.received);
+        let dropped = client.counters.dropped.saturating_sub(client.dropped_base);
         let lost = client.lost_before + lost_here;
         let already_written = self.written.as_ref().is_some_and(|w| {
             w.clients
@@ -355,7 +346,7 @@ impl State {
                     disconnected_at_us: Some(at_us),
                     records: client.received as i64,
                     seq_start: meta.seq_start as i64,
-                    seq_end: Some(client.seq_high as i64),
+                    seq_end: Some(client.counters.seq_high as i64),
                     dropped: dropped as i64,
                     lost: lost as i64,
                     disconnect_reason: Some(reason),
@@ -372,7 +363,7 @@ impl State {
                 connection: meta.connection,
                 received: client.received,
                 lost: lost_here,
-                dropped_end: client.dropped,
+                dropped_end: client.counters.dropped,
                 updated_us: now_us(),
             },
         );
@@ -387,32 +378,21 @@ impl State {
     }
 
     fn flush(&mut self, jobs: &Sender<Job>) {
-        for (date, part) in self.calls.iter_mut().filter(|(_, p)| !p.builder.is_empty()) {
-            let job = Job::Rows {
-                table: Table::Calls,
-                date: date.clone(),
-                batch: part.builder.finish(),
-                lsn_min: part.lsn_min,
-                lsn_max: part.lsn_max,
-            };
-            let _ = jobs.send(job);
-            (part.lsn_min, part.lsn_max) = (Lsn::MAX, 0);
-        }
-        for (date, part) in self
-            .client_rows
-            .iter_mut()
-            .filter(|(_, p)| !p.builder.is_empty())
-        {
-            let job = Job::Rows {
-                table: Table::Clients,
-                date: date.clone(),
-                batch: part.builder.finish(),
-                lsn_min: part.lsn_min,
-                lsn_max: part.lsn_max,
-            };
-            let _ = jobs.send(job);
-            (part.lsn_min, part.lsn_max) = (Lsn::MAX, 0);
-        }
+        let (calls, clients) = (&mut self.calls, &mut self.client_rows);
+        send_parts(
+            calls,
+            Table::Calls,
+            jobs,
+            CallsBuilder::is_empty,
+            CallsBuilder::finish,
+        );
+        send_parts(
+            clients,
+            Table::Clients,
+            jobs,
+            ClientsBuilder::is_empty,
+            ClientsBuilder::finish,
+        );
         // Partitions of past days that went quiet give their builders back.
         self.calls.retain(|date, _| *date == self.days.date);
         self.stats

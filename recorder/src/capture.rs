@@ -18,7 +18,7 @@ use p11trace_record::wire::{self, GoodbyeReason, Message};
 use serde_bytes::ByteBuf;
 
 use crate::acceptor::{Control, Registration};
-use crate::events::{Connection, Event, now_us};
+use crate::events::{Connection, Counters, Event, now_us};
 use crate::stats::Stats;
 
 /// After a client's rendezvous stream closes, how long its data channel may stay open (a
@@ -240,9 +240,11 @@ impl Loop {
                 self.emit(Event::Records {
                     key,
                     records: batch.records,
-                    seq_high: batch.seq_high,
-                    dropped: batch.dropped,
-                    sent: batch.sent,
+                    counters: Counters {
+                        seq_high: batch.seq_high,
+                        dropped: batch.dropped,
+                        sent: batch.sent,
+                    },
                 });
             }
             Ok(Message::Provider(provider)) => self.emit(Event::Provider { key, provider }),
@@ -258,9 +260,11 @@ impl Loop {
                 self.emit(Event::Goodbye {
                     key,
                     reason,
-                    seq_high,
-                    dropped,
-                    sent,
+                    counters: Counters {
+                        seq_high,
+                        dropped,
+                        sent,
+                    },
                 });
             }
             Ok(Message::Hello(_)) => self.protocol_error(id, "second hello"),

@@ -37,9 +37,37 @@ pub struct OpenConnection {
     pub provider: Option<String>,
     /// Records received on this connection so far.
     pub received: u64,
+    pub counters: Counters,
+}
+
+/// The counters a client reports with every batch and at goodbye. Each only grows, so a report
+/// folds in by taking the maximum (a late or replayed report never lowers them). The fields keep
+/// the order (and so the bincode bytes) the write-ahead log has always had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Calls made by the client so far (the next `seq` it hands out).
     pub seq_high: u64,
+    /// Calls it could not deliver (cumulative).
     pub dropped: u64,
+    /// Records handed to this connection's socket.
     pub sent: u64,
+}
+
+impl Counters {
+    /// The counters of a connection that has just said hello.
+    pub fn at_start(meta: &Connection) -> Counters {
+        Counters {
+            seq_high: meta.seq_start,
+            dropped: meta.dropped_at_start,
+            sent: 0,
+        }
+    }
+
+    pub fn fold(&mut self, report: Counters) {
+        self.seq_high = self.seq_high.max(report.seq_high);
+        self.dropped = self.dropped.max(report.dropped);
+        self.sent = self.sent.max(report.sent);
+    }
 }
 
 /// One step of a client's life, as the capture actor saw it.
@@ -49,10 +77,9 @@ pub enum Event {
     Records {
         key: u64,
         records: Vec<CallRecord>,
-        seq_high: u64,
-        dropped: u64,
-        /// Records the client sent on this connection before these.
-        sent: u64,
+        /// The client's counters when it cut the batch; `sent` counts the records it sent on
+        /// this connection *before* these.
+        counters: Counters,
     },
     Provider {
         key: u64,
@@ -61,9 +88,7 @@ pub enum Event {
     Goodbye {
         key: u64,
         reason: GoodbyeReason,
-        seq_high: u64,
-        dropped: u64,
-        sent: u64,
+        counters: Counters,
     },
     Disconnected {
         key: u64,
@@ -75,6 +100,27 @@ pub enum Event {
     Checkpoint(Vec<OpenConnection>),
     /// Everything before this has been delivered: flush and stop (never logged).
     Shutdown,
+}
+
+impl Event {
+    /// What the event reports of its connection's progress: (connection key, records it
+    /// carries, the client's counters once they are counted). The one rule both the log's
+    /// checkpoints and the batcher fold counters by.
+    pub fn progress(&self) -> Option<(u64, u64, Counters)> {
+        match self {
+            Event::Records {
+                key,
+                records,
+                counters,
+            } => {
+                let carried = records.len() as u64;
+                let sent = counters.sent.saturating_add(carried);
+                Some((*key, carried, Counters { sent, ..*counters }))
+            }
+            Event::Goodbye { key, counters, .. } => Some((*key, 0, *counters)),
+            _ => None,
+        }
+    }
 }
 
 /// A log sequence number: segment in the high half, byte offset in the low half. Increasing.

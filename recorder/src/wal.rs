@@ -24,7 +24,7 @@ use bincode::Options;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::crash::Crash;
-use crate::events::{Event, Logged, Lsn, OpenConnection};
+use crate::events::{Counters, Event, Logged, Lsn, OpenConnection};
 use crate::stats::Stats;
 
 /// A segment is closed once it passes this size.
@@ -130,47 +130,26 @@ pub struct OpenConnections(HashMap<u64, OpenConnection>);
 impl OpenConnections {
     pub fn apply(&mut self, event: &Event) {
         match event {
+            Event::Records { .. } | Event::Goodbye { .. } => {
+                if let Some((key, carried, counters)) = event.progress()
+                    && let Some(open) = self.0.get_mut(&key)
+                {
+                    open.received += carried;
+                    open.counters.fold(counters);
+                }
+            }
             Event::Connected(meta) => {
                 let open = OpenConnection {
                     meta: (**meta).clone(),
                     provider: None,
                     received: 0,
-                    seq_high: meta.seq_start,
-                    dropped: meta.dropped_at_start,
-                    sent: 0,
+                    counters: Counters::at_start(meta),
                 };
                 self.0.insert(meta.key, open);
-            }
-            Event::Records {
-                key,
-                records,
-                seq_high,
-                dropped,
-                sent,
-            } => {
-                if let Some(open) = self.0.get_mut(key) {
-                    open.received += records.len() as u64;
-                    open.seq_high = open.seq_high.max(*seq_high);
-                    open.dropped = open.dropped.max(*dropped);
-                    open.sent = open.sent.max(sent + records.len() as u64);
-                }
             }
             Event::Provider { key, provider } => {
                 if let Some(open) = self.0.get_mut(key) {
                     open.provider = Some(provider.clone());
-                }
-            }
-            Event::Goodbye {
-                key,
-                seq_high,
-                dropped,
-                sent,
-                ..
-            } => {
-                if let Some(open) = self.0.get_mut(key) {
-                    open.seq_high = open.seq_high.max(*seq_high);
-                    open.dropped = open.dropped.max(*dropped);
-                    open.sent = open.sent.max(*sent);
                 }
             }
             Event::Disconnected { key, .. } => {
@@ -457,9 +436,10 @@ mod tests {
                 seq: 5,
                 ..Default::default()
             }],
-            seq_high: 6,
-            dropped: 0,
-            sent: 0,
+            counters: Counters {
+                seq_high: 6,
+                ..Counters::default()
+            },
         };
         let at = wal.append(&records).unwrap();
         drop(wal);
@@ -483,9 +463,7 @@ mod tests {
         let records = Event::Records {
             key: 1,
             records: vec![],
-            seq_high: 0,
-            dropped: 0,
-            sent: 0,
+            counters: Counters::default(),
         };
         assert!(matches!(wal.append(&records), Err(AppendError::Full(1))));
         let goodbye = Event::Provider {
