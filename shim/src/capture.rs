@@ -1,15 +1,28 @@
-//! Reading arguments out of caller memory: templates (through the allowlist), mechanism
-//! parameters (non-secret fields of known structures) and info structures.
+//! The call being recorded ([`Call`]), and reading arguments out of caller memory into it:
+//! templates (through the allowlist), mechanism parameters (non-secret fields of known structures)
+//! and info structures.
 //!
 //! Nothing here reads a byte the allowlist does not name: secret attributes, PINs, data buffers
 //! and secret parameter fields keep only their lengths.
 
+use p11trace_ffi::*;
 use p11trace_record::attr::{Attr, AttrType, AttrValue, Template};
 use p11trace_record::names;
 use p11trace_record::params::{MechParams, takes_bare_iv};
 use p11trace_record::policy::{MAX_VALUE_LEN, ValuePolicy, value_from_bytes, value_policy};
+use p11trace_record::wire::CallRecord;
 
-use crate::ffi::*;
+/// A call being recorded: the record plus facts roles need to share.
+pub struct Call {
+    pub rec: CallRecord,
+    /// An output buffer pointer was null: the call only asked for a size.
+    pub size_query: bool,
+    /// `C_Initialize` flags (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`, ...).
+    pub init_flags: CK_FLAGS,
+    /// Mechanism parameter fields, rendered into `mech_params` when the call is finished. An
+    /// `Option` so the calls without one (most) neither build nor compare a default.
+    pub params: Option<MechParams>,
+}
 
 /// Most attributes read from one template (a bound on work for absurd counts).
 pub const MAX_TEMPLATE_ATTRS: usize = 256;
@@ -117,9 +130,9 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
     let (p, len) = (mechanism.pParameter, mechanism.ulParameterLen);
     let code = mechanism.mechanism as u64;
     let mut out = MechParams::default();
-    // SAFETY (each `parameter` call): forwarded from this function's contract.
     match mechanism.mechanism {
         CKM_RSA_PKCS_OAEP => {
+            // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_RSA_PKCS_OAEP_PARAMS>(p, len) } {
                 out.hash = Some(params.hashAlg as u64);
                 out.mgf = Some(params.mgf as u64);
@@ -132,6 +145,7 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
             .name(code)
             .is_some_and(|name| name.ends_with("_PSS")) =>
         {
+            // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_RSA_PKCS_PSS_PARAMS>(p, len) } {
                 out.hash = Some(params.hashAlg as u64);
                 out.mgf = Some(params.mgf as u64);
@@ -140,6 +154,7 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
             }
         }
         CKM_AES_GCM => {
+            // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_GCM_PARAMS>(p, len) } {
                 out.iv_len = Some(params.ulIvLen as u64);
                 out.aad_len = Some(params.ulAADLen as u64);
@@ -148,6 +163,7 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
             }
         }
         CKM_AES_CCM => {
+            // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_CCM_PARAMS>(p, len) } {
                 out.data_len = Some(params.ulDataLen as u64);
                 out.nonce_len = Some(params.ulNonceLen as u64);
@@ -157,12 +173,14 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
             }
         }
         CKM_AES_CTR => {
+            // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_AES_CTR_PARAMS>(p, len) } {
                 out.counter_bits = Some(params.ulCounterBits as u64);
                 return out;
             }
         }
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => {
+            // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_ECDH1_DERIVE_PARAMS>(p, len) } {
                 out.kdf = Some(params.kdf as u64);
                 out.shared_data_len = Some(params.ulSharedDataLen as u64);
@@ -172,6 +190,7 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
         }
         CKM_PKCS5_PBKD2 => {
             // PARAMS and PARAMS2 share this prefix; the password is never read.
+            // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_PKCS5_PBKD2_PARAMS2>(p, len) } {
                 out.iterations = Some(params.iterations as u64);
                 out.prf = Some(params.prf as u64);
@@ -179,6 +198,7 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
             }
         }
         CKM_EDDSA => {
+            // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_EDDSA_PARAMS>(p, len) } {
                 out.prehash = Some(params.phFlag != 0);
                 out.context_len = Some(params.ulContextDataLen as u64);

@@ -5,70 +5,62 @@
 //! empty queue, its own sender) instead of reusing the parent's, whose queued records would
 //! otherwise be sent twice. Checking the generation is one atomic load: no `getpid()` syscall on
 //! the hot path.
+//!
+//! The client sits below `trace` and above `sender`. What it needs from the layers above it (the
+//! shim's internal `C_GetInfo`, the real module's path) is handed down as [`Upcalls`], which
+//! `entry` registers once the real module is loaded.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
-};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
+use p11trace_ffi::*;
 use p11trace_record::wire::{CallRecord, GoodbyeReason, InterfaceVersion, Redaction};
 
-use crate::config::{Config, Mode};
-use crate::ffi::*;
+use crate::clock;
+use crate::config::{self, Config, Mode};
+use crate::identity::Identity;
 use crate::ops::Ops;
-use crate::sender::{self, FlushRequest};
-use crate::trace;
+use crate::sender::{self, CONNECTION_FDS, Flush, FlushRequest, Source};
 
-static CONFIG: OnceLock<Config> = OnceLock::new();
+/// What the client needs from the layers above it, handed down instead of imported.
+pub struct Upcalls {
+    /// The shim's own `C_GetInfo` (recorded as internal) through the table of `interface` (`None`:
+    /// the 2.x table): the provider string.
+    pub provider: fn(Option<InterfaceVersion>) -> Option<String>,
+    /// The real module's path as shown, for the hello.
+    pub module_path: fn() -> String,
+}
 
-/// The configuration, read once per process.
-pub fn config() -> &'static Config {
-    CONFIG.get_or_init(|| {
-        // Our panics are caught at the FFI boundary and reported in one line by `diag`; the default
-        // hook would print several more to the host's stderr. (This is the shim's own copy of std:
-        // a Rust host keeps its hook.)
-        std::panic::set_hook(Box::new(|_| {}));
-        let config = Config::load();
-        if !config.warnings.is_empty() {
-            crate::diag::report(
-                crate::diag::Problem::Config,
-                format_args!("{}", config.warnings.join("; ")),
-            );
-        }
-        config
-    })
+/// Lock-free (a forked child may read it at any time); null until `entry` registers.
+static UPCALLS: AtomicPtr<Upcalls> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Hands the client its [`Upcalls`] (`entry` does, once the real module is loaded).
+pub fn register(upcalls: &'static Upcalls) {
+    UPCALLS.store(std::ptr::from_ref(upcalls).cast_mut(), Ordering::Release);
+}
+
+fn upcalls() -> Option<&'static Upcalls> {
+    // SAFETY: UPCALLS only ever holds null or a `&'static Upcalls`.
+    unsafe { UPCALLS.load(Ordering::Acquire).as_ref() }
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static CURRENT: AtomicPtr<Client> = AtomicPtr::new(std::ptr::null_mut());
 /// Guards building a client; a spin flag (not a mutex) so the fork child handler can reset it.
 static BUILDING: AtomicBool = AtomicBool::new(false);
-/// Descriptors of the live connection, closed by the fork child handler.
-pub static CONNECTION_FDS: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
-
-/// Identity of this process, for the hello.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub client_id: String,
-    pub pid: i64,
-    pub ppid: i64,
-    pub host: String,
-    pub process: String,
-    pub exe: String,
-}
 
 pub struct Client {
     generation: u64,
     pub config: &'static Config,
-    pub identity: Identity,
+    identity: Identity,
     seq: AtomicU64,
     dropped: AtomicU64,
     queue: ArrayQueue<CallRecord>,
     /// Audit mode: calls admitted but not yet queued.
     in_flight: AtomicUsize,
     /// Set by the sender: is a recorder connection up?
-    pub connected: AtomicBool,
+    connected: AtomicBool,
     clock_offset: AtomicI64,
     ops: Ops,
     /// The provider identity. Lock-free on purpose: a forked child reads its parent's copy, and a
@@ -77,13 +69,13 @@ pub struct Client {
     provider: AtomicPtr<String>,
     provider_changes: AtomicU64,
     sender_started: AtomicBool,
-    pub flush: sender::Flush,
+    flush: Flush,
 }
 
 /// The client of the current generation, or `None` when recording is off.
 #[inline(always)]
 pub fn current() -> Option<&'static Client> {
-    let config = config();
+    let config = config::get();
     if config.mode == Mode::Off {
         return None;
     }
@@ -176,37 +168,9 @@ extern "C" fn at_exit() {
     });
 }
 
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end().to_owned())
-        .unwrap_or_default()
-}
-
-fn hostname() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: gethostname writes at most buffer.len() bytes.
-    if unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } != 0 {
-        return String::new();
-    }
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    String::from_utf8_lossy(&buffer[..end]).into_owned()
-}
-
 impl Client {
     fn new(config: &'static Config, generation: u64) -> Client {
-        // SAFETY: getpid/getppid have no preconditions.
-        let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
-        let exe = std::fs::read_link("/proc/self/exe")
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let identity = Identity {
-            client_id: uuid::Uuid::now_v7().to_string(),
-            pid: i64::from(pid),
-            ppid: i64::from(ppid),
-            host: hostname(),
-            process: read_trimmed("/proc/self/comm"),
-            exe,
-        };
+        let identity = Identity::of_this_process();
         Client {
             generation,
             config,
@@ -216,12 +180,12 @@ impl Client {
             queue: ArrayQueue::new(config.queue_capacity),
             in_flight: AtomicUsize::new(0),
             connected: AtomicBool::new(false),
-            clock_offset: AtomicI64::new(trace::realtime_ns() - trace::monotonic_ns()),
+            clock_offset: AtomicI64::new(clock::realtime_ns() - clock::monotonic_ns()),
             ops: Ops::default(),
             provider: AtomicPtr::new(std::ptr::null_mut()),
             provider_changes: AtomicU64::new(0),
             sender_started: AtomicBool::new(false),
-            flush: sender::Flush::default(),
+            flush: Flush::default(),
         }
     }
 
@@ -235,31 +199,11 @@ impl Client {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The next `seq` to be handed out: calls made so far.
-    pub fn seq_high(&self) -> u64 {
-        self.seq.load(Ordering::Acquire)
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Acquire)
-    }
-
-    pub fn count_dropped(&self, calls: u64) {
-        self.dropped.fetch_add(calls, Ordering::AcqRel);
-    }
-
     /// Wall clock = monotonic + offset; the sender refreshes the offset, so the hot path reads
     /// one clock instead of two.
     #[inline(always)]
     pub fn clock_offset(&self) -> i64 {
         self.clock_offset.load(Ordering::Relaxed)
-    }
-
-    pub fn refresh_clock_offset(&self) {
-        self.clock_offset.store(
-            trace::realtime_ns() - trace::monotonic_ns(),
-            Ordering::Relaxed,
-        );
     }
 
     pub fn ops(&self) -> &Ops {
@@ -314,27 +258,8 @@ impl Client {
         self.leave_flight();
     }
 
-    pub fn pop(&self) -> Option<CallRecord> {
-        self.queue.pop()
-    }
-
-    pub fn queue_len(&self) -> usize {
-        self.queue.len()
-    }
-
-    pub fn redaction(&self) -> Redaction {
-        self.config.redaction
-    }
-
     fn wake_sender(&self) {
         self.flush.wake();
-    }
-
-    pub fn provider(&self) -> (u64, Option<String>) {
-        let changes = self.provider_changes.load(Ordering::Acquire);
-        // SAFETY: non-null pointers come from Box::into_raw in set_provider and are never freed.
-        let provider = unsafe { self.provider.load(Ordering::Acquire).as_ref() }.cloned();
-        (changes, provider)
     }
 
     fn set_provider(&self, provider: String) {
@@ -359,13 +284,9 @@ impl Client {
         interface: Option<InterfaceVersion>,
         init_flags: CK_FLAGS,
     ) {
-        let slot = interface.map_or(0, |v| {
-            crate::real::slot_for(CK_VERSION {
-                major: v.major,
-                minor: v.minor,
-            })
-        });
-        if let Some(provider) = crate::entry::internal_get_info(slot, interface) {
+        if let Some(upcalls) = upcalls()
+            && let Some(provider) = (upcalls.provider)(interface)
+        {
             self.set_provider(provider);
         }
         self.start_sender(init_flags);
@@ -379,12 +300,74 @@ impl Client {
             self.config.finalize_wait,
         );
     }
+}
 
-    pub fn sender_running(&self) -> bool {
+impl Source for Client {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn module_path(&self) -> String {
+        upcalls()
+            .map(|upcalls| (upcalls.module_path)())
+            .unwrap_or_default()
+    }
+
+    fn socket(&self) -> &Path {
+        &self.config.socket
+    }
+
+    fn redaction(&self) -> Redaction {
+        self.config.redaction
+    }
+
+    fn flush(&self) -> &Flush {
+        &self.flush
+    }
+
+    fn seq_high(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    fn count_dropped(&self, calls: u64) {
+        self.dropped.fetch_add(calls, Ordering::AcqRel);
+    }
+
+    fn pop(&self) -> Option<CallRecord> {
+        self.queue.pop()
+    }
+
+    fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn provider(&self) -> (u64, Option<String>) {
+        let changes = self.provider_changes.load(Ordering::Acquire);
+        // SAFETY: non-null pointers come from Box::into_raw in set_provider and are never freed.
+        let provider = unsafe { self.provider.load(Ordering::Acquire).as_ref() }.cloned();
+        (changes, provider)
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+
+    fn sender_running(&self) -> bool {
         self.sender_started.load(Ordering::Acquire)
     }
 
-    pub fn mark_sender_failed(&self) {
+    fn mark_sender_failed(&self) {
         self.sender_started.store(false, Ordering::Release);
+    }
+
+    fn refresh_clock_offset(&self) {
+        self.clock_offset.store(
+            clock::realtime_ns() - clock::monotonic_ns(),
+            Ordering::Relaxed,
+        );
     }
 }

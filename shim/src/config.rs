@@ -8,6 +8,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use p11trace_record::socket;
@@ -48,6 +49,26 @@ pub struct Config {
     /// Test-only (`P11TRACE_TEST_PANIC=C_Name`): panic while recording calls of this function,
     /// to prove no panic crosses the FFI boundary.
     pub test_panic: Option<p11trace_record::Func>,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// The configuration, read once per process.
+pub fn get() -> &'static Config {
+    CONFIG.get_or_init(|| {
+        // Our panics are caught at the FFI boundary and reported in one line by `diag`; the default
+        // hook would print several more to the host's stderr. (This is the shim's own copy of std:
+        // a Rust host keeps its hook.)
+        std::panic::set_hook(Box::new(|_| {}));
+        let config = Config::load();
+        if !config.warnings.is_empty() {
+            crate::diag::report(
+                crate::diag::Problem::Config,
+                format_args!("{}", config.warnings.join("; ")),
+            );
+        }
+        config
+    })
 }
 
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;

@@ -6,6 +6,11 @@
 //! (vendor interfaces) pass through untraced, and the record of the call that returned one says so.
 //! A real module without the 3.0 entry points is answered like pkcs11-spy does: one "PKCS 11"
 //! interface, the 2.x table.
+//!
+//! The top of the shim: it hands the layers below what they must not import, namely its own
+//! in-table entry points to `tables` ([`tables::EntryPoints`]), its `C_GetFunctionList` to `real`
+//! (to refuse loading the shim as its own real module), and the internal `C_GetInfo` and the real
+//! module's path to `client` ([`client::Upcalls`]).
 
 #![allow(non_snake_case)]
 
@@ -13,18 +18,71 @@ use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
+use p11trace_ffi::*;
 use p11trace_record::Func;
 use p11trace_record::attr::AttrValue;
 use p11trace_record::attr::InfoField;
 use p11trace_record::policy::provider_string;
 use p11trace_record::wire::{InterfaceVersion, record_flags};
 
-use crate::capture::{field, fixed_text};
-use crate::ffi::*;
-use crate::trace::{self, Call};
-use crate::{real, roles, tables};
+use crate::capture::{Call, field, fixed_text};
+use crate::real::{self, RealModule};
+use crate::{client, roles, tables, trace};
 
-const PKCS11_NAME: &CStr = c"PKCS 11";
+/// The table entries of the three functions that hand out tables: the exported functions'
+/// bodies, without their panic guard.
+static ENTRY_POINTS: tables::EntryPoints = tables::EntryPoints {
+    get_function_list: Some(in_table::C_GetFunctionList),
+    get_interface_list: Some(in_table::C_GetInterfaceList),
+    get_interface: Some(in_table::C_GetInterface),
+};
+
+mod in_table {
+    use super::*;
+
+    pub(super) unsafe extern "C" fn C_GetFunctionList(
+        ppFunctionList: CK_FUNCTION_LIST_PTR_PTR,
+    ) -> CK_RV {
+        // SAFETY: the caller's arguments, passed on under the same PKCS#11 contract.
+        unsafe { get_function_list(ppFunctionList) }
+    }
+
+    pub(super) unsafe extern "C" fn C_GetInterfaceList(
+        pInterfacesList: CK_INTERFACE_PTR,
+        pulCount: CK_ULONG_PTR,
+    ) -> CK_RV {
+        // SAFETY: as above.
+        unsafe { get_interface_list(pInterfacesList, pulCount) }
+    }
+
+    pub(super) unsafe extern "C" fn C_GetInterface(
+        pInterfaceName: CK_UTF8CHAR_PTR,
+        pVersion: CK_VERSION_PTR,
+        ppInterface: CK_INTERFACE_PTR_PTR,
+        flags: CK_FLAGS,
+    ) -> CK_RV {
+        // SAFETY: as above.
+        unsafe { get_interface(pInterfaceName, pVersion, ppInterface, flags) }
+    }
+}
+
+/// What the client needs from up here.
+static UPCALLS: client::Upcalls = client::Upcalls {
+    provider: internal_get_info,
+    module_path,
+};
+
+/// The real module (loaded on first use, never this shim itself); once it is loaded the client
+/// gets its [`client::Upcalls`].
+fn real_module() -> Option<&'static RealModule> {
+    let module = real::module(C_GetFunctionList)?;
+    client::register(&UPCALLS);
+    Some(module)
+}
+
+fn module_path() -> String {
+    real_module().map(|m| m.path.clone()).unwrap_or_default()
+}
 
 /// Runs an entry point; a panic before the real call answers `CKR_GENERAL_ERROR`.
 fn guarded(entry: impl FnOnce() -> CK_RV) -> CK_RV {
@@ -73,7 +131,7 @@ unsafe fn traced_twin(list: *mut std::ffi::c_void) -> (usize, *mut std::ffi::c_v
     let slot = real::slot_for(version);
     // SAFETY: the layout of `slot` is the layout of a list of this version.
     unsafe { real::install(slot, list.cast(), version) };
-    (slot, tables::traced_table(slot))
+    (slot, tables::traced_table(slot, &ENTRY_POINTS))
 }
 
 /// `C_GetFunctionList`, exported or through a table: the real 2.x list, traced.
@@ -86,7 +144,7 @@ pub unsafe fn get_function_list(ppFunctionList: CK_FUNCTION_LIST_PTR_PTR) -> CK_
 }
 
 unsafe fn function_list(ppFunctionList: CK_FUNCTION_LIST_PTR_PTR, flags: u8) -> CK_RV {
-    let Some(module) = real::module() else {
+    let Some(module) = real_module() else {
         return CKR_GENERAL_ERROR;
     };
     let mut real_list: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
@@ -109,7 +167,7 @@ unsafe fn function_list(ppFunctionList: CK_FUNCTION_LIST_PTR_PTR, flags: u8) -> 
         unsafe {
             let version = (*real_list).version;
             real::install(0, real_list.cast(), version);
-            *ppFunctionList = tables::traced_table(0).cast();
+            *ppFunctionList = tables::traced_table(0, &ENTRY_POINTS).cast();
         }
     }
     rv
@@ -131,7 +189,7 @@ fn traced_interface(
 ) -> CK_INTERFACE_PTR {
     let interface = INTERFACES[slot].get_or_init(|| {
         Interface(CK_INTERFACE {
-            pInterfaceName: PKCS11_NAME.as_ptr().cast_mut().cast(),
+            pInterfaceName: PKCS11_INTERFACE_NAME.as_ptr().cast_mut().cast(),
             pFunctionList: table,
             flags,
         })
@@ -146,7 +204,7 @@ fn traced_interface(
 unsafe fn mirror(call: &mut Call, interface: &mut CK_INTERFACE) {
     // SAFETY: interface names are NUL-terminated strings.
     let name = unsafe { CStr::from_ptr(interface.pInterfaceName.cast()) };
-    if name == PKCS11_NAME && !interface.pFunctionList.is_null() {
+    if name == PKCS11_INTERFACE_NAME && !interface.pFunctionList.is_null() {
         // SAFETY: a "PKCS 11" interface carries a function list.
         let (_, table) = unsafe { traced_twin(interface.pFunctionList) };
         interface.pFunctionList = table;
@@ -167,7 +225,7 @@ pub unsafe fn get_interface_list(
     pInterfacesList: CK_INTERFACE_PTR,
     pulCount: CK_ULONG_PTR,
 ) -> CK_RV {
-    let Some(module) = real::module() else {
+    let Some(module) = real_module() else {
         return CKR_GENERAL_ERROR;
     };
     let Some(real_list) = module.get_interface_list else {
@@ -232,7 +290,11 @@ fn emulated_interface() -> Option<CK_INTERFACE_PTR> {
     if unsafe { function_list(&raw mut table, record_flags::INTERNAL) } != CKR_OK {
         return None;
     }
-    Some(traced_interface(0, tables::traced_table(0), 0))
+    Some(traced_interface(
+        0,
+        tables::traced_table(0, &ENTRY_POINTS),
+        0,
+    ))
 }
 
 /// `C_GetInterface`, exported or through a table.
@@ -245,7 +307,7 @@ pub unsafe fn get_interface(
     ppInterface: CK_INTERFACE_PTR_PTR,
     flags: CK_FLAGS,
 ) -> CK_RV {
-    let Some(module) = real::module() else {
+    let Some(module) = real_module() else {
         return CKR_GENERAL_ERROR;
     };
     let before = |call: &mut Call| {
@@ -288,7 +350,7 @@ pub unsafe fn get_interface(
             unsafe {
                 let interface = *real_interface;
                 let name = CStr::from_ptr(interface.pInterfaceName.cast());
-                if name == PKCS11_NAME && !interface.pFunctionList.is_null() {
+                if name == PKCS11_INTERFACE_NAME && !interface.pFunctionList.is_null() {
                     let (slot, table) = traced_twin(interface.pFunctionList);
                     let version = real::slot_version(slot);
                     call.rec.attrs.get_or_insert_with(Vec::new).push(field(
@@ -315,8 +377,9 @@ unsafe fn emulated_get_interface(
         return CKR_ARGUMENTS_BAD;
     }
     // SAFETY: non-null name and version pointers are valid per the contract.
-    let wants_pkcs11 =
-        pInterfaceName.is_null() || unsafe { CStr::from_ptr(pInterfaceName.cast()) } == PKCS11_NAME;
+    let wants_pkcs11 = pInterfaceName.is_null()
+        || unsafe { CStr::from_ptr(pInterfaceName.cast()) } == PKCS11_INTERFACE_NAME;
+    // SAFETY: as above.
     let wants_2x = pVersion.is_null() || unsafe { (*pVersion).major } == 2;
     if !(wants_pkcs11 && wants_2x) {
         return CKR_ARGUMENTS_BAD;
@@ -329,9 +392,16 @@ unsafe fn emulated_get_interface(
     CKR_OK
 }
 
-/// The shim's own `C_GetInfo` after the application's `C_Initialize` (recorded as internal):
-/// returns the provider string.
-pub fn internal_get_info(slot: usize, interface: Option<InterfaceVersion>) -> Option<String> {
+/// The shim's own `C_GetInfo` after the application's `C_Initialize` (recorded as internal),
+/// through the table of `interface`: returns the provider string. Handed to the client as
+/// [`client::Upcalls::provider`].
+fn internal_get_info(interface: Option<InterfaceVersion>) -> Option<String> {
+    let slot = interface.map_or(0, |v| {
+        real::slot_for(CK_VERSION {
+            major: v.major,
+            minor: v.minor,
+        })
+    });
     let list = real::list_at(slot);
     if list.is_null() {
         return None;

@@ -11,9 +11,20 @@
 //! full, every drop counted), nothing is written to stdout, at most one stderr line per kind of
 //! problem.
 //!
-//! Layout: `entry` (exported functions) → `tables` (traced function lists, generated from the one
-//! function table in `p11trace_record`) → `trace` (hot path) with `roles`/`capture` (argument
-//! capture) → `client` (queue, identity, fork generations) → `sender`/`connection` (delivery).
+//! Layout (each module uses only modules to its right; there is no import loop):
+//! `entry` (exported functions) → `tables` (traced function lists, generated from the one
+//! function table in `p11trace_record`) → `trace` (hot path) → `roles`/`capture` (argument
+//! capture into the `Call` being recorded) → `client` (queue, fork generations) → `sender`
+//! (delivery) → `connection` (the recorder socket). `real` (the real module and its tables) is
+//! used by `entry`, `tables` and `trace`, and itself uses only leaves. Leaves, used by whoever
+//! needs them: `config`, `diag`, `ops`, `redact`, `clock`, `identity`. The C definitions come
+//! from the `p11trace-ffi` crate.
+//!
+//! What a lower module needs from a higher one is handed down, never imported: `entry` gives
+//! `tables` its in-table entry points (`tables::EntryPoints`), `real` the address of its own
+//! `C_GetFunctionList`, and `client` the internal `C_GetInfo` and the module path
+//! (`client::Upcalls`, registered once the real module is loaded); the sender reaches the client
+//! only through the `sender::Source` trait, which the client implements.
 //!
 //! Must not depend on arrow, parquet or polars: it is linked into every traced process.
 
@@ -23,11 +34,12 @@
 
 mod capture;
 mod client;
+mod clock;
 mod config;
 mod connection;
 mod diag;
 mod entry;
-mod ffi;
+mod identity;
 mod ops;
 mod real;
 mod redact;

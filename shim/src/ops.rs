@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use p11trace_ffi::*;
 use p11trace_record::functions::{OpKind, OpStage};
-
-use crate::ffi::*;
 
 #[derive(Default)]
 pub struct Ops {

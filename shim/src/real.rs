@@ -4,39 +4,39 @@
 //! A slot is a function-table layout and version: 0 = 2.x (`C_GetFunctionList` and "PKCS 11" 2.x
 //! interfaces), 1 = 3.0, 2 = 3.1 (3.0 layout), 3 = 3.2 and later (3.2 layout). Each traced table in
 //! `tables.rs` forwards to the real table of its slot; the first real table seen for a slot wins.
+//!
+//! Below `entry`, `tables` and `trace`; it uses only the leaves (`config`, `diag`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
 
-use crate::config::ModuleSource;
+use p11trace_ffi::*;
+
+use crate::config::{self, ModuleSource};
 use crate::diag::{Problem, report};
-use crate::ffi::*;
-use crate::tables::CK_FUNCTION_LIST_3_2;
 
 /// Number of table slots.
 pub const SLOTS: usize = 4;
 
-type GetFunctionList = unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV;
-type GetInterfaceList = unsafe extern "C" fn(CK_INTERFACE_PTR, CK_ULONG_PTR) -> CK_RV;
-type GetInterface =
-    unsafe extern "C" fn(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) -> CK_RV;
-
 /// The real module's exported entry points.
 pub struct RealModule {
     pub path: String,
-    pub get_function_list: GetFunctionList,
-    pub get_interface_list: Option<GetInterfaceList>,
-    pub get_interface: Option<GetInterface>,
+    pub get_function_list: GetFunctionListFn,
+    pub get_interface_list: Option<GetInterfaceListFn>,
+    pub get_interface: Option<GetInterfaceFn>,
 }
 
 static MODULE: OnceLock<Option<RealModule>> = OnceLock::new();
 
 /// The real module, loading it on first use. `None` (after one stderr line) when it cannot be
 /// loaded; callers then answer `CKR_GENERAL_ERROR`.
-pub fn module() -> Option<&'static RealModule> {
+///
+/// `shim_entry` is the shim's own exported `C_GetFunctionList` (handed down by `entry`): a
+/// configured module that resolves to it is the shim itself, and is refused.
+pub fn module(shim_entry: GetFunctionListFn) -> Option<&'static RealModule> {
     MODULE
         .get_or_init(|| {
-            let config = crate::client::config();
+            let config = config::get();
             let Some(source) = &config.module else {
                 report(
                     Problem::ModuleLoad,
@@ -46,7 +46,7 @@ pub fn module() -> Option<&'static RealModule> {
                 );
                 return None;
             };
-            match load(source) {
+            match load(source, shim_entry) {
                 Ok(module) => Some(module),
                 Err(message) => {
                     report(Problem::ModuleLoad, format_args!("{message}"));
@@ -65,8 +65,8 @@ fn describe(error: &libloading::Error) -> String {
     }
 }
 
-fn load(source: &ModuleSource) -> Result<RealModule, String> {
-    let shown = crate::config::display(&source.path);
+fn load(source: &ModuleSource, shim_entry: GetFunctionListFn) -> Result<RealModule, String> {
+    let shown = config::display(&source.path);
     let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
     // SAFETY: loading a PKCS#11 module runs its initialisers; that is exactly what the host asked
     // for by loading us in its place.
@@ -79,7 +79,7 @@ fn load(source: &ModuleSource) -> Result<RealModule, String> {
             )
         })?;
     // SAFETY: the symbol types are the PKCS#11 prototypes of these entry points.
-    let get_function_list = unsafe { library.get::<GetFunctionList>(b"C_GetFunctionList\0") }
+    let get_function_list = unsafe { library.get::<GetFunctionListFn>(b"C_GetFunctionList\0") }
         .map(|symbol| *symbol)
         .map_err(|e| {
             format!(
@@ -88,18 +88,18 @@ fn load(source: &ModuleSource) -> Result<RealModule, String> {
                 describe(&e)
             )
         })?;
-    if get_function_list as *const () == crate::entry::C_GetFunctionList as *const () {
+    if get_function_list as *const () == shim_entry as *const () {
         return Err(format!(
             "{}={shown} is the p11trace shim itself, not the real module",
             source.variable
         ));
     }
     // SAFETY: as above; these 3.0 entry points are optional.
-    let get_interface_list = unsafe { library.get::<GetInterfaceList>(b"C_GetInterfaceList\0") }
+    let get_interface_list = unsafe { library.get::<GetInterfaceListFn>(b"C_GetInterfaceList\0") }
         .ok()
         .map(|symbol| *symbol);
     // SAFETY: as above.
-    let get_interface = unsafe { library.get::<GetInterface>(b"C_GetInterface\0") }
+    let get_interface = unsafe { library.get::<GetInterfaceFn>(b"C_GetInterface\0") }
         .ok()
         .map(|symbol| *symbol);
     // Never unload: wrappers and background threads may run module code at any time.

@@ -11,12 +11,11 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+use p11trace_ffi::*;
 use p11trace_record::attr::InfoField;
 use p11trace_record::attr::{Attr, AttrValue, Template};
 
-use crate::capture::{self, field, fixed_text, version};
-use crate::ffi::*;
-use crate::trace::Call;
+use crate::capture::{self, Call, field, fixed_text, version};
 
 fn push_attrs(call: &mut Call, attrs: impl IntoIterator<Item = Attr>) {
     call.rec.attrs.get_or_insert_with(Vec::new).extend(attrs);
@@ -294,7 +293,8 @@ pub mod interface_name {
             }],
         );
     }
-    // The table's C_GetInterface wrapper is routed to entry.rs, which calls only `before`.
+    // The tables hold entry.rs's own C_GetInterface (no generated wrapper), which calls only
+    // `before`.
     #[allow(dead_code)]
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_UTF8CHAR_PTR) {}
 }

@@ -6,8 +6,12 @@
 //! queued records to be sent; a process exiting without `C_Finalize` waits at most `exit_wait`
 //! (default 250 ms) in its `atexit` handler. A send waits at most [`THREAD_PATIENCE`] for room in
 //! the socket buffer, so a stalled recorder costs dropped (counted) records, never a hung host.
+//!
+//! The sender sits below the client: what it needs from it is the [`Source`] trait, which
+//! `client::Client` implements.
 
-use std::sync::atomic::Ordering;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -16,14 +20,41 @@ use p11trace_record::wire::{
     self, Batch, CallRecord, GoodbyeReason, Hello, Message, PreviousConnection, Redaction,
 };
 
-use crate::client::{CONNECTION_FDS, Client};
 use crate::connection::{ConnectError, Connection};
 use crate::diag::{Problem, report};
+use crate::identity::Identity;
 
 /// How long the sender thread waits for room in the socket buffer before dropping a batch.
 pub const THREAD_PATIENCE: Duration = Duration::from_millis(500);
 /// Longest sleep of an idle sender.
 const MAX_IDLE: Duration = Duration::from_millis(50);
+
+/// Descriptors of the live connection, closed by the client's fork child handler.
+pub static CONNECTION_FDS: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+
+/// What the sender needs from the client whose records it delivers (one client per process
+/// generation; see `client.rs`).
+pub trait Source: Sync + 'static {
+    fn identity(&self) -> &Identity;
+    /// The real module's path as shown, for the hello.
+    fn module_path(&self) -> String;
+    fn socket(&self) -> &Path;
+    fn redaction(&self) -> Redaction;
+    fn flush(&self) -> &Flush;
+    /// The next `seq` to be handed out: calls made so far.
+    fn seq_high(&self) -> u64;
+    fn dropped(&self) -> u64;
+    fn count_dropped(&self, calls: u64);
+    fn pop(&self) -> Option<CallRecord>;
+    fn queue_len(&self) -> usize;
+    /// (number of changes, current provider string).
+    fn provider(&self) -> (u64, Option<String>);
+    /// Notes whether a recorder connection is up (audit mode admits calls only while it is).
+    fn set_connected(&self, connected: bool);
+    fn sender_running(&self) -> bool;
+    fn mark_sender_failed(&self);
+    fn refresh_clock_offset(&self);
+}
 
 /// What a flush must achieve besides sending what is queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +87,7 @@ impl Flush {
     }
 
     /// Sends everything queued and says goodbye, waiting at most `wait`.
-    pub fn request(&self, client: &'static Client, request: FlushRequest, wait: Duration) {
+    pub fn request<C: Source>(&self, client: &'static C, request: FlushRequest, wait: Duration) {
         let FlushRequest::Goodbye(reason) = request;
         if !client.sender_running() {
             let deadline = Instant::now() + wait;
@@ -133,30 +164,29 @@ fn estimated_size(record: &CallRecord) -> usize {
 }
 
 impl SenderState {
-    fn connect(&mut self, client: &Client) {
+    fn connect<C: Source>(&mut self, client: &C) {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
+        let identity = client.identity();
         let hello = Hello {
             protocol_version: wire::PROTOCOL_VERSION,
             token: [0; 16],
-            client_id: client.identity.client_id.clone(),
+            client_id: identity.client_id.clone(),
             connection: self.connections,
-            pid: client.identity.pid,
-            ppid: client.identity.ppid,
-            host: client.identity.host.clone(),
-            process: client.identity.process.clone(),
-            exe: client.identity.exe.clone(),
-            module: crate::real::module()
-                .map(|m| m.path.clone())
-                .unwrap_or_default(),
+            pid: identity.pid,
+            ppid: identity.ppid,
+            host: identity.host.clone(),
+            process: identity.process.clone(),
+            exe: identity.exe.clone(),
+            module: client.module_path(),
             shim_version: env!("CARGO_PKG_VERSION").to_owned(),
             redaction: client.redaction(),
             seq_start: client.seq_high(),
             dropped: client.dropped(),
             previous: self.previous,
         };
-        match Connection::open(&client.config.socket, hello) {
+        match Connection::open(client.socket(), hello) {
             Ok(connection) => {
                 for (slot, fd) in CONNECTION_FDS.iter().zip(connection.descriptors()) {
                     slot.store(fd, Ordering::Release);
@@ -167,7 +197,7 @@ impl SenderState {
                 self.backoff = INITIAL_BACKOFF;
                 self.provider_sent = 0;
                 self.sent = 0;
-                client.connected.store(true, Ordering::Release);
+                client.set_connected(true);
             }
             Err(error) => {
                 match error {
@@ -185,7 +215,7 @@ impl SenderState {
         }
     }
 
-    fn disconnect(&mut self, client: &Client) {
+    fn disconnect<C: Source>(&mut self, client: &C) {
         for slot in &CONNECTION_FDS {
             slot.store(-1, Ordering::Release);
         }
@@ -195,11 +225,11 @@ impl SenderState {
                 sent: self.sent,
             });
         }
-        client.connected.store(false, Ordering::Release);
+        client.set_connected(false);
     }
 
     /// Sends one message; on failure other than a full buffer the connection is dropped.
-    fn send(&mut self, client: &Client, message: &Message, patience: Duration) -> bool {
+    fn send<C: Source>(&mut self, client: &C, message: &Message, patience: Duration) -> bool {
         let Some(connection) = &self.connection else {
             return false;
         };
@@ -218,7 +248,7 @@ impl SenderState {
 
     /// Moves every queued record towards the recorder. Records that cannot be delivered (no
     /// recorder, send failed) are counted as dropped. Returns how many records were taken.
-    pub fn pump(&mut self, client: &Client, patience: Duration) -> usize {
+    pub fn pump<C: Source>(&mut self, client: &C, patience: Duration) -> usize {
         if self.connection.is_none() && client.queue_len() > 0 {
             self.connect(client);
         }
@@ -266,7 +296,7 @@ impl SenderState {
         }
     }
 
-    fn send_provider(&mut self, client: &Client, patience: Duration) {
+    fn send_provider<C: Source>(&mut self, client: &C, patience: Duration) {
         let (changes, provider) = client.provider();
         if self.connection.is_some()
             && changes != self.provider_sent
@@ -278,7 +308,7 @@ impl SenderState {
     }
 
     /// Says goodbye (with the final counters) and closes the connection.
-    fn goodbye(&mut self, client: &Client, reason: GoodbyeReason) {
+    fn goodbye<C: Source>(&mut self, client: &C, reason: GoodbyeReason) {
         if self.connection.is_some() {
             let message = Message::Goodbye {
                 reason,
@@ -294,16 +324,16 @@ impl SenderState {
 }
 
 /// Sends from the calling thread without waiting for room (no sender thread yet, or none allowed).
-pub fn pump_inline(client: &'static Client) {
-    if let Ok(mut state) = client.flush.sending.try_lock() {
+pub fn pump_inline<C: Source>(client: &'static C) {
+    if let Ok(mut state) = client.flush().sending.try_lock() {
         state.pump(client, Duration::ZERO);
     }
 }
 
 /// Audit mode: connect from the calling thread before the first call is admitted.
-pub fn connect_now(client: &'static Client) {
+pub fn connect_now<C: Source>(client: &'static C) {
     let mut state = client
-        .flush
+        .flush()
         .sending
         .lock()
         .unwrap_or_else(|p| p.into_inner());
@@ -312,7 +342,7 @@ pub fn connect_now(client: &'static Client) {
 
 /// Starts the sender thread with every signal blocked (host signals must never land on it;
 /// SIGPIPE in particular).
-pub fn spawn(client: &'static Client) {
+pub fn spawn<C: Source>(client: &'static C) {
     // SAFETY: sigset and pthread_sigmask on this thread's own mask, restored right after spawn.
     let spawned = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -327,7 +357,7 @@ pub fn spawn(client: &'static Client) {
     };
     match spawned {
         Ok(handle) => {
-            let _ = client.flush.thread.set(handle.thread().clone());
+            let _ = client.flush().thread.set(handle.thread().clone());
         }
         Err(e) => {
             client.mark_sender_failed();
@@ -339,8 +369,8 @@ pub fn spawn(client: &'static Client) {
     }
 }
 
-fn run(client: &'static Client) {
-    let flush = &client.flush;
+fn run<C: Source>(client: &'static C) {
+    let flush = client.flush();
     let mut idle = Duration::from_millis(1);
     loop {
         client.refresh_clock_offset();

@@ -7,48 +7,15 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use p11trace_ffi::*;
 use p11trace_record::Func;
-use p11trace_record::params::MechParams;
 use p11trace_record::wire::{CallRecord, InterfaceVersion};
 
+use crate::capture::Call;
 use crate::client::{self, Client};
+use crate::clock::monotonic_ns;
 use crate::diag::{Problem, report};
-use crate::ffi::*;
 use crate::real;
-
-/// A call being recorded: the record plus facts roles need to share.
-pub struct Call {
-    pub rec: CallRecord,
-    /// An output buffer pointer was null: the call only asked for a size.
-    pub size_query: bool,
-    /// `C_Initialize` flags (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`, ...).
-    pub init_flags: CK_FLAGS,
-    /// Mechanism parameter fields, rendered into `mech_params` when the call is finished. An
-    /// `Option` so the calls without one (most) neither build nor compare a default.
-    pub params: Option<MechParams>,
-}
-
-/// Monotonic clock, nanoseconds.
-#[inline(always)]
-pub fn monotonic_ns() -> i64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// Wall clock, nanoseconds since the Unix epoch.
-pub fn realtime_ns() -> i64 {
-    clock_ns(libc::CLOCK_REALTIME)
-}
-
-#[inline(always)]
-fn clock_ns(clock: libc::clockid_t) -> i64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we own; with a valid clock id it cannot fail.
-    unsafe { libc::clock_gettime(clock, &mut now) };
-    now.tv_sec * 1_000_000_000 + now.tv_nsec
-}
 
 thread_local! {
     /// (fork generation, kernel thread id): gettid is a syscall, so it is asked once per thread

@@ -9,30 +9,20 @@
 //! superset whose 2.40 and 3.0 entries are the same functions), else its 2.x list. It also offers
 //! a vendor interface ("Vendor p11count", one `ping` function), so tests can watch the shim pass a
 //! vendor interface through untraced.
+//!
+//! Its C definitions (the 3.2 function list among them) come from `p11trace-ffi`, like the shim's.
 
-#![allow(non_snake_case, non_camel_case_types, clippy::missing_safety_doc)]
+#![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use std::ffi::c_void;
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 
-use pkcs11_sys::*;
-
-type CK_FLAGS_PTR = *mut CK_FLAGS;
-type CK_SESSION_VALIDATION_FLAGS_TYPE = CK_ULONG;
-type CK_ASYNC_DATA_PTR = *mut c_void;
+use p11trace_ffi::*;
 
 struct Real {
-    list: *const FunctionList,
-    get_function_list: unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV,
-    get_interface: Option<
-        unsafe extern "C" fn(
-            CK_UTF8CHAR_PTR,
-            CK_VERSION_PTR,
-            CK_INTERFACE_PTR_PTR,
-            CK_FLAGS,
-        ) -> CK_RV,
-    >,
+    list: *const CK_FUNCTION_LIST_3_2,
+    get_function_list: GetFunctionListFn,
+    get_interface: Option<GetInterfaceFn>,
 }
 
 // SAFETY: the real module's function list is immutable.
@@ -66,31 +56,22 @@ fn real() -> &'static Real {
         // SAFETY: PKCS#11 prototypes.
         let get_function_list = unsafe {
             *library
-                .get::<unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV>(
-                    b"C_GetFunctionList\0",
-                )
+                .get::<GetFunctionListFn>(b"C_GetFunctionList\0")
                 .expect("C_GetFunctionList")
         };
         // SAFETY: as above.
-        let get_interface = unsafe {
-            library.get::<unsafe extern "C" fn(
-                CK_UTF8CHAR_PTR,
-                CK_VERSION_PTR,
-                CK_INTERFACE_PTR_PTR,
-                CK_FLAGS,
-            ) -> CK_RV>(b"C_GetInterface\0")
-        }
-        .ok()
-        .map(|s| *s);
+        let get_interface = unsafe { library.get::<GetInterfaceFn>(b"C_GetInterface\0") }
+            .ok()
+            .map(|s| *s);
         std::mem::forget(library);
-        let mut list: *const FunctionList = std::ptr::null();
+        let mut list: *const CK_FUNCTION_LIST_3_2 = std::ptr::null();
         if let Some(get_interface) = get_interface {
             let mut interface: CK_INTERFACE_PTR = std::ptr::null_mut();
             let mut version = CK_VERSION { major: 3, minor: 2 };
             // SAFETY: valid arguments; the result is not logged (the oracle's own setup call).
             if unsafe {
                 get_interface(
-                    c"PKCS 11".as_ptr().cast_mut().cast(),
+                    PKCS11_INTERFACE_NAME.as_ptr().cast_mut().cast(),
                     &mut version,
                     &mut interface,
                     0,
@@ -119,19 +100,13 @@ macro_rules! oracle {
     ($( $group:ident { $(
         $name:ident ( $( $arg:ident : $ty:ty => $role:ident $( ( $($extra:ident),* ) )? ),* $(,)? ) [ $($op:tt)* ] ;
     )* } )*) => {
-        #[repr(C)]
-        #[derive(Copy, Clone)]
-        pub struct FunctionList {
-            pub version: CK_VERSION,
-            $( $( pub $name: Option<unsafe extern "C" fn($($ty),*) -> CK_RV>, )* )*
-        }
-
         mod forward {
             use super::*;
             $( $(
                 pub(super) unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
                     // SAFETY: forwarding the caller's arguments to the same entry of the real table.
                     let rv = match unsafe { (*real().list).$name } {
+                        // SAFETY: as above.
                         Some(f) => unsafe { f($($arg),*) },
                         None => CKR_FUNCTION_NOT_SUPPORTED,
                     };
@@ -141,8 +116,9 @@ macro_rules! oracle {
             )* )*
         }
 
-        fn table(major: u8, minor: u8) -> FunctionList {
-            FunctionList { version: CK_VERSION { major, minor }, $( $( $name: Some(forward::$name), )* )* }
+        /// A 3.2-layout table (also handed out as the 2.40 and 3.0 lists: they are its prefixes).
+        fn table(major: u8, minor: u8) -> CK_FUNCTION_LIST_3_2 {
+            CK_FUNCTION_LIST_3_2 { version: CK_VERSION { major, minor }, $( $( $name: Some(forward::$name), )* )* }
         }
     };
 }
@@ -165,9 +141,9 @@ unsafe extern "C" fn vendor_ping(value: CK_ULONG) -> CK_RV {
 pub const VENDOR_NAME: &std::ffi::CStr = c"Vendor p11count";
 
 struct Tables {
-    v240: FunctionList,
-    v30: FunctionList,
-    v32: FunctionList,
+    v240: CK_FUNCTION_LIST_3_2,
+    v30: CK_FUNCTION_LIST_3_2,
+    v32: CK_FUNCTION_LIST_3_2,
     vendor: VendorList,
     interfaces: [CK_INTERFACE; 3],
 }
@@ -196,7 +172,7 @@ fn tables() -> &'static Tables {
             },
             interfaces: [none; 3],
         });
-        let name = c"PKCS 11".as_ptr().cast_mut().cast();
+        let name = PKCS11_INTERFACE_NAME.as_ptr().cast_mut().cast();
         let v32 = (&raw mut tables.v32).cast();
         let v30 = (&raw mut tables.v30).cast();
         let vendor = (&raw mut tables.vendor).cast();
