@@ -1,5 +1,6 @@
 //! Inputs: Parquet files, dataset folders, pkcs11-spy logs and observe JSON lines, told apart by
 //! content (not by name), all turned into the one `calls` table (and `clients` where present).
+//! Logs are recognised and imported by `p11trace-import`; this module adds Parquet and loading.
 
 use std::fs;
 use std::io::Read;
@@ -7,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::Explain;
 use anyhow::{Context, Result, bail};
+use p11trace_import::{ImportOptions, LogFormat};
 use polars::prelude::*;
 
-/// What kind of input a path is.
+/// What kind of input a path is (`--input-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InputFormat {
     /// A Parquet file or a p11trace dataset folder.
@@ -18,6 +20,26 @@ pub enum InputFormat {
     Spy,
     /// observe-core JSON lines.
     Observe,
+}
+
+impl InputFormat {
+    /// The importer's format of a log; `None` for Parquet, which needs no import.
+    pub fn log_format(self) -> Option<LogFormat> {
+        match self {
+            InputFormat::Parquet => None,
+            InputFormat::Spy => Some(LogFormat::Spy),
+            InputFormat::Observe => Some(LogFormat::Observe),
+        }
+    }
+}
+
+impl From<LogFormat> for InputFormat {
+    fn from(format: LogFormat) -> InputFormat {
+        match format {
+            LogFormat::Spy => InputFormat::Spy,
+            LogFormat::Observe => InputFormat::Observe,
+        }
+    }
 }
 
 /// Everything the commands read: `calls` and, from datasets, `clients`.
@@ -38,7 +60,7 @@ pub fn detect(path: &Path) -> Result<InputFormat> {
     if path.is_dir() {
         return Ok(InputFormat::Parquet);
     }
-    let mut head = vec![0u8; 8192];
+    let mut head = vec![0u8; p11trace_import::format::SNIFF_LEN];
     let mut file =
         fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let read = file
@@ -48,13 +70,8 @@ pub fn detect(path: &Path) -> Result<InputFormat> {
     if head.starts_with(b"PAR1") {
         return Ok(InputFormat::Parquet);
     }
-    let text = String::from_utf8_lossy(&head);
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') {
-        return Ok(InputFormat::Observe);
-    }
-    if crate::import::spy::looks_like_spy(&text) {
-        return Ok(InputFormat::Spy);
+    if let Some(format) = p11trace_import::sniff(&head) {
+        return Ok(format.into());
     }
     bail!(
         "{}: cannot tell its format (not Parquet, not a pkcs11-spy log, not observe JSON lines); \
@@ -81,7 +98,7 @@ fn scan(files: Vec<PathBuf>) -> Result<LazyFrame> {
 pub fn load(
     inputs: &[PathBuf],
     format: Option<InputFormat>,
-    options: &crate::import::ImportOptions,
+    options: &ImportOptions,
 ) -> Result<Loaded> {
     if inputs.is_empty() {
         bail!("no input: give Parquet files, dataset folders or logs");
@@ -94,8 +111,16 @@ pub fn load(
             Some(format) => format,
             None => detect(input)?,
         };
-        match format {
-            InputFormat::Parquet if input.is_dir() => {
+        match format.log_format() {
+            Some(log) => {
+                let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+                let out = dir.path().join("calls.parquet");
+                p11trace_import::import_file(input, log, &out, options)?;
+                calls_files.push(out);
+                scratch.push(dir);
+            }
+            // Parquet: a dataset folder, a folder of Parquet files, or one file.
+            None if input.is_dir() => {
                 let calls = input.join("calls");
                 if calls.is_dir() {
                     calls_files.extend(parquet_files(&calls)?);
@@ -107,18 +132,11 @@ pub fn load(
                     calls_files.extend(parquet_files(input)?);
                 }
             }
-            InputFormat::Parquet => {
+            None => {
                 if !input.exists() {
                     bail!("{}: no such file or folder", input.display());
                 }
                 calls_files.push(input.clone());
-            }
-            InputFormat::Spy | InputFormat::Observe => {
-                let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
-                let out = dir.path().join("calls.parquet");
-                crate::import::import_file(input, format, &out, options)?;
-                calls_files.push(out);
-                scratch.push(dir);
             }
         }
     }

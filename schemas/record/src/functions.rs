@@ -3,7 +3,8 @@
 //! Each entry names the function, its C arguments with their types, and the *role* of each
 //! argument: which `calls` column it fills (see `schemas/calls.md`, "Argument roles"). The shim
 //! expands this table into its traced function lists and wrappers; this crate expands it into
-//! [`Func`] and [`FUNCTIONS`], which the spy importer uses to map argument names to columns.
+//! [`Func`] and [`FUNCTIONS`], which the spy importer uses to map argument names to columns by
+//! [`Role`] (so a renamed role is a compile error there, not a silently empty column).
 //!
 //! Grammar, per function:
 //! `Name(arg: CType => role(extra_args...), ...) [op Kind Stage];`
@@ -302,11 +303,114 @@ pub enum OpStage {
     Message,
 }
 
+/// Declares [`Role`] from the role identifiers of [`with_pkcs11_functions`] (`session` →
+/// `Role::Session`), and `role!`, which the table expansion below maps each identifier through.
+/// `macro_rules!` cannot deduplicate identifiers, so the list is written once here; the compiler
+/// keeps it and the table equal both ways: a role the table uses but this list lacks has no
+/// `role!` rule, and a variant no function uses fails the constant check after [`FUNCTIONS`].
+macro_rules! define_roles {
+    ($( $(#[$doc:meta])* $role:ident => $variant:ident, )*) => {
+        /// The role of an argument: which `calls` column (or `attrs` entry) it fills, one variant
+        /// per role identifier of [`with_pkcs11_functions`] (see `schemas/calls.md`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Role { $( $(#[$doc])* $variant, )* }
+
+        impl Role {
+            /// Every role, in declaration order.
+            pub const ALL: &'static [Role] = &[ $( Role::$variant, )* ];
+
+            /// The identifier the table spells the role with (`template_in`).
+            pub const fn name(self) -> &'static str {
+                match self { $( Role::$variant => stringify!($role), )* }
+            }
+        }
+
+        macro_rules! role {
+            $( ($role) => { Role::$variant }; )*
+        }
+    };
+}
+
+define_roles! {
+    /// Not recorded (a buffer read through its length's role, an unused pointer).
+    ignore => Ignore,
+    /// A PIN: never read; only its length (an `in_len` argument) is recorded.
+    secret => Secret,
+    /// `C_Initialize`'s `CK_C_INITIALIZE_ARGS`: its `flags` → `ck_flags`.
+    init_args => InitArgs,
+    /// A session handle → `session`.
+    session => Session,
+    /// A session handle returned (`*phSession`) → `session`.
+    session_out => SessionOut,
+    /// A slot id → `slot_id`.
+    slot => Slot,
+    /// A slot id returned (`*pSlot`) → `slot_id`.
+    slot_out => SlotOut,
+    /// The object acted on → `object`.
+    object => Object,
+    /// The second key (wrapping, unwrapping, base key) → `object2`.
+    object2 => Object2,
+    /// A handle created (`*phObject`, `*phKey`) → appended to `out_objects`.
+    object_out => ObjectOut,
+    /// `C_FindObjects`' count of the handles found → `out_len`, the handles → `out_objects`.
+    found_objects => FoundObjects,
+    /// A `CKU_*` user type → `user_type`.
+    user => User,
+    /// A flags argument → `ck_flags`.
+    flags => Flags,
+    /// `C_GetSlotList`'s `tokenPresent` → `ck_flags`.
+    token_present => TokenPresent,
+    /// Flags returned (`*pFlags`) → `ck_flags`.
+    flags_out => FlagsOut,
+    /// A bare mechanism type → `mechanism`.
+    mech_type => MechType,
+    /// A `CK_MECHANISM`: its type → `mechanism`, its known parameters → `mech_params`.
+    mechanism => Mechanism,
+    /// The message API's parameter (its length) → `mech_params`.
+    message_param => MessageParam,
+    /// The length of associated data → `mech_params`.
+    aad_len => AadLen,
+    /// The length of the input buffer → `in_len`.
+    in_len => InLen,
+    /// The length of the output after the call (`*pulXLen`) → `out_len`.
+    out_len => OutLen,
+    /// A count returned (`*pulCount`) → `out_len`.
+    count_out => CountOut,
+    /// `C_GetObjectSize`'s size → `out_len`.
+    size_out => SizeOut,
+    /// The requested length of `C_GenerateRandom` → `out_len`.
+    out_size => OutSize,
+    /// The signature length handed to verify calls → `out_len`.
+    signature_len => SignatureLen,
+    /// A template the caller passes → `attrs` (`in`).
+    template_in => TemplateIn,
+    /// `C_GenerateKeyPair`'s public template → `attrs` (`public`).
+    template_public => TemplatePublic,
+    /// `C_GenerateKeyPair`'s private template → `attrs` (`private`).
+    template_private => TemplatePrivate,
+    /// `C_GetAttributeValue`'s results → `attrs` (`out`).
+    template_out => TemplateOut,
+    /// `C_InitToken`'s label → an `in` `CKA_LABEL` entry of `attrs`.
+    token_label => TokenLabel,
+    /// `C_GetInterface`'s interface name → an `in` `pInterfaceName` entry of `attrs`.
+    interface_name => InterfaceName,
+    /// `C_GetInfo`'s `CK_INFO` → info fields in `attrs`.
+    info_out => InfoOut,
+    /// `C_GetSlotInfo`'s `CK_SLOT_INFO` → info fields in `attrs`.
+    slot_info_out => SlotInfoOut,
+    /// `C_GetTokenInfo`'s `CK_TOKEN_INFO` → info fields in `attrs`.
+    token_info_out => TokenInfoOut,
+    /// `C_GetMechanismInfo`'s `CK_MECHANISM_INFO` → info fields in `attrs`.
+    mech_info_out => MechInfoOut,
+    /// `C_GetSessionInfo`'s `CK_SESSION_INFO`: its slot → `slot_id`.
+    session_info_out => SessionInfoOut,
+}
+
 /// One argument of a function: its C name and the role it plays (see `schemas/calls.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArgSpec {
     pub name: &'static str,
-    pub role: &'static str,
+    pub role: Role,
     /// Other arguments the role reads (the template pointer of a `template_in` count, ...).
     pub extras: &'static [&'static str],
 }
@@ -349,12 +453,15 @@ macro_rules! define_functions {
                 since: define_functions!(@since $group),
                 args: &[ $( ArgSpec {
                     name: stringify!($arg),
-                    role: stringify!($role),
+                    role: role!($role),
                     extras: &[ $( $( stringify!($extra) ),* )? ],
                 } ),* ],
                 op: optional_op!($($op)*),
             },
         )* )* ];
+
+        /// Every role the table uses (with repeats); checked against [`Role::ALL`] below.
+        const USED_ROLES: &[Role] = &[ $( $( $( role!($role), )* )* )* ];
     };
     (@since v2_40) => { Since::V2_40 };
     (@since v3_0) => { Since::V3_0 };
@@ -362,6 +469,22 @@ macro_rules! define_functions {
 }
 
 with_pkcs11_functions!(define_functions);
+
+// Every declared role is used by some function (the other direction is `role!` itself).
+const _: () = {
+    let mut i = 0;
+    while i < Role::ALL.len() {
+        let mut j = 0;
+        while j < USED_ROLES.len() && USED_ROLES[j] as u8 != Role::ALL[i] as u8 {
+            j += 1;
+        }
+        assert!(
+            j < USED_ROLES.len(),
+            "a Role variant is used by no function of the table"
+        );
+        i += 1;
+    }
+};
 
 impl Func {
     /// The function with wire code `code`, if any.
@@ -423,6 +546,24 @@ mod tests {
         );
         assert_eq!(Func::from_name("C_Nope"), None);
         assert_eq!(Func::from_code(104), None);
+    }
+
+    #[test]
+    fn roles_carry_the_identifiers_of_the_table() {
+        assert_eq!(Func::C_Sign.spec().args[0].role, Role::Session);
+        assert_eq!(Role::TemplateIn.name(), "template_in");
+        let count = |role| {
+            FUNCTIONS
+                .iter()
+                .flat_map(|f| f.args)
+                .filter(|a| a.role == role)
+                .count()
+        };
+        assert_eq!(count(Role::TemplatePublic), 1);
+        for (index, role) in Role::ALL.iter().enumerate() {
+            assert_eq!(*role as usize, index);
+            assert!(count(*role) > 0, "{}", role.name());
+        }
     }
 
     #[test]

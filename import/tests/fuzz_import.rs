@@ -2,13 +2,12 @@
 //! with a message; it never panics, and a failed import leaves no output behind.
 //!
 //! Bounded (`PROPTEST_CASES`, default 96 per property) so it runs in `just test`; raise the
-//! count for a longer local run: `PROPTEST_CASES=5000 cargo test -p p11trace-query --test fuzz_import`.
+//! count for a longer local run: `PROPTEST_CASES=5000 cargo test -p p11trace-import --test fuzz_import`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use p11trace_query::import::{ImportOptions, import_file};
-use p11trace_query::input::{InputFormat, detect};
+use p11trace_import::{ImportOptions, LogFormat, import_file, sniff};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
@@ -168,7 +167,7 @@ fn io<T>(result: std::io::Result<T>) -> Result<T, TestCaseError> {
 /// Imports `log` as `format` (or as detected) and checks the invariants of a clean outcome.
 fn import_survives(
     log: &[u8],
-    format: Option<InputFormat>,
+    format: Option<LogFormat>,
     strict: bool,
 ) -> Result<(), TestCaseError> {
     let dir = io(tempfile::tempdir())?;
@@ -177,9 +176,9 @@ fn import_survives(
     let format = match format {
         Some(format) => format,
         // Detection may refuse unrecognisable bytes: that is a clean error, not a panic.
-        None => match detect(&input) {
-            Ok(InputFormat::Parquet) | Err(_) => return Ok(()),
-            Ok(format) => format,
+        None => match sniff(log) {
+            None => return Ok(()),
+            Some(format) => format,
         },
     };
     let out = dir.path().join("out.parquet");
@@ -239,7 +238,7 @@ proptest! {
             apply(&mut log, mutation);
         }
         // Forced: parse as the seed's own format even where detection would refuse the damage.
-        let own = if index == seeds.len() - 1 { InputFormat::Observe } else { InputFormat::Spy };
+        let own = if index == seeds.len() - 1 { LogFormat::Observe } else { LogFormat::Spy };
         import_survives(&log, forced.then_some(own), strict)?;
     }
 
@@ -248,7 +247,7 @@ proptest! {
         bytes in prop::collection::vec(any::<u8>(), 0..4096),
         observe in any::<bool>(),
     ) {
-        let format = if observe { InputFormat::Observe } else { InputFormat::Spy };
+        let format = if observe { LogFormat::Observe } else { LogFormat::Spy };
         import_survives(&bytes, Some(format), false)?;
     }
 }
@@ -266,11 +265,11 @@ fn unmutated_seeds_import() {
             tz: Some("UTC".to_owned()),
             ..ImportOptions::default()
         };
-        let format = detect(&input).expect("seed format detected");
+        let format = sniff(log).expect("seed format detected");
         let own = if index == seeds.len() - 1 {
-            InputFormat::Observe
+            LogFormat::Observe
         } else {
-            InputFormat::Spy
+            LogFormat::Spy
         };
         assert_eq!(format, own, "seed {index}");
         let summary = import_file(&input, format, &out, &options).expect("seed imports");

@@ -12,7 +12,7 @@ use p11trace_record::wire::CallRecord;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ImportedCall, Problems, SourceClient};
+use crate::{ImportedCall, LineParser, Problems, SourceClient};
 
 #[derive(Debug, Deserialize)]
 struct Event {
@@ -74,7 +74,7 @@ impl<'a> ObserveParser<'a> {
     }
 }
 
-impl super::LineParser for ObserveParser<'_> {
+impl LineParser for ObserveParser<'_> {
     fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim();

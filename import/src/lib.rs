@@ -1,0 +1,247 @@
+//! # p11trace-import
+//!
+//! Turns pkcs11-spy plaintext logs and observe-core JSON lines into schema v1 datasets (one
+//! `.parquet` file, or a dataset folder partitioned by date), streamed in constant memory.
+//! Lenient by default (an unreadable record is reported with file:line and counted); `strict`
+//! turns the first problem into a failure that leaves no output behind.
+//!
+//! Owns the log formats: what they look like ([`format`]: [`LogFormat`], [`sniff`]), how they
+//! are read ([`spy`], [`observe`]), and local spy stamps to UTC ([`Clock`]). Rows are written
+//! through `p11trace-dataset`; what a call is comes from `p11trace-record`.
+//!
+//! Must never depend on polars (analysis lives in `p11trace-query`, which uses this crate, never
+//! the other way), nor on a command-line parser: callers map their own options onto
+//! [`ImportOptions`] and [`LogFormat`].
+
+mod clock;
+pub mod format;
+pub mod observe;
+mod output;
+pub mod spy;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{Context, Result, bail};
+use p11trace_record::wire::CallRecord;
+
+pub use clock::Clock;
+pub use format::{LogFormat, sniff};
+use output::{FLUSH_ROWS, Output, append};
+
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Time zone of spy stamps (IANA name); default: `TZ`, else the machine's zone.
+    pub tz: Option<String>,
+    /// Fail on the first unreadable record instead of reporting and counting it.
+    pub strict: bool,
+    /// Show a progress bar (only ever on a terminal).
+    pub progress: bool,
+}
+
+/// The process a record came from (one per spy segment and pid, one per observe pid).
+#[derive(Debug)]
+pub struct SourceClient {
+    pub client_id: String,
+    pub module: Option<String>,
+    pub pid: Option<i64>,
+}
+
+/// One imported call, before it becomes a row.
+pub struct ImportedCall {
+    pub client: Rc<SourceClient>,
+    pub func: String,
+    pub tid: Option<i64>,
+    pub seq: i64,
+    pub start_us: Option<i64>,
+    pub start_local: bool,
+    pub returned: bool,
+    pub rv: Option<u64>,
+    pub provider: Option<Rc<str>>,
+    pub record: CallRecord,
+}
+
+/// Problems found in the input: reported on stderr with file:line, counted, fatal with `--strict`.
+#[derive(Debug, Default)]
+pub struct Problems {
+    pub strict: bool,
+    pub count: u64,
+    pub first: Option<String>,
+}
+
+impl Problems {
+    pub fn report(&mut self, file: &str, line: u64, message: &str) {
+        self.count += 1;
+        let text = format!("{file}:{line}: {message}");
+        if self.count <= 20 {
+            eprintln!("p11trace-query: {text}");
+        } else if self.count == 21 {
+            eprintln!("p11trace-query: (further problems are counted, not shown)");
+        }
+        self.first.get_or_insert(text);
+    }
+}
+
+/// Totals of one import.
+#[derive(Debug, Default)]
+pub struct ImportSummary {
+    pub calls: u64,
+    pub processes: u64,
+    pub problems: u64,
+    pub unreturned: u64,
+    pub ambiguous: u64,
+    pub bytes: u64,
+}
+
+fn progress_bar(total: u64, enabled: bool) -> Option<indicatif::ProgressBar> {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// A line-oriented log format.
+pub trait LineParser {
+    /// One physical line (newline removed), numbered from 1.
+    fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall));
+    /// End of input.
+    fn finish(&mut self, _emit: &mut dyn FnMut(ImportedCall)) {}
+}
+
+/// Feeds every line of `reader` to `parser`; returns (lines, bytes) read.
+fn read_lines(
+    reader: &mut impl BufRead,
+    input: &Path,
+    bar: Option<&indicatif::ProgressBar>,
+    parser: &mut dyn LineParser,
+    emit: &mut dyn FnMut(ImportedCall),
+) -> Result<(u64, u64)> {
+    let mut line = Vec::with_capacity(256);
+    let (mut number, mut bytes) = (0u64, 0u64);
+    loop {
+        line.clear();
+        let got = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {}", input.display()))?;
+        if got == 0 {
+            break;
+        }
+        number += 1;
+        bytes += got as u64;
+        if let Some(bar) = bar
+            && number.is_multiple_of(65_536)
+        {
+            bar.set_position(bytes);
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        parser.line(number, &line, emit);
+    }
+    parser.finish(emit);
+    Ok((number, bytes))
+}
+
+/// Imports one input file into `out` (a `.parquet` file or a dataset folder).
+pub fn import_file(
+    input: &Path,
+    format: LogFormat,
+    out: &Path,
+    options: &ImportOptions,
+) -> Result<ImportSummary> {
+    import_files(&[(input.to_owned(), format)], out, options)
+}
+
+/// Imports every input into one output; on failure (or a `--strict` problem) nothing is left.
+pub fn import_files(
+    inputs: &[(PathBuf, LogFormat)],
+    out: &Path,
+    options: &ImportOptions,
+) -> Result<ImportSummary> {
+    let run_id = format!("import-{}", uuid::Uuid::now_v7());
+    let mut output = Output::create(out, &run_id)?;
+    let mut summary = ImportSummary::default();
+    let mut clock = Clock::new(options.tz.as_deref())?;
+    for &(ref input, format) in inputs {
+        let file = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bar = progress_bar(size, options.progress);
+        let name = input.file_name().map_or_else(
+            || input.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let mut problems = Problems {
+            strict: options.strict,
+            ..Problems::default()
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let source = format.source();
+        let mut failure: Option<anyhow::Error> = None;
+        let calls_before = summary.calls;
+        let mut emit = |call: ImportedCall| {
+            if failure.is_some() {
+                return;
+            }
+            summary.calls += 1;
+            let result = output.builder(call.start_us).and_then(|(builder, sink)| {
+                append(builder, &run_id, source, &call);
+                if builder.len() >= FLUSH_ROWS {
+                    sink.write(&builder.finish())?;
+                }
+                Ok(())
+            });
+            if let Err(error) = result {
+                failure = Some(error);
+            }
+        };
+        let (lines, read_bytes) = match format {
+            LogFormat::Spy => {
+                let mut parser = spy::SpyParser::new(&name, &mut clock, &mut problems);
+                let read = read_lines(&mut reader, input, bar.as_ref(), &mut parser, &mut emit)?;
+                summary.processes += parser.processes;
+                summary.unreturned += parser.unreturned;
+                summary.ambiguous += parser.ambiguous;
+                read
+            }
+            LogFormat::Observe => {
+                let mut parser = observe::ObserveParser::new(&name, &mut problems);
+                let read = read_lines(&mut reader, input, bar.as_ref(), &mut parser, &mut emit)?;
+                summary.processes += parser.processes();
+                read
+            }
+        };
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        summary.bytes += read_bytes;
+        summary.problems += problems.count;
+        if options.strict
+            && let Some(first) = problems.first
+        {
+            bail!("{first} (--strict: nothing was written)");
+        }
+        if lines == 0 {
+            bail!("{}: the file is empty", input.display());
+        }
+        if summary.calls == calls_before {
+            bail!(
+                "{}: no PKCS#11 call found in {lines} line(s); is it a {} file?",
+                input.display(),
+                format.describe()
+            );
+        }
+    }
+    output.finish()?;
+    Ok(summary)
+}

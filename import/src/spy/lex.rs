@@ -1,0 +1,231 @@
+//! Lexing the spy's lines: record headers, stamp lines, hex dumps, lines glued onto others
+//! (`Returned:`, stamps and `[in]`/`[out]` anywhere outside quotes), and the values of arguments.
+
+/// Whether the start of a file looks like a pkcs11-spy log.
+pub fn looks_like_spy(head: &str) -> bool {
+    head.contains("OpenSC PKCS#11 spy")
+        || head
+            .lines()
+            .take(200)
+            .filter_map(header)
+            .any(|(_, name)| name.starts_with("C_"))
+            && head.contains("Returned:  ")
+}
+
+const HEXDUMP_WIDTH: usize = 79;
+
+/// `N: C_Function` (the name may lack `C_`, as old spies print `SetOperationState`).
+pub(super) fn header(line: &str) -> Option<(i64, &str)> {
+    let (number, name) = line.split_once(": ")?;
+    if number.is_empty() || number.len() > 12 || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let name = name.trim_end();
+    if name.is_empty()
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        || name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((number.parse().ok()?, name))
+}
+
+pub(super) fn is_hex_upper(b: u8) -> bool {
+    b.is_ascii_digit() || (b'A'..=b'F').contains(&b)
+}
+
+/// `    %08X  XX XX … ` hex dump line: returns its bytes and whatever was glued after it.
+pub(super) fn hexdump(line: &str) -> Option<(Vec<u8>, &str)> {
+    let bytes = line.as_bytes();
+    if bytes.len() < 14
+        || !bytes.starts_with(b"    ")
+        || !bytes[4..12].iter().all(|&b| is_hex_upper(b))
+        || &bytes[12..14] != b"  "
+    {
+        return None;
+    }
+    let hex_end = bytes.len().min(14 + 48);
+    let mut data = Vec::with_capacity(16);
+    let mut i = 14;
+    while i + 1 < hex_end && is_hex_upper(bytes[i]) && is_hex_upper(bytes[i + 1]) {
+        data.push(u8::from_str_radix(&line[i..i + 2], 16).ok()?);
+        i += 3;
+    }
+    let tail = if bytes.len() > HEXDUMP_WIDTH && line.is_char_boundary(HEXDUMP_WIDTH) {
+        &line[HEXDUMP_WIDTH..]
+    } else {
+        ""
+    };
+    Some((data, tail))
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` at the start of `text`.
+fn stamp_at(text: &str) -> Option<(i64, u32, u32, u32, u32, u32, u32)> {
+    let b = text.as_bytes();
+    if b.len() < 23 {
+        return None;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range.clone()]
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| text[range].parse().ok())?
+    };
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'.'
+    {
+        return None;
+    }
+    Some((
+        i64::from(digits(0..4)?),
+        digits(5..7)?,
+        digits(8..10)?,
+        digits(11..13)?,
+        digits(14..16)?,
+        digits(17..19)?,
+        digits(20..23)?,
+    ))
+}
+
+/// A parsed stamp line: optional pid/tid and the local time.
+pub(super) struct Stamp {
+    pub(super) pid: Option<i64>,
+    pub(super) tid: Option<i64>,
+    pub(super) local: (i64, u32, u32, u32, u32, u32, u32),
+}
+
+pub(super) fn stamp(line: &str) -> Option<Stamp> {
+    if let Some(rest) = line.strip_prefix("P:") {
+        let (pid, rest) = rest.split_once("; T:")?;
+        let (tid, time) = rest.split_once(' ')?;
+        // Unix prints the thread id in decimal after a literal "0x"; Windows prints it bare.
+        let tid = tid.strip_prefix("0x").unwrap_or(tid);
+        return Some(Stamp {
+            pid: pid.parse().ok(),
+            tid: tid.parse().ok(),
+            local: stamp_at(time.trim_end())?,
+        });
+    }
+    let local = stamp_at(line)?;
+    line[23..].trim().is_empty().then_some(Stamp {
+        pid: None,
+        tid: None,
+        local,
+    })
+}
+
+/// Where a glued line starts inside `line` (never inside single quotes), if anywhere after 0.
+pub(super) fn glued_marker(line: &str) -> Option<usize> {
+    // A stamp line carries its own date: it is whole (the spy ends it with a newline).
+    if line.starts_with("P:") && stamp(line).is_some() {
+        return None;
+    }
+    let bytes = line.as_bytes();
+    let mut quoted = false;
+    for i in 1..bytes.len() {
+        match bytes[i] {
+            b'\'' => quoted = !quoted,
+            _ if quoted => {}
+            b'R' if line[i..].starts_with("Returned:  ") => return Some(i),
+            b'P' if line[i..].starts_with("P:") && stamp(&line[i..]).is_some() => return Some(i),
+            b'0'..=b'9' if !bytes[i - 1].is_ascii_digit() && stamp_at(&line[i..]).is_some() => {
+                return Some(i);
+            }
+            b'[' if line.starts_with("[in] ")
+                && (line[i..].starts_with("[out] ") || line[i..].starts_with("[in] ")) =>
+            {
+                return Some(i);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+pub(super) fn parse_number(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    if let Some(negative) = text.strip_prefix('-') {
+        return negative.parse::<i64>().ok().map(|v| (-v) as u64);
+    }
+    text.parse().ok()
+}
+
+/// `addr / len` of a buffer or attribute (`len` may be -1), or `NULL [size : 0xN (N)]`.
+pub(super) fn buffer_len(value: &str) -> Option<(bool, i64)> {
+    let value = value.trim();
+    if let Some(rest) = value.strip_prefix("NULL [size : ") {
+        let decimal = rest.split_once('(')?.1.split_once(')')?.0;
+        return Some((true, decimal.trim().parse().ok()?));
+    }
+    let (address, len) = value.split_once(" / ")?;
+    let null = address.trim().bytes().all(|b| b == b'0');
+    if !address.trim().bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((null, len.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hexdump_lines_keep_their_ascii_column_and_release_glued_tails() {
+        let line = "    00000000  3A 3D 20 7F 52 65 74 75 72 6E 65 64 3A 20 20 30  := \u{7f}Returned:  0Returned:  0 CKR_OK";
+        let (bytes, tail) = hexdump(line).unwrap();
+        assert_eq!(bytes.len(), 16);
+        assert_eq!(bytes[3], 0x7f);
+        assert_eq!(tail, "Returned:  0 CKR_OK");
+        assert!(hexdump("[in] hSession = 0x1").is_none());
+    }
+
+    #[test]
+    fn stamps_of_every_version_parse() {
+        let old = stamp("2026-11-25 16:21:43.451").unwrap();
+        assert_eq!((old.pid, old.tid), (None, None));
+        let unix = stamp("P:42801; T:0x140462040723456 2026-01-13 16:13:18.382").unwrap();
+        assert_eq!(
+            (unix.pid, unix.tid),
+            (Some(42801), Some(140_462_040_723_456))
+        );
+        let windows = stamp("P:1200; T:5678 2026-01-13 16:13:18.382").unwrap();
+        assert_eq!(windows.tid, Some(5678));
+        assert_eq!(unix.local, (2026, 1, 13, 16, 13, 18, 382));
+    }
+
+    #[test]
+    fn glued_markers_are_found_outside_quotes_only() {
+        assert_eq!(glued_marker("     r s aReturned:  0 CKR_OK"), Some(10));
+        assert_eq!(
+            glued_marker("      label:                  'Returned:  0 x'"),
+            None
+        );
+        assert_eq!(
+            glued_marker("[in] type = CKM_AES_CBC       [out] pInfo: "),
+            Some(30)
+        );
+        assert_eq!(glued_marker("x2026-11-25 16:21:43.451"), Some(1));
+        assert_eq!(
+            glued_marker("P:4100; T:0x140001 2026-11-25 10:00:00.000"),
+            None
+        );
+    }
+
+    #[test]
+    fn headers_accept_the_spy_spellings() {
+        assert_eq!(header("12: C_Sign"), Some((12, "C_Sign")));
+        assert_eq!(
+            header("3: SetOperationState"),
+            Some((3, "SetOperationState"))
+        );
+        assert_eq!(header("Slot 1: x"), None);
+        assert_eq!(header("      flags: 42d"), None);
+    }
+}
