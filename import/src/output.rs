@@ -16,7 +16,8 @@ pub(crate) enum Output {
     File(Box<(CallsBuilder, ParquetSink)>),
     Dataset {
         layout: Layout,
-        name: String,
+        /// Names the part files: `part-<producer>-<n>.parquet`.
+        producer: String,
         parts: BTreeMap<String, (CallsBuilder, ParquetSink)>,
     },
 }
@@ -40,7 +41,7 @@ impl Output {
             .with_context(|| format!("cannot create folder {}", out.display()))?;
         Ok(Output::Dataset {
             layout: Layout::new(out),
-            name: part_name(&format!("import-{run_id}"), 1),
+            producer: run_id.to_owned(),
             parts: BTreeMap::new(),
         })
     }
@@ -53,12 +54,15 @@ impl Output {
             Output::File(file) => Ok((&mut file.0, &mut file.1)),
             Output::Dataset {
                 layout,
-                name,
+                producer,
                 parts,
             } => {
                 let date = start_us.map_or_else(|| "unknown".to_owned(), utc_date);
                 if !parts.contains_key(&date) {
-                    let path = layout.part(CALLS, &date, name);
+                    // One number per partition: the files are written side by side in one
+                    // temporary folder, so they must not share a name.
+                    let name = part_name(producer, parts.len() as u64 + 1);
+                    let path = layout.part(CALLS, &date, &name);
                     let properties = writer_properties(CALLS, &[]);
                     let sink =
                         ParquetSink::create(&layout.temp(), &path, calls_schema(), properties)

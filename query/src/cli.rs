@@ -9,7 +9,8 @@ use crate::input::InputFormat;
 /// Analyse PKCS#11 call traces: p11trace datasets, Parquet files, pkcs11-spy logs and observe
 /// JSON lines (told apart by content).
 ///
-/// Exit status: 0 success, 1 runtime or input error, 2 usage error.
+/// Exit status: 0 success, 1 runtime or input error, 2 usage error; `compare` and `diff` exit 2
+/// on an input error too, and `diff` 1 when it finds what `--fail-on` names (as diff(1)).
 #[derive(Debug, Parser)]
 #[command(name = "p11trace-query", version)]
 pub struct Cli {
@@ -25,7 +26,32 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Run a SQL query (polars SQL) with `calls` (and `clients`) registered as tables.
     Sql(SqlArgs),
+    /// Providers (or runs) side by side: latency ratios with confidence intervals, what works on
+    /// one and fails on the other, where the same script's return codes part.
+    #[command(after_help = COMPARE_EXAMPLES)]
+    Compare(CompareArgs),
+    /// The regression gate: per (function, mechanism) latency, return-code and call-count
+    /// verdicts that do not flap on a noisy machine; exit 1 on what --fail-on names.
+    #[command(after_help = DIFF_EXAMPLES)]
+    Diff(DiffArgs),
 }
+
+const COMPARE_EXAMPLES: &str = "\
+Examples:
+  p11trace-query compare softhsm/ kryoptic/
+  p11trace-query compare fleet/ --by provider --format markdown
+  p11trace-query compare base.log new.parquet --func C_Sign --name-a before --name-b after
+
+Exit status: 0 when it reports (differences are its output), 2 on a usage or input error.";
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  p11trace-query diff baseline/ current/
+  p11trace-query diff baseline/ current/ --fail-on any --format markdown > comment.md
+  p11trace-query diff baseline.json current.json     # two `analyze --format json` reports
+  p11trace-query diff base/ now/ --threshold 5% --min-effect 20us --alpha 0.001
+
+Exit status (as diff(1)): 0 nothing --fail-on names was found, 1 it was, 2 usage or input error.";
 
 /// Options shared by every command that reads inputs.
 #[derive(Debug, Clone, Args)]
@@ -157,4 +183,161 @@ pub struct SqlArgs {
 
     #[command(flatten)]
     pub input: InputArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompareFormat {
+    /// Aligned tables.
+    Text,
+    /// One JSON object; keys documented in schemas/compare.md (or schemas/diff.md).
+    Json,
+    /// The tables as Markdown (a pull-request comment).
+    Markdown,
+    /// One line per row.
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Side A (the baseline) and side B: datasets, Parquet files, pkcs11-spy logs or observe
+    /// JSON lines. With --by, one input split into groups.
+    #[arg(required = true, num_args = 1..=2, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+
+    /// Name of side A [default: its provider, else its module].
+    #[arg(long, value_name = "NAME")]
+    pub name_a: Option<String>,
+
+    /// Name of side B [default: its provider, else its module].
+    #[arg(long, value_name = "NAME")]
+    pub name_b: Option<String>,
+
+    /// Split one input into groups and compare every group with the first (or --baseline).
+    #[arg(long, value_enum, value_name = "COLUMN")]
+    pub by: Option<crate::compare::By>,
+
+    /// With --by: the group the others are compared with.
+    #[arg(long, value_name = "NAME", requires = "by")]
+    pub baseline: Option<String>,
+
+    #[arg(long, value_enum, default_value_t = CompareFormat::Text)]
+    pub format: CompareFormat,
+
+    #[command(flatten)]
+    pub filters: Filters,
+
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The baseline: a dataset, Parquet file, log, or an `analyze --format json` report.
+    #[arg(value_name = "BASELINE")]
+    pub baseline: PathBuf,
+
+    /// The current run, of any of the same kinds.
+    #[arg(value_name = "CURRENT")]
+    pub current: PathBuf,
+
+    /// Noise band: a relative change within it is never a verdict (`10%` or `0.1`).
+    #[arg(long, default_value = "10%", value_parser = parse_fraction, value_name = "PERCENT")]
+    pub threshold: f64,
+
+    /// Significance level, after Holm-Bonferroni across all (function, mechanism) rows.
+    #[arg(long, default_value_t = 0.01, value_name = "P")]
+    pub alpha: f64,
+
+    /// Fewest successful timed calls on each side for a latency verdict.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub min_calls: usize,
+
+    /// Smallest absolute median change that counts (`5us`, `250ns`, `1.5ms`).
+    #[arg(long, default_value = "10us", value_parser = parse_duration_ns, value_name = "DURATION")]
+    pub min_effect: f64,
+
+    /// Judge every row as measured, not against the machine's drift (the median change of all
+    /// tested rows; see schemas/diff.md). For quiet, dedicated machines.
+    #[arg(long)]
+    pub no_drift_correction: bool,
+
+    /// Largest common change taken for the machine's drift rather than the release's.
+    #[arg(long, default_value = "50%", value_parser = parse_fraction, value_name = "PERCENT")]
+    pub drift_max: f64,
+
+    /// What makes the exit status 1.
+    #[arg(long, value_enum, default_value_t = crate::compare::diff::FailOn::Regression)]
+    pub fail_on: crate::compare::diff::FailOn,
+
+    #[arg(long, value_enum, default_value_t = CompareFormat::Text)]
+    pub format: CompareFormat,
+
+    /// Name of the baseline in the report [default: its path].
+    #[arg(long, value_name = "NAME")]
+    pub name_a: Option<String>,
+
+    /// Name of the current run in the report [default: its path].
+    #[arg(long, value_name = "NAME")]
+    pub name_b: Option<String>,
+
+    #[command(flatten)]
+    pub filters: Filters,
+
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+/// `10%` → 0.1; `0.1` → 0.1.
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(number) => (number, 100.0),
+        None => (text, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value / scale),
+        _ => Err(format!("`{text}` is not a fraction (use 10% or 0.1)")),
+    }
+}
+
+/// `5us`, `5µs`, `250ns`, `1.5ms`, `2s` → nanoseconds.
+pub fn parse_duration_ns(text: &str) -> Result<f64, String> {
+    let units = [
+        ("ns", 1.0),
+        ("us", 1e3),
+        ("µs", 1e3),
+        ("ms", 1e6),
+        ("s", 1e9),
+    ];
+    for (unit, scale) in units {
+        if let Some(number) = text.strip_suffix(unit)
+            && let Ok(value) = number.trim().parse::<f64>()
+            && value.is_finite()
+            && value >= 0.0
+        {
+            return Ok(value * scale);
+        }
+    }
+    Err(format!(
+        "`{text}` is not a duration (use 5us, 250ns, 1.5ms or 2s)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fractions_and_durations_parse_with_their_units() {
+        assert_eq!(parse_fraction("10%"), Ok(0.1));
+        assert_eq!(parse_fraction("0.25"), Ok(0.25));
+        assert!(parse_fraction("ten").is_err());
+        assert!(parse_fraction("-5%").is_err());
+        assert_eq!(parse_duration_ns("5us"), Ok(5000.0));
+        assert_eq!(parse_duration_ns("5µs"), Ok(5000.0));
+        assert_eq!(parse_duration_ns("1.5ms"), Ok(1_500_000.0));
+        assert_eq!(parse_duration_ns("250ns"), Ok(250.0));
+        assert_eq!(parse_duration_ns("2s"), Ok(2e9));
+        assert!(parse_duration_ns("5").is_err());
+        assert!(parse_duration_ns("fast").is_err());
+    }
 }

@@ -9,11 +9,16 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 
 use crate::analyze::{self, AnalyzeOptions, render};
-use crate::cli::{AnalyzeArgs, ImportArgs, InputArgs, ReportFormat, SqlArgs, TableFormat};
-use crate::import::{self, ImportOptions};
-use crate::input::{self, InputFormat};
+use crate::cli::{
+    AnalyzeArgs, CompareArgs, CompareFormat, DiffArgs, ImportArgs, InputArgs, ReportFormat,
+    SqlArgs, TableFormat,
+};
+use crate::compare::{self, diff, render as compare_render, report, side::Side};
+use crate::input;
+use crate::stats::GateConfig;
+use p11trace_import::{self as import, ImportOptions};
 
-fn import_options(input: &InputArgs) -> ImportOptions {
+pub(crate) fn import_options(input: &InputArgs) -> ImportOptions {
     ImportOptions {
         tz: input.tz.clone(),
         strict: input.strict,
@@ -28,9 +33,9 @@ pub fn import(args: &ImportArgs) -> Result<()> {
             Some(format) => format,
             None => input::detect(path)?,
         };
-        if format == InputFormat::Parquet {
+        let Some(format) = format.log_format() else {
             anyhow::bail!("{} is already Parquet: nothing to import", path.display());
-        }
+        };
         inputs.push((path.clone(), format));
     }
     let started = std::time::Instant::now();
@@ -135,4 +140,109 @@ pub fn sql(args: &SqlArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The sides of a `compare`: two inputs, or one input split `--by` a column.
+fn compare_sides(args: &CompareArgs) -> Result<(Vec<Side>, usize)> {
+    let Some(by) = args.by else {
+        let [a, b] = args.inputs.as_slice() else {
+            anyhow::bail!("compare needs two inputs (A B), or one input and --by");
+        };
+        let name = |path: &std::path::Path, given: &Option<String>| -> Result<Side> {
+            let mut side =
+                compare::load_side(path, given.as_deref(), &args.input, &args.filters, true)?;
+            if given.is_none() {
+                side.name = side.default_name(&side.name);
+            }
+            Ok(side)
+        };
+        let mut sides = vec![name(a, &args.name_a)?, name(b, &args.name_b)?];
+        compare::distinct_names(&mut sides);
+        return Ok((sides, 0));
+    };
+    let [input] = args.inputs.as_slice() else {
+        anyhow::bail!("--by splits one input; {} were given", args.inputs.len());
+    };
+    let (calls, _loaded) =
+        compare::load_calls(std::slice::from_ref(input), &args.input, &args.filters)?;
+    let groups = compare::split(calls, by)?;
+    if groups.len() < 2 {
+        anyhow::bail!(
+            "{}: --by {by:?} finds {} group(s); compare needs two or more",
+            input.display(),
+            groups.len()
+        );
+    }
+    let sides = groups
+        .into_iter()
+        .map(|(name, frame)| crate::compare::side::from_calls(name, frame, true))
+        .collect::<Result<Vec<_>>>()?;
+    let baseline = match &args.baseline {
+        None => 0,
+        Some(name) => sides.iter().position(|s| &s.name == name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--baseline {name}: no such group; the groups are: {}",
+                sides
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?,
+    };
+    Ok((sides, baseline))
+}
+
+/// `compare`: exit 0 when it reports; every error is an input or usage error (exit 2).
+pub fn compare(args: &CompareArgs) -> Result<()> {
+    let (sides, baseline) = compare_sides(args)?;
+    let report = report::compare(&sides, baseline, &GateConfig::default());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match args.format {
+        CompareFormat::Text => compare_render::compare_text(&report, false, &mut out)?,
+        CompareFormat::Markdown => compare_render::compare_text(&report, true, &mut out)?,
+        CompareFormat::Csv => compare_render::compare_csv(&report, &mut out)?,
+        CompareFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `diff`: `Ok(true)` when it found what `--fail-on` names (exit 1).
+pub fn diff(args: &DiffArgs) -> Result<bool> {
+    if !(args.alpha > 0.0 && args.alpha < 1.0) {
+        anyhow::bail!(
+            "--alpha {} is not a probability between 0 and 1",
+            args.alpha
+        );
+    }
+    let load = |path: &std::path::Path, name: &Option<String>| {
+        compare::load_side(path, name.as_deref(), &args.input, &args.filters, false)
+    };
+    let baseline = load(&args.baseline, &args.name_a)?;
+    let current = load(&args.current, &args.name_b)?;
+    let settings = diff::Settings {
+        gate: GateConfig {
+            threshold: args.threshold,
+            min_effect_ns: args.min_effect,
+            alpha: args.alpha,
+            min_calls: args.min_calls.max(1),
+            ..GateConfig::default()
+        },
+        fail_on: args.fail_on,
+        drift_correction: !args.no_drift_correction,
+        drift_max: args.drift_max,
+    };
+    let report = diff::diff(&baseline, &current, &settings)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match args.format {
+        CompareFormat::Text => compare_render::diff_text(&report, false, &mut out)?,
+        CompareFormat::Markdown => compare_render::diff_text(&report, true, &mut out)?,
+        CompareFormat::Csv => compare_render::diff_csv(&report, &mut out)?,
+        CompareFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+    }
+    out.flush()?;
+    Ok(report.failed)
 }

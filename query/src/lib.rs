@@ -1,21 +1,25 @@
 //! # p11trace-query
 //!
-//! The analysis tool. Reads p11trace datasets and Parquet files, and imports pkcs11-spy plaintext
-//! logs and observe JSON lines into the same schema v1; then analyses (`analyze`), queries
-//! (`sql`), and converts (`import`).
+//! The analysis tool. Reads p11trace datasets and Parquet files, and (through `p11trace-import`)
+//! pkcs11-spy plaintext logs and observe JSON lines imported into the same schema v1; then
+//! analyses (`analyze`), compares (`compare`, `diff`), queries (`sql`), and converts (`import`).
 //!
 //! Layout: `cli` (arguments) → `commands` (one function per command) over `input` (format
-//! detection, loading), `import` (spy and observe parsers, Parquet output), `filters`, and
-//! `analyze` (the report and its renderings).
+//! detection, loading), `filters`, `analyze` (the report and its renderings), `compare` (two
+//! sides weighed: `compare` and the `diff` gate) over `stats` (rank tests, bootstrap intervals,
+//! multiple-comparison correction). Log parsing and
+//! Parquet output of imports live in `p11trace-import`, which this crate uses (never the other
+//! way).
 //!
 //! Owns polars; must never be linked into the shim or the recorder.
 
 pub mod analyze;
 pub mod cli;
 pub mod commands;
+pub mod compare;
 pub mod filters;
-pub mod import;
 pub mod input;
+pub mod stats;
 
 /// `anyhow` context for polars results (polars' prelude brings its own `context`, so the two
 /// would be ambiguous).

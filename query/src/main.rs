@@ -14,16 +14,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Import(args) => commands::import(args),
-        Command::Analyze(args) => commands::analyze(args),
-        Command::Sql(args) => commands::sql(args),
+    // `compare` and `diff` follow diff(1): an input error is exit 2, and exit 1 means `diff`
+    // found what `--fail-on` names.
+    let (result, error_status) = match &cli.command {
+        Command::Import(args) => (commands::import(args).map(|()| false), 1),
+        Command::Analyze(args) => (commands::analyze(args).map(|()| false), 1),
+        Command::Sql(args) => (commands::sql(args).map(|()| false), 1),
+        Command::Compare(args) => (commands::compare(args).map(|()| false), 2),
+        Command::Diff(args) => (commands::diff(args), 2),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::from(1),
         Err(error) => {
             eprintln!("p11trace-query: error: {error:#}");
-            ExitCode::from(1)
+            ExitCode::from(error_status)
         }
     }
 }

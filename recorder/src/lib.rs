@@ -13,13 +13,13 @@
 //!                                                 validate)        policy)      date)           rename) ──covered──▶ wal
 //! ```
 //!
-//! Backpressure: every channel is bounded (events 1024, logged 1024, jobs 16). When the writer
+//! Backpressure: every channel is bounded (events 64, logged 64, jobs 16). When the writer
 //! falls behind, the batcher blocks, then the log, then capture, which stops reading; the shims'
 //! socket buffers fill and each shim drops (and counts) what it cannot send. Nothing the recorder
 //! has read is dropped — except when the write-ahead log is at `--wal-max-bytes` (Parquet writes
 //! failing), where incoming call records are refused, counted (`dropped_by_recorder`) and reported.
 //!
-//! Memory is bounded by the channel capacities — 2048 events of at most one 1 MiB client message
+//! Memory is bounded by the channel capacities — 128 events of at most one 1 MiB client message
 //! each (in practice ~48 KiB), 16 record batches of at most 64 Ki rows — plus one open Parquet row
 //! group (up to 1 Mi rows, encoded and compressed) per open file, plus the batcher's builders
 //! (at most 64 Ki rows between flushes).

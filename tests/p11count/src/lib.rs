@@ -10,6 +10,9 @@
 //! a vendor interface ("Vendor p11count", one `ping` function), so tests can watch the shim pass a
 //! vendor interface through untraced.
 //!
+//! For the `diff` tests it also injects faults a real module cannot be asked for: a slowdown
+//! (`P11COUNT_SLOW=FUNC:MICROSECONDS`) and a failure rate (`P11COUNT_FAIL=FUNC:EVERY`).
+//!
 //! Its C definitions (the 3.2 function list among them) come from `p11trace-ffi`, like the shim's.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
@@ -46,6 +49,63 @@ fn log(function: &str, rv: CK_RV) {
     });
     let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
     let _ = writeln!(file, "{function} {rv}");
+}
+
+/// Faults to inject, for the tests of `diff` (a slowdown and a failure rate a real module cannot
+/// be asked for): `P11COUNT_SLOW=C_Sign:2000` spins 2,000 µs before every real `C_Sign`;
+/// `P11COUNT_FAIL=C_Sign:20` turns every 20th successful `C_Sign` into `CKR_DEVICE_ERROR` (the
+/// real call was made, so the token's operation state stays consistent).
+struct Faults {
+    slow: Option<(String, std::time::Duration)>,
+    fail: Option<(String, u64)>,
+    successes: std::sync::atomic::AtomicU64,
+}
+
+fn fault(variable: &str) -> Option<(String, u64)> {
+    let value = std::env::var(variable).ok()?;
+    let (function, number) = value.split_once(':')?;
+    Some((function.to_owned(), number.parse().ok().filter(|n| *n > 0)?))
+}
+
+fn faults() -> &'static Faults {
+    static FAULTS: OnceLock<Faults> = OnceLock::new();
+    FAULTS.get_or_init(|| Faults {
+        slow: fault("P11COUNT_SLOW")
+            .map(|(function, us)| (function, std::time::Duration::from_micros(us))),
+        fail: fault("P11COUNT_FAIL"),
+        successes: std::sync::atomic::AtomicU64::new(0),
+    })
+}
+
+/// The injected slowdown, before the real call: the delay stands where a slower token would
+/// spend it, and the real call that follows leaves the caches as it always does, so the next
+/// call is not slowed by the pause (a pause right before returning leaves the caller's next call
+/// cold: measured `C_DigestInit` 4 → 10 µs after 1 ms injected at the end of `C_Digest`). A busy
+/// wait, not a sleep: a descheduled thread comes back colder still.
+fn slow_down(function: &str) {
+    if let Some((name, pause)) = &faults().slow
+        && name == function
+    {
+        let until = std::time::Instant::now() + *pause;
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The injected failure, after the real call (its operation state stays consistent).
+fn fail(function: &str, rv: CK_RV) -> CK_RV {
+    let faults = faults();
+    if let Some((name, every)) = &faults.fail
+        && name == function
+        && rv == CKR_OK
+    {
+        let n = faults.successes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n.is_multiple_of(*every) {
+            return CKR_DEVICE_ERROR;
+        }
+    }
+    rv
 }
 
 fn real() -> &'static Real {
@@ -104,12 +164,14 @@ macro_rules! oracle {
             use super::*;
             $( $(
                 pub(super) unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
+                    slow_down(stringify!($name));
                     // SAFETY: forwarding the caller's arguments to the same entry of the real table.
                     let rv = match unsafe { (*real().list).$name } {
                         // SAFETY: as above.
                         Some(f) => unsafe { f($($arg),*) },
                         None => CKR_FUNCTION_NOT_SUPPORTED,
                     };
+                    let rv = fail(stringify!($name), rv);
                     log(stringify!($name), rv);
                     rv
                 }

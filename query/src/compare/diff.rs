@@ -1,0 +1,483 @@
+//! `diff`: the regression gate. Per (function, mechanism), three verdicts that do not flap on a
+//! noisy machine — latency (criterion's rule: significant after Holm, the whole interval of the
+//! relative median change beyond the noise band, and an absolute floor), return codes (new
+//! failing codes; failure rates that changed significantly, Fisher/z-test with Holm), and
+//! workload shape (calls per client beyond the noise band; functions that appear or vanish).
+//! The JSON keys are documented in `schemas/diff.md`.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use super::side::{Basis, Group, Key, Side};
+use crate::stats::{self, GateConfig, Verdict, holm};
+
+/// Version of the diff JSON (`schemas/diff.md`).
+pub const DIFF_VERSION: u32 = 1;
+
+/// What makes `diff` exit 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailOn {
+    /// A latency or call-count regression.
+    Regression,
+    /// New failing return codes or a significantly higher failure rate.
+    Errors,
+    /// Either.
+    Any,
+    /// Nothing: always exit 0 when the report is made.
+    Never,
+}
+
+impl FailOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailOn::Regression => "regression",
+            FailOn::Errors => "errors",
+            FailOn::Any => "any",
+            FailOn::Never => "never",
+        }
+    }
+}
+
+/// The settings of one diff.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub gate: GateConfig,
+    pub fail_on: FailOn,
+    /// Judge rows against the machine's drift ([`Drift`]).
+    pub drift_correction: bool,
+    /// Largest drift (relative, 0.5 = ±50 %) taken for the machine's.
+    pub drift_max: f64,
+}
+
+/// A verdict as the JSON spells it.
+fn word(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Regressed => "regressed",
+        Verdict::Improved => "improved",
+        Verdict::Unchanged => "unchanged",
+        Verdict::InsufficientData => "insufficient_data",
+    }
+}
+
+/// One side's figures for an entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub calls: u64,
+    pub failed: u64,
+    pub failure_rate: f64,
+    pub calls_per_client: f64,
+    /// Successful calls with a duration (the latency samples).
+    pub timed: usize,
+    pub p50_ns: Option<f64>,
+    pub p95_ns: Option<f64>,
+}
+
+/// A relative change with its confidence interval (0.25 = 25 % more).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Change {
+    pub estimate: f64,
+    pub lo: Option<f64>,
+    pub hi: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NewFailure {
+    pub rv_name: String,
+    pub count: u64,
+}
+
+/// One (function, mechanism).
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub func: String,
+    pub mechanism: Option<String>,
+    /// Latency: `regressed`, `improved`, `unchanged`, `insufficient_data`, `no_durations`.
+    pub verdict: &'static str,
+    /// Return codes: `regressed`, `improved`, `unchanged`, `insufficient_data`.
+    pub rv_verdict: &'static str,
+    /// Calls per client: `regressed` (more, or the function appeared), `improved` (fewer, or it
+    /// vanished), `unchanged`.
+    pub count_verdict: &'static str,
+    /// `both`, `added` (only in current), `removed` (only in baseline).
+    pub presence: &'static str,
+    /// What the latency verdict rests on: `samples`, `percentiles`, `none`.
+    pub basis: &'static str,
+    pub baseline: Figures,
+    pub current: Figures,
+    pub median_change: Option<Change>,
+    pub p95_change: Option<Change>,
+    pub median_change_ns: Option<f64>,
+    /// Mann–Whitney U, two-sided, before and after Holm's correction.
+    pub p_value: Option<f64>,
+    pub p_adjusted: Option<f64>,
+    /// Failure-rate test (Fisher exact or two-proportion z), after Holm.
+    pub rv_test: Option<&'static str>,
+    pub rv_p_adjusted: Option<f64>,
+    pub new_failures: Vec<NewFailure>,
+    pub count_change: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SideSummary {
+    pub name: String,
+    pub calls: u64,
+    pub clients: u64,
+    pub providers: Vec<String>,
+    pub basis: Basis,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub entries: usize,
+    pub regressed: usize,
+    pub improved: usize,
+    pub unchanged: usize,
+    pub insufficient_data: usize,
+    pub no_durations: usize,
+    pub rv_regressed: usize,
+    pub count_regressed: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingsOut {
+    pub threshold: f64,
+    pub alpha: f64,
+    pub min_calls: usize,
+    pub min_effect_ns: f64,
+    pub fail_on: FailOn,
+    pub method: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub diff_version: u32,
+    pub baseline: SideSummary,
+    pub current: SideSummary,
+    pub settings: SettingsOut,
+    pub summary: Totals,
+    /// The machine's drift between the recordings, and whether verdicts were judged against it.
+    pub drift: Drift,
+    /// `true` when something `--fail-on` names was found: the exit status is 1.
+    pub failed: bool,
+    pub entries: Vec<Entry>,
+}
+
+fn summary(side: &Side) -> SideSummary {
+    SideSummary {
+        name: side.name.clone(),
+        calls: side.calls,
+        clients: side.clients,
+        providers: side.providers.clone(),
+        basis: side.basis,
+    }
+}
+
+fn figures(group: Option<&Group>, clients: u64) -> Figures {
+    let empty = Group::default();
+    let group = group.unwrap_or(&empty);
+    let quantile = |q: f64| stats::quantile(&group.durations, q).ok();
+    let (p50, p95) = match group.percentiles {
+        Some(p) if group.durations.is_empty() => (Some(p.p50), Some(p.p95)),
+        _ => (quantile(0.5), quantile(0.95)),
+    };
+    Figures {
+        calls: group.calls,
+        failed: group.failed,
+        failure_rate: group.failure_rate(),
+        calls_per_client: group.calls as f64 / clients.max(1) as f64,
+        timed: group.durations.len(),
+        p50_ns: p50,
+        p95_ns: p95,
+    }
+}
+
+fn change(interval: stats::Interval) -> Change {
+    Change {
+        estimate: interval.estimate - 1.0,
+        lo: Some(interval.lo - 1.0),
+        hi: Some(interval.hi - 1.0),
+    }
+}
+
+/// The latency verdict from percentiles alone (rows with `--min-calls` calls on each side): no
+/// test, no interval, the threshold and the absolute floor on the medians.
+fn percentile_verdict(a: f64, b: f64, gate: &GateConfig) -> &'static str {
+    let relative = b / a - 1.0;
+    if (b - a).abs() < gate.min_effect_ns || relative.abs() <= gate.threshold {
+        "unchanged"
+    } else if relative > 0.0 {
+        "regressed"
+    } else {
+        "improved"
+    }
+}
+
+/// Compares two sides.
+pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Result<Report> {
+    let gate = &settings.gate;
+    let keys: BTreeSet<&Key> = baseline
+        .groups
+        .keys()
+        .chain(current.groups.keys())
+        .collect();
+    let basis = match (baseline.basis, current.basis) {
+        (Basis::Samples, Basis::Samples) => Basis::Samples,
+        (Basis::None, _) | (_, Basis::None) => Basis::None,
+        _ => Basis::Percentiles,
+    };
+    let mut entries = Vec::new();
+    let mut latency_rows = Vec::new();
+    let mut percentile_rows: Vec<(usize, f64, f64)> = Vec::new();
+    let mut rv_tests: Vec<(usize, &'static str, f64, bool)> = Vec::new();
+    for key in keys {
+        let (a, b) = (baseline.groups.get(key), current.groups.get(key));
+        let presence = match (a, b) {
+            (Some(_), Some(_)) => "both",
+            (None, _) => "added",
+            (_, None) => "removed",
+        };
+        let (fa, fb) = (figures(a, baseline.clients), figures(b, current.clients));
+        let count_change =
+            (fa.calls_per_client > 0.0).then(|| fb.calls_per_client / fa.calls_per_client - 1.0);
+        let count_verdict = match (presence, count_change) {
+            ("added", _) => "regressed",
+            ("removed", _) => "improved",
+            (_, Some(c)) if c > gate.threshold => "regressed",
+            (_, Some(c)) if c < -gate.threshold => "improved",
+            _ => "unchanged",
+        };
+        let mut entry = Entry {
+            func: key.func.clone(),
+            mechanism: key.mechanism.clone(),
+            verdict: "insufficient_data",
+            rv_verdict: "unchanged",
+            count_verdict,
+            presence,
+            basis: match basis {
+                Basis::Samples => "samples",
+                Basis::Percentiles => "percentiles",
+                Basis::None => "none",
+            },
+            baseline: fa,
+            current: fb,
+            median_change: None,
+            p95_change: None,
+            median_change_ns: None,
+            p_value: None,
+            p_adjusted: None,
+            rv_test: None,
+            rv_p_adjusted: None,
+            new_failures: Vec::new(),
+            count_change,
+        };
+        let index = entries.len();
+        if basis == Basis::None {
+            entry.verdict = "no_durations";
+        }
+        if let (Some(a), Some(b)) = (a, b) {
+            match basis {
+                Basis::None => {}
+                Basis::Percentiles => {
+                    if let (Some(pa), Some(pb)) = (entry.baseline.p50_ns, entry.current.p50_ns) {
+                        entry.median_change_ns = Some(pb - pa);
+                        entry.median_change = (pa > 0.0).then(|| Change {
+                            estimate: pb / pa - 1.0,
+                            lo: None,
+                            hi: None,
+                        });
+                        let enough = a.calls.min(b.calls) >= gate.min_calls as u64;
+                        if enough && pa > 0.0 && pb > 0.0 {
+                            percentile_rows.push((index, pa, pb));
+                        }
+                    }
+                }
+                Basis::Samples => {
+                    let row = stats::row_stats_sorted(
+                        &stats::SortedSample::from_sorted(a.durations.clone())?,
+                        &stats::SortedSample::from_sorted(b.durations.clone())?,
+                        gate,
+                    );
+                    // A zero baseline median (a clock too coarse) leaves the row untested.
+                    if let Ok(row) = row {
+                        latency_rows.push((index, row));
+                    }
+                }
+            }
+            for (rv, count) in &b.failures {
+                if !a.failures.contains_key(rv) {
+                    entry.new_failures.push(NewFailure {
+                        rv_name: rv.clone(),
+                        count: *count,
+                    });
+                }
+            }
+            if a.failed + b.failed > 0
+                && let Ok(test) = stats::failure_rate_test(a.failed, a.calls, b.failed, b.calls)
+            {
+                let method = match test.method {
+                    stats::ProportionMethod::FisherExact => "fisher_exact",
+                    stats::ProportionMethod::ZTest => "two_proportion_z",
+                };
+                rv_tests.push((index, method, test.p_two_sided, test.b_rate > test.a_rate));
+            }
+        } else if let Some(b) = b {
+            // A function only the current side calls: its failures are all new.
+            entry.new_failures = b
+                .failures
+                .iter()
+                .map(|(rv, count)| NewFailure {
+                    rv_name: rv.clone(),
+                    count: *count,
+                })
+                .collect();
+        }
+        entries.push(entry);
+    }
+    let rows: Vec<stats::RowStats> = latency_rows.iter().map(|(_, row)| row.clone()).collect();
+    let drift = if basis == Basis::Percentiles {
+        Drift::of(percentile_rows.iter().map(|(_, a, b)| b / a), settings)
+    } else {
+        Drift::of(
+            rows.iter()
+                .filter_map(|row| row.tested.as_ref())
+                .map(|t| t.median_ratio.estimate),
+            settings,
+        )
+    };
+    for (index, pa, pb) in &percentile_rows {
+        let factor = if drift.applied { drift.ratio } else { 1.0 };
+        entries[*index].verdict = percentile_verdict(*pa, pb / factor, gate);
+    }
+    let judged: Vec<stats::RowStats> = rows.iter().map(|row| drift.discount(row)).collect();
+    for ((index, row), verdict) in latency_rows
+        .iter()
+        .zip(stats::assign_verdicts(&judged, gate))
+    {
+        let entry = &mut entries[*index];
+        entry.verdict = word(verdict.verdict);
+        entry.p_adjusted = verdict.p_adjusted;
+        if let Some(tested) = &row.tested {
+            entry.median_change = Some(change(tested.median_ratio));
+            entry.p95_change = Some(change(tested.p95_ratio));
+            entry.median_change_ns = Some(tested.median_change_ns);
+            entry.p_value = Some(tested.mann_whitney.p_two_sided);
+        }
+    }
+    let adjusted = holm(&rv_tests.iter().map(|t| t.2).collect::<Vec<_>>());
+    for ((index, method, _, higher), p) in rv_tests.iter().zip(adjusted) {
+        let entry = &mut entries[*index];
+        entry.rv_test = Some(method);
+        entry.rv_p_adjusted = Some(p);
+        if p < gate.alpha {
+            entry.rv_verdict = if *higher { "regressed" } else { "improved" };
+        }
+    }
+    for entry in &mut entries {
+        if !entry.new_failures.is_empty() {
+            entry.rv_verdict = "regressed";
+        }
+    }
+    let mut totals = Totals {
+        entries: entries.len(),
+        ..Totals::default()
+    };
+    for entry in &entries {
+        match entry.verdict {
+            "regressed" => totals.regressed += 1,
+            "improved" => totals.improved += 1,
+            "unchanged" => totals.unchanged += 1,
+            "no_durations" => totals.no_durations += 1,
+            _ => totals.insufficient_data += 1,
+        }
+        totals.rv_regressed += usize::from(entry.rv_verdict == "regressed");
+        totals.count_regressed += usize::from(entry.count_verdict == "regressed");
+    }
+    let regression = totals.regressed + totals.count_regressed > 0;
+    let errors = totals.rv_regressed > 0;
+    let failed = match settings.fail_on {
+        FailOn::Regression => regression,
+        FailOn::Errors => errors,
+        FailOn::Any => regression || errors,
+        FailOn::Never => false,
+    };
+    Ok(Report {
+        diff_version: DIFF_VERSION,
+        baseline: summary(baseline),
+        current: summary(current),
+        settings: SettingsOut {
+            threshold: gate.threshold,
+            alpha: gate.alpha,
+            min_calls: gate.min_calls,
+            min_effect_ns: gate.min_effect_ns,
+            fail_on: settings.fail_on,
+            method: format!(
+                "Mann-Whitney U (two-sided, normal approximation with tie and continuity \
+                 correction) with Holm-Bonferroni; percentile bootstrap of the median and p95 \
+                 ratios ({} resamples, {:.0} % confidence, fixed seed); failure rates by Fisher's \
+                 exact test or the two-proportion z-test (Cochran's rule) with Holm-Bonferroni",
+                gate.resamples,
+                gate.confidence * 100.0
+            ),
+        },
+        summary: totals,
+        drift,
+        failed,
+        entries,
+    })
+}
+
+/// The machine's drift between the two recordings: the median, over every row the gate tests,
+/// of its median ratio. On a shared machine every call of a later run can be 10–30 % slower
+/// (measured here: six back-to-back recordings of one workload drifted +4 % to +30 %, digests
+/// and signatures alike); a change that every row shares is the machine, one that a row has
+/// alone is the code. Each row is judged against the drift — unless the drift itself is beyond
+/// `--drift-max` (a release that slows every call is not noise) or fewer than
+/// [`Drift::MIN_ROWS`] rows are tested.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Drift {
+    /// The median of the tested rows' median ratios (1.0 = none).
+    pub ratio: f64,
+    pub rows: usize,
+    /// Whether the rows were judged against it.
+    pub applied: bool,
+}
+
+impl Drift {
+    pub const MIN_ROWS: usize = 3;
+
+    /// The drift of the rows' median ratios.
+    fn of(ratios: impl Iterator<Item = f64>, settings: &Settings) -> Drift {
+        let mut logs: Vec<f64> = ratios
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map(f64::ln)
+            .collect();
+        logs.sort_unstable_by(f64::total_cmp);
+        let ratio = stats::median(&logs).map_or(1.0, f64::exp);
+        let within = (ratio - 1.0).abs() <= settings.drift_max;
+        Drift {
+            ratio,
+            rows: logs.len(),
+            applied: settings.drift_correction && logs.len() >= Self::MIN_ROWS && within,
+        }
+    }
+
+    /// The row as the gate judges it: ratios and the absolute change relative to the drift.
+    fn discount(&self, row: &stats::RowStats) -> stats::RowStats {
+        let mut row = row.clone();
+        if let (true, Some(tested)) = (self.applied, row.tested.as_mut()) {
+            let f = self.ratio;
+            let scale = |i: stats::Interval| stats::Interval {
+                estimate: i.estimate / f,
+                lo: i.lo / f,
+                hi: i.hi / f,
+            };
+            tested.median_ratio = scale(tested.median_ratio);
+            tested.p95_ratio = scale(tested.p95_ratio);
+            tested.current_median_ns /= f;
+            tested.median_change_ns = tested.current_median_ns - tested.baseline_median_ns;
+        }
+        row
+    }
+}

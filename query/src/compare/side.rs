@@ -1,0 +1,468 @@
+//! One side of a comparison: the calls of one input (or of one group of an input) reduced to what
+//! `compare` and `diff` weigh. Per (function, mechanism): the latency samples of its successful
+//! calls, its call and failure counts and its failing return codes; per client, its script (the
+//! calls in `seq` order) for the alignment.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use polars::prelude::*;
+
+use crate::Explain;
+use crate::analyze::failed;
+
+/// What a row of the comparison is keyed by: `C_Sign` with `CKM_ECDSA` is not `C_Sign` with
+/// `CKM_SHA256_RSA_PKCS`. The mechanism of `C_Sign`/`C_Encrypt`/… rows is the one of their
+/// operation's `C_XInit` (same `op_id`) where the row itself has none.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub func: String,
+    pub mechanism: Option<String>,
+}
+
+impl Key {
+    /// `C_Sign` or `C_Sign/CKM_ECDSA`.
+    pub fn label(&self) -> String {
+        match &self.mechanism {
+            Some(mechanism) => format!("{}/{mechanism}", self.func),
+            None => self.func.clone(),
+        }
+    }
+}
+
+/// Percentiles in nanoseconds, where only those are known (an `analyze --format json` input).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// The calls of one key on one side.
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    pub calls: u64,
+    /// Returned calls with `rv ≠ CKR_OK`.
+    pub failed: u64,
+    /// Durations (ns) of the successful calls, ascending: a failure is often fast, and a release
+    /// whose calls fail quickly has not become faster.
+    pub durations: Vec<f64>,
+    /// Percentiles when the input carries no samples (analysis JSON).
+    pub percentiles: Option<Percentiles>,
+    /// Failing return code name → calls.
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl Group {
+    pub fn failure_rate(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.failed as f64 / self.calls as f64
+        }
+    }
+
+    /// Folds another group in (a function's row gathers all its mechanisms).
+    pub fn absorb(&mut self, other: &Group) {
+        self.calls += other.calls;
+        self.failed += other.failed;
+        self.durations.extend_from_slice(&other.durations);
+        self.durations.sort_unstable_by(f64::total_cmp);
+        for (rv, count) in &other.failures {
+            *self.failures.entry(rv.clone()).or_default() += count;
+        }
+        if self.percentiles.is_none() {
+            self.percentiles = other.percentiles;
+        }
+    }
+}
+
+/// How a side knows its latencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// Every call's duration: rank tests and bootstrap intervals.
+    Samples,
+    /// Only per-function percentiles (analysis JSON): no test, no interval.
+    Percentiles,
+    /// No durations at all (pkcs11-spy imports).
+    None,
+}
+
+/// One client's calls in `seq` order: (function, return code name, seq).
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub client: String,
+    pub calls: Vec<(String, Option<String>, i64)>,
+}
+
+/// Everything one side contributes.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub name: String,
+    /// Distinct providers (`C_GetInfo` identities), most calls first.
+    pub providers: Vec<String>,
+    /// Distinct module paths, most calls first.
+    pub modules: Vec<String>,
+    pub clients: u64,
+    pub calls: u64,
+    pub basis: Basis,
+    pub groups: BTreeMap<Key, Group>,
+    /// Per-client scripts, clients in order of their first call; `None` when the side is too
+    /// large to align (see [`SCRIPT_LIMIT`]) or its source has no sequence.
+    pub scripts: Option<Vec<Script>>,
+}
+
+/// Most calls a side may have for its scripts to be kept for the alignment.
+pub const SCRIPT_LIMIT: usize = 1_000_000;
+
+impl Side {
+    /// The per-function view: every mechanism of a function folded into one group.
+    pub fn by_function(&self) -> BTreeMap<String, Group> {
+        let mut functions: BTreeMap<String, Group> = BTreeMap::new();
+        for (key, group) in &self.groups {
+            functions.entry(key.func.clone()).or_default().absorb(group);
+        }
+        functions
+    }
+
+    /// The name a side goes by when none is given: its provider, else its module, else `what`.
+    pub fn default_name(&self, what: &str) -> String {
+        self.providers
+            .first()
+            .or(self.modules.first())
+            .cloned()
+            .unwrap_or_else(|| what.to_owned())
+    }
+}
+
+const COLUMNS: &[&str] = &[
+    "client_id",
+    "session",
+    "seq",
+    "start",
+    "func",
+    "mechanism",
+    "op_id",
+    "rv",
+    "rv_name",
+    "returned",
+    "dur_ns",
+    "provider",
+    "module",
+];
+
+/// The side's calls with the mechanism of each operation resolved from its `C_XInit`: by
+/// `op_id` where the source has one (the shim), else (pkcs11-spy imports) from the last
+/// `C_XInit` of the same operation family on the same session. The shim's own calls
+/// (`internal`) are left out: they are not the application's workload.
+fn resolved(calls: LazyFrame) -> Result<LazyFrame> {
+    let base = calls
+        .filter(col("internal").not())
+        .select(COLUMNS.iter().map(|c| col(*c)).collect::<Vec<_>>());
+    let inits = base
+        .clone()
+        .filter(
+            col("mechanism")
+                .is_not_null()
+                .and(col("op_id").is_not_null()),
+        )
+        .group_by([col("client_id"), col("op_id")])
+        .agg([col("mechanism").first().alias("op_mechanism")]);
+    // C_SignInit, C_SignUpdate, C_SignFinal, C_Sign → C_Sign.
+    let family = col("func")
+        .str()
+        .replace(lit("(Init|Update|Final)$"), lit(""), false);
+    let init_mechanism = when(col("func").str().ends_with(lit("Init")))
+        .then(col("mechanism"))
+        .otherwise(lit(NULL).cast(DataType::String));
+    let session_mechanism = init_mechanism
+        .fill_null_with_strategy(FillNullStrategy::Forward(None))
+        .over([col("client_id"), col("session"), family])
+        .explain("mechanism by session")?;
+    Ok(base
+        .join(
+            inits,
+            [col("client_id"), col("op_id")],
+            [col("client_id"), col("op_id")],
+            JoinArgs::new(JoinType::Left),
+        )
+        .sort(["client_id", "seq"], SortMultipleOptions::default())
+        .with_column(
+            when(col("mechanism").is_not_null())
+                .then(col("mechanism"))
+                .when(col("op_mechanism").is_not_null())
+                .then(col("op_mechanism"))
+                .when(col("op_id").is_null().and(col("session").is_not_null()))
+                .then(session_mechanism)
+                .otherwise(lit(NULL).cast(DataType::String))
+                .alias("mechanism"),
+        ))
+}
+
+fn strings(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+    let column = frame.column(name).explain(name)?;
+    let column = column.cast(&DataType::String).explain(name)?;
+    Ok(column
+        .str()
+        .explain(name)?
+        .iter()
+        .map(|v| v.map(str::to_owned))
+        .collect())
+}
+
+fn counts(frame: &DataFrame, name: &str) -> Result<Vec<u64>> {
+    let column = frame.column(name).explain(name)?;
+    let column = column.cast(&DataType::UInt64).explain(name)?;
+    Ok(column
+        .u64()
+        .explain(name)?
+        .iter()
+        .map(|v| v.unwrap_or(0))
+        .collect())
+}
+
+/// Distinct values of a string column, most rows first.
+fn ranked(calls: &LazyFrame, column: &str) -> Result<Vec<String>> {
+    let frame = calls
+        .clone()
+        .filter(col(column).is_not_null())
+        .group_by([col(column)])
+        .agg([len().alias("n")])
+        .sort(
+            ["n", column],
+            SortMultipleOptions::default().with_order_descending_multi([true, false]),
+        )
+        .collect()
+        .explain("cannot rank values")?;
+    Ok(strings(&frame, column)?.into_iter().flatten().collect())
+}
+
+/// Reduces the calls of one side (filters already applied).
+pub fn from_calls(name: String, calls: LazyFrame, want_scripts: bool) -> Result<Side> {
+    let frame = resolved(calls)?
+        .collect()
+        .explain("cannot read the calls")?;
+    if frame.height() == 0 {
+        bail!("{name}: no calls (after filters)");
+    }
+    let calls = frame.clone().lazy();
+    let totals = calls
+        .clone()
+        .select([
+            len().alias("calls"),
+            col("client_id").n_unique().alias("clients"),
+            col("dur_ns").count().alias("timed"),
+        ])
+        .collect()
+        .explain("cannot count the calls")?;
+    let timed = counts(&totals, "timed")?[0];
+    let ok = failed().not().and(col("returned"));
+    let grouped = calls
+        .clone()
+        .group_by([col("func"), col("mechanism")])
+        .agg([
+            len().alias("calls"),
+            failed().sum().alias("failed"),
+            col("dur_ns")
+                .filter(ok.and(col("dur_ns").is_not_null()))
+                .cast(DataType::Float64)
+                .sort(SortOptions::default())
+                .alias("durations"),
+        ])
+        .collect()
+        .explain("cannot group the calls")?;
+    let funcs = strings(&grouped, "func")?;
+    let mechanisms = strings(&grouped, "mechanism")?;
+    let call_counts = counts(&grouped, "calls")?;
+    let failed_counts = counts(&grouped, "failed")?;
+    let durations = grouped.column("durations").explain("durations")?;
+    let durations = durations.list().explain("durations")?;
+    let mut groups = BTreeMap::new();
+    for row in 0..grouped.height() {
+        let samples = match durations.get_as_series(row) {
+            Some(series) => series
+                .f64()
+                .explain("durations")?
+                .into_no_null_iter()
+                .collect(),
+            None => Vec::new(),
+        };
+        let key = Key {
+            func: funcs[row].clone().unwrap_or_default(),
+            mechanism: mechanisms[row].clone(),
+        };
+        let group = Group {
+            calls: call_counts[row],
+            failed: failed_counts[row],
+            durations: samples,
+            percentiles: None,
+            failures: BTreeMap::new(),
+        };
+        groups.insert(key, group);
+    }
+    let failing = calls
+        .clone()
+        .filter(failed())
+        .group_by([col("func"), col("mechanism"), col("rv_name")])
+        .agg([len().alias("n")])
+        .collect()
+        .explain("cannot count the failures")?;
+    let (funcs, mechanisms) = (strings(&failing, "func")?, strings(&failing, "mechanism")?);
+    let (rvs, ns) = (strings(&failing, "rv_name")?, counts(&failing, "n")?);
+    for row in 0..failing.height() {
+        let key = Key {
+            func: funcs[row].clone().unwrap_or_default(),
+            mechanism: mechanisms[row].clone(),
+        };
+        if let Some(group) = groups.get_mut(&key) {
+            let rv = rvs[row].clone().unwrap_or_else(|| "(unknown)".to_owned());
+            *group.failures.entry(rv).or_default() += ns[row];
+        }
+    }
+    let scripts = if want_scripts && frame.height() <= SCRIPT_LIMIT {
+        Some(scripts(&frame)?)
+    } else {
+        None
+    };
+    Ok(Side {
+        name,
+        providers: ranked(&calls, "provider")?,
+        modules: ranked(&calls, "module")?,
+        clients: counts(&totals, "clients")?[0],
+        calls: counts(&totals, "calls")?[0],
+        basis: if timed > 0 {
+            Basis::Samples
+        } else {
+            Basis::None
+        },
+        groups,
+        scripts,
+    })
+}
+
+/// Per-client call scripts, clients ordered by their first call.
+fn scripts(frame: &DataFrame) -> Result<Vec<Script>> {
+    let sorted = frame
+        .clone()
+        .lazy()
+        .with_column(
+            col("start")
+                .min()
+                .over([col("client_id")])
+                .explain("client start")?
+                .alias("client_start"),
+        )
+        .sort(
+            ["client_start", "client_id", "seq"],
+            SortMultipleOptions::default().with_nulls_last(true),
+        )
+        .collect()
+        .explain("cannot order the calls")?;
+    let clients = strings(&sorted, "client_id")?;
+    let funcs = strings(&sorted, "func")?;
+    let rvs = strings(&sorted, "rv_name")?;
+    let seqs = sorted.column("seq").explain("seq")?;
+    let seqs = seqs.cast(&DataType::Int64).explain("seq")?;
+    let seqs = seqs.i64().explain("seq")?;
+    let mut scripts: Vec<Script> = Vec::new();
+    for (row, seq) in seqs.iter().enumerate() {
+        let client = clients[row].clone().unwrap_or_default();
+        if scripts.last().is_none_or(|s| s.client != client) {
+            scripts.push(Script {
+                client: client.clone(),
+                calls: Vec::new(),
+            });
+        }
+        if let Some(script) = scripts.last_mut() {
+            let func = funcs[row].clone().unwrap_or_default();
+            script
+                .calls
+                .push((func, rvs[row].clone(), seq.unwrap_or(-1)));
+        }
+    }
+    Ok(scripts)
+}
+
+/// A side from an `analyze --format json` report (`schemas/analysis.md`): per function its
+/// counts and percentiles; no samples, so no test and no interval (the verdict says so).
+pub fn from_analysis_json(name: String, path: &std::path::Path) -> Result<Side> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    if report.get("analysis_version").and_then(|v| v.as_u64()) != Some(1) {
+        bail!(
+            "{}: not an `analyze --format json` report of analysis version 1 (no \
+             \"analysis_version\": 1)",
+            path.display()
+        );
+    }
+    let performance = report
+        .get("performance")
+        .and_then(|p| p.as_object())
+        .with_context(|| format!("{}: no \"performance\" object", path.display()))?;
+    let mut groups = BTreeMap::new();
+    let mut any_percentiles = false;
+    let mut calls = 0;
+    for (func, stats) in performance {
+        let number = |key: &str| stats.get(key).and_then(|v| v.as_f64());
+        let count = stats
+            .get("count")
+            .and_then(|v| v.as_u64())
+            .with_context(|| format!("{}: performance.{func}.count is missing", path.display()))?;
+        let percentiles = match (number("p50_ms"), number("p95_ms"), number("p99_ms")) {
+            (Some(p50), Some(p95), Some(p99)) => Some(Percentiles {
+                p50: p50 * 1e6,
+                p95: p95 * 1e6,
+                p99: p99 * 1e6,
+            }),
+            _ => None,
+        };
+        any_percentiles |= percentiles.is_some();
+        calls += count;
+        let key = Key {
+            func: func.clone(),
+            mechanism: None,
+        };
+        let group = Group {
+            calls: count,
+            failed: stats.get("failed").and_then(|v| v.as_u64()).unwrap_or(0),
+            durations: Vec::new(),
+            percentiles,
+            failures: BTreeMap::new(),
+        };
+        groups.insert(key, group);
+    }
+    if calls == 0 {
+        bail!("{}: the report holds no calls", path.display());
+    }
+    let summary = report.get("summary");
+    let providers = report
+        .get("by_provider")
+        .and_then(|p| p.as_array())
+        .map(|list| {
+            list.iter()
+                .filter_map(|p| p.get("provider")?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Side {
+        name,
+        providers,
+        modules: Vec::new(),
+        clients: summary
+            .and_then(|s| s.get("clients"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(1)
+            .max(1),
+        calls,
+        basis: if any_percentiles {
+            Basis::Percentiles
+        } else {
+            Basis::None
+        },
+        groups,
+        scripts: None,
+    })
+}
