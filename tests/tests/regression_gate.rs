@@ -188,7 +188,7 @@ fn an_injected_slowdown_fails_the_gate_and_names_exactly_that_function() -> Resu
         markdown.contains("| C_Digest CKM_SHA256") && markdown.contains("regressed"),
         "{markdown}"
     );
-    assert!(markdown.contains("pair(s) unchanged."), "{markdown}");
+    assert!(markdown.contains("pair(s): no change found"), "{markdown}");
     Ok(())
 }
 

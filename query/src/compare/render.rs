@@ -255,8 +255,9 @@ fn interval(change: Option<diff::Change>) -> String {
     }
 }
 
+/// A row worth a line: some verdict says it changed.
 fn changed(entry: &Entry) -> bool {
-    entry.verdict != "unchanged" && entry.verdict != "no_durations"
+    matches!(entry.verdict, "regressed" | "improved")
         || entry.rv_verdict != "unchanged"
         || entry.count_verdict != "unchanged"
 }
@@ -345,10 +346,11 @@ pub fn diff_text(report: &diff::Report, markdown: bool, out: &mut impl Write) ->
         }
         writeln!(out, "{t}")?;
     }
-    let unchanged = report.entries.len() - shown.len();
+    let quiet = report.entries.len() - shown.len();
     writeln!(
         out,
-        "{}{unchanged} (function, mechanism) pair(s) unchanged.",
+        "{}{quiet} other (function, mechanism) pair(s): no change found (unchanged, or too few \
+         calls to tell).",
         if markdown { "\n" } else { "" }
     )?;
     let drift = &report.drift;
