@@ -68,6 +68,9 @@ pub struct Figures {
     pub failed: u64,
     pub failure_rate: f64,
     pub calls_per_client: f64,
+    /// Calls per cryptographic operation started on that side (successful `C_XInit` other than
+    /// `C_FindObjectsInit`): `C_GetAttributeValue` per signature, say. Null without operations.
+    pub calls_per_operation: Option<f64>,
     /// Successful calls with a duration (the latency samples).
     pub timed: usize,
     pub p50_ns: Option<f64>,
@@ -174,7 +177,8 @@ fn summary(side: &Side) -> SideSummary {
     }
 }
 
-fn figures(group: Option<&Group>, clients: u64) -> Figures {
+fn figures(group: Option<&Group>, side: &Side) -> Figures {
+    let (clients, operations) = (side.clients, side.operations());
     let empty = Group::default();
     let group = group.unwrap_or(&empty);
     let quantile = |q: f64| stats::quantile(&group.durations, q).ok();
@@ -187,6 +191,7 @@ fn figures(group: Option<&Group>, clients: u64) -> Figures {
         failed: group.failed,
         failure_rate: group.failure_rate(),
         calls_per_client: group.calls as f64 / clients.max(1) as f64,
+        calls_per_operation: (operations > 0).then(|| group.calls as f64 / operations as f64),
         timed: group.durations.len(),
         p50_ns: p50,
         p95_ns: p95,
@@ -238,7 +243,7 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
             (None, _) => "added",
             (_, None) => "removed",
         };
-        let (fa, fb) = (figures(a, baseline.clients), figures(b, current.clients));
+        let (fa, fb) = (figures(a, baseline), figures(b, current));
         let count_change =
             (fa.calls_per_client > 0.0).then(|| fb.calls_per_client / fa.calls_per_client - 1.0);
         let count_verdict = match (presence, count_change) {

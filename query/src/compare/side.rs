@@ -126,6 +126,16 @@ impl Side {
         functions
     }
 
+    /// Cryptographic operations started: successful `C_XInit` calls other than
+    /// `C_FindObjectsInit` (`C_SignInit`, `C_DigestInit`, `C_MessageEncryptInit`, …).
+    pub fn operations(&self) -> u64 {
+        self.groups
+            .iter()
+            .filter(|(key, _)| key.func.ends_with("Init") && key.func != "C_FindObjectsInit")
+            .map(|(_, group)| group.calls - group.failed)
+            .sum()
+    }
+
     /// The name a side goes by when none is given: its provider, else its module, else `what`.
     pub fn default_name(&self, what: &str) -> String {
         self.providers
