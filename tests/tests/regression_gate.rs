@@ -92,6 +92,28 @@ fn named(report: &Value, key: &str, word: &str) -> Vec<String> {
         .collect()
 }
 
+/// The drift and every tested row's medians and interval, for an assertion's message.
+fn explain(report: &Value) -> String {
+    let rows: Vec<String> = report["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["verdict"] != "insufficient_data")
+        .map(|e| {
+            format!(
+                "{} {}: {} {} -> {} {}",
+                e["func"],
+                e["mechanism"],
+                e["verdict"],
+                e["baseline"]["p50_ns"],
+                e["current"]["p50_ns"],
+                e["median_change"]
+            )
+        })
+        .collect();
+    format!("drift {}\n{}", report["drift"], rows.join("\n"))
+}
+
 fn entry<'r>(report: &'r Value, func: &str, mechanism: Option<&str>) -> Option<&'r Value> {
     report["entries"]
         .as_array()?
@@ -137,7 +159,9 @@ fn an_injected_slowdown_fails_the_gate_and_names_exactly_that_function() -> Resu
     assert_eq!(status, 1, "{report:#}");
     assert_eq!(
         named(&report, "verdict", "regressed"),
-        ["C_Digest/CKM_SHA256"]
+        ["C_Digest/CKM_SHA256"],
+        "{}",
+        explain(&report)
     );
     assert!(named(&report, "count_verdict", "regressed").is_empty());
     let digest = entry(&report, "C_Digest", Some("CKM_SHA256")).expect("entry");
@@ -169,7 +193,12 @@ fn an_injected_slowdown_fails_the_gate_and_names_exactly_that_function() -> Resu
     }
     let (status, report) = diff(&paths[0], &paths[1], &[])?;
     assert_eq!(status, 1, "{report:#}");
-    assert_eq!(named(&report, "verdict", "regressed"), ["C_Digest"]);
+    assert_eq!(
+        named(&report, "verdict", "regressed"),
+        ["C_Digest"],
+        "{}",
+        explain(&report)
+    );
     assert_eq!(report["entries"][0]["basis"], "percentiles");
 
     // --fail-on never reports the same and exits 0; markdown is a PR comment.

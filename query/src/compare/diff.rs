@@ -206,16 +206,56 @@ fn change(interval: stats::Interval) -> Change {
     }
 }
 
-/// The latency verdict from percentiles alone (rows with `--min-calls` calls on each side): no
-/// test, no interval, the threshold and the absolute floor on the medians.
-fn percentile_verdict(a: f64, b: f64, gate: &GateConfig) -> &'static str {
-    let relative = b / a - 1.0;
-    if (b - a).abs() < gate.min_effect_ns || relative.abs() <= gate.threshold {
-        "unchanged"
-    } else if relative > 0.0 {
+/// Widens a row's median-ratio interval to cover the between-client one: with two or more
+/// clients on each side, the percentile bootstrap over the clients' medians (the clients of one
+/// run differ in speed; calls of one client are not independent draws). The estimate stays the
+/// calls' median ratio.
+fn widen_by_clients(row: &mut stats::RowStats, a: &Group, b: &Group, gate: &GateConfig) {
+    let Some(tested) = row.tested.as_mut() else {
+        return;
+    };
+    if a.client_medians.len() < 2 || b.client_medians.len() < 2 {
+        return;
+    }
+    let sample = |values: &[f64]| stats::SortedSample::from_sorted(values.to_vec());
+    let (Ok(ca), Ok(cb)) = (sample(&a.client_medians), sample(&b.client_medians)) else {
+        return;
+    };
+    let clients = stats::bootstrap_ratio_ci_sorted(
+        &ca,
+        &cb,
+        stats::Stat::Median,
+        gate.resamples,
+        gate.confidence,
+        gate.seed,
+    );
+    if let Ok(clients) = clients {
+        let calls = &mut tested.median_ratio;
+        calls.lo = calls.lo.min(clients.lo);
+        calls.hi = calls.hi.max(clients.hi);
+    }
+}
+
+/// A row known only by its percentiles (analysis JSON) and with `--min-calls` calls on each side.
+struct PercentileRow {
+    index: usize,
+    /// (baseline, current), ns.
+    p50: (f64, f64),
+    p95: (f64, f64),
+}
+
+/// The latency verdict from percentiles alone: no test and no interval, so both the p50 and the
+/// p95 must move beyond the noise band (against the drift `factor`), and the p50 by the floor.
+fn percentile_verdict(row: &PercentileRow, factor: f64, gate: &GateConfig) -> &'static str {
+    let change = |(a, b): (f64, f64)| (b / factor) / a - 1.0;
+    let (p50, p95) = (change(row.p50), change(row.p95));
+    let floor = (row.p50.1 / factor - row.p50.0).abs() >= gate.min_effect_ns;
+    if floor && p50 > gate.threshold && p95 > gate.threshold {
         "regressed"
-    } else {
+    } else if floor && p50 < -gate.threshold && p95 < -gate.threshold {
         "improved"
+    } else {
+        "unchanged"
     }
 }
 
@@ -234,7 +274,7 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
     };
     let mut entries = Vec::new();
     let mut latency_rows = Vec::new();
-    let mut percentile_rows: Vec<(usize, f64, f64)> = Vec::new();
+    let mut percentile_rows: Vec<PercentileRow> = Vec::new();
     let mut rv_tests: Vec<(usize, &'static str, f64, bool)> = Vec::new();
     for key in keys {
         let (a, b) = (baseline.groups.get(key), current.groups.get(key));
@@ -293,8 +333,13 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
                             hi: None,
                         });
                         let enough = a.calls.min(b.calls) >= gate.min_calls as u64;
-                        if enough && pa > 0.0 && pb > 0.0 {
-                            percentile_rows.push((index, pa, pb));
+                        let p95 = entry.baseline.p95_ns.zip(entry.current.p95_ns);
+                        if let (true, Some((qa, qb))) = (enough && pa > 0.0 && pb > 0.0, p95) {
+                            percentile_rows.push(PercentileRow {
+                                index,
+                                p50: (pa, pb),
+                                p95: (qa, qb),
+                            });
                         }
                     }
                 }
@@ -305,7 +350,8 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
                         gate,
                     );
                     // A zero baseline median (a clock too coarse) leaves the row untested.
-                    if let Ok(row) = row {
+                    if let Ok(mut row) = row {
+                        widen_by_clients(&mut row, a, b, gate);
                         latency_rows.push((index, row));
                     }
                 }
@@ -342,7 +388,7 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
     }
     let rows: Vec<stats::RowStats> = latency_rows.iter().map(|(_, row)| row.clone()).collect();
     let drift = if basis == Basis::Percentiles {
-        Drift::of(percentile_rows.iter().map(|(_, a, b)| b / a), settings)
+        Drift::of(percentile_rows.iter().map(|r| r.p50.1 / r.p50.0), settings)
     } else {
         Drift::of(
             rows.iter()
@@ -351,9 +397,9 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
             settings,
         )
     };
-    for (index, pa, pb) in &percentile_rows {
+    for row in &percentile_rows {
         let factor = if drift.applied { drift.ratio } else { 1.0 };
-        entries[*index].verdict = percentile_verdict(*pa, pb / factor, gate);
+        entries[row.index].verdict = percentile_verdict(row, factor, gate);
     }
     let judged: Vec<stats::RowStats> = rows.iter().map(|row| drift.discount(row)).collect();
     for ((index, row), verdict) in latency_rows

@@ -47,6 +47,10 @@ pub struct Group {
     /// Durations (ns) of the successful calls, ascending: a failure is often fast, and a release
     /// whose calls fail quickly has not become faster.
     pub durations: Vec<f64>,
+    /// The median duration of each client's successful calls, ascending: the processes of one
+    /// run differ in speed (measured: one workload's four processes' `C_Sign` medians 34–111 µs),
+    /// so the client, not the call, is the unit that repeats.
+    pub client_medians: Vec<f64>,
     /// Percentiles when the input carries no samples (analysis JSON).
     pub percentiles: Option<Percentiles>,
     /// Failing return code name → calls.
@@ -68,6 +72,8 @@ impl Group {
         self.failed += other.failed;
         self.durations.extend_from_slice(&other.durations);
         self.durations.sort_unstable_by(f64::total_cmp);
+        self.client_medians.extend_from_slice(&other.client_medians);
+        self.client_medians.sort_unstable_by(f64::total_cmp);
         for (rv, count) in &other.failures {
             *self.failures.entry(rv.clone()).or_default() += count;
         }
@@ -275,7 +281,7 @@ pub fn from_calls(name: String, calls: LazyFrame, want_scripts: bool) -> Result<
             len().alias("calls"),
             failed().sum().alias("failed"),
             col("dur_ns")
-                .filter(ok.and(col("dur_ns").is_not_null()))
+                .filter(ok.clone().and(col("dur_ns").is_not_null()))
                 .cast(DataType::Float64)
                 .sort(SortOptions::default())
                 .alias("durations"),
@@ -306,10 +312,35 @@ pub fn from_calls(name: String, calls: LazyFrame, want_scripts: bool) -> Result<
             calls: call_counts[row],
             failed: failed_counts[row],
             durations: samples,
+            client_medians: Vec::new(),
             percentiles: None,
             failures: BTreeMap::new(),
         };
         groups.insert(key, group);
+    }
+    let per_client = calls
+        .clone()
+        .filter(ok.clone().and(col("dur_ns").is_not_null()))
+        .group_by([col("func"), col("mechanism"), col("client_id")])
+        .agg([col("dur_ns").cast(DataType::Float64).median().alias("m")])
+        .collect()
+        .explain("cannot compute per-client medians")?;
+    let (funcs, mechanisms) = (
+        strings(&per_client, "func")?,
+        strings(&per_client, "mechanism")?,
+    );
+    let medians = per_client.column("m").explain("m")?;
+    for (row, median) in medians.f64().explain("m")?.iter().enumerate() {
+        let key = Key {
+            func: funcs[row].clone().unwrap_or_default(),
+            mechanism: mechanisms[row].clone(),
+        };
+        if let (Some(group), Some(median)) = (groups.get_mut(&key), median) {
+            group.client_medians.push(median);
+        }
+    }
+    for group in groups.values_mut() {
+        group.client_medians.sort_unstable_by(f64::total_cmp);
     }
     let failing = calls
         .clone()
@@ -439,6 +470,7 @@ pub fn from_analysis_json(name: String, path: &std::path::Path) -> Result<Side> 
             calls: count,
             failed: stats.get("failed").and_then(|v| v.as_u64()).unwrap_or(0),
             durations: Vec::new(),
+            client_medians: Vec::new(),
             percentiles,
             failures: BTreeMap::new(),
         };
