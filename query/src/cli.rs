@@ -262,7 +262,7 @@ pub struct DiffArgs {
     pub no_drift_correction: bool,
 
     /// Largest common change taken for the machine's drift rather than the release's.
-    #[arg(long, default_value = "50%", value_parser = parse_fraction, value_name = "PERCENT")]
+    #[arg(long, default_value = "100%", value_parser = parse_fraction, value_name = "PERCENT")]
     pub drift_max: f64,
 
     /// What makes the exit status 1.

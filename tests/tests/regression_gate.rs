@@ -134,9 +134,10 @@ fn the_same_workload_recorded_four_times_never_fails_the_gate() -> Result<()> {
         assert_eq!(
             status,
             0,
-            "regressed: {:?}, counts: {:?}; C_Sign: {sign}",
+            "regressed: {:?}, counts: {:?}\n{}",
             named(&report, "verdict", "regressed"),
-            named(&report, "count_verdict", "regressed")
+            named(&report, "count_verdict", "regressed"),
+            explain(&report)
         );
         // The gate really weighed the signatures: enough samples, a test, an interval.
         assert_eq!(sign["basis"], "samples");

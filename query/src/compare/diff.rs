@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use super::drift::Drift;
 use super::side::{Basis, Group, Key, Side};
 use crate::stats::{self, GateConfig, Verdict, holm};
 
@@ -249,7 +250,7 @@ struct PercentileRow {
 fn percentile_verdict(row: &PercentileRow, factor: f64, gate: &GateConfig) -> &'static str {
     let change = |(a, b): (f64, f64)| (b / factor) / a - 1.0;
     let (p50, p95) = (change(row.p50), change(row.p95));
-    let floor = (row.p50.1 / factor - row.p50.0).abs() >= gate.min_effect_ns;
+    let floor = (row.p50.1 - row.p50.0).abs() >= gate.min_effect_ns;
     if floor && p50 > gate.threshold && p95 > gate.threshold {
         "regressed"
     } else if floor && p50 < -gate.threshold && p95 < -gate.threshold {
@@ -397,14 +398,19 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
             settings,
         )
     };
+    // Rows are judged against the drift, within the wider of the threshold and the rows' own
+    // spread around it.
+    let judging = GateConfig {
+        threshold: drift.band,
+        ..gate.clone()
+    };
     for row in &percentile_rows {
-        let factor = if drift.applied { drift.ratio } else { 1.0 };
-        entries[row.index].verdict = percentile_verdict(row, factor, gate);
+        entries[row.index].verdict = percentile_verdict(row, drift.factor(), &judging);
     }
     let judged: Vec<stats::RowStats> = rows.iter().map(|row| drift.discount(row)).collect();
     for ((index, row), verdict) in latency_rows
         .iter()
-        .zip(stats::assign_verdicts(&judged, gate))
+        .zip(stats::assign_verdicts(&judged, &judging))
     {
         let entry = &mut entries[*index];
         entry.verdict = word(verdict.verdict);
@@ -477,58 +483,4 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
         failed,
         entries,
     })
-}
-
-/// The machine's drift between the two recordings: the median, over every row the gate tests,
-/// of its median ratio. On a shared machine every call of a later run can be 10–30 % slower
-/// (measured here: six back-to-back recordings of one workload drifted +4 % to +30 %, digests
-/// and signatures alike); a change that every row shares is the machine, one that a row has
-/// alone is the code. Each row is judged against the drift — unless the drift itself is beyond
-/// `--drift-max` (a release that slows every call is not noise) or fewer than
-/// [`Drift::MIN_ROWS`] rows are tested.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Drift {
-    /// The median of the tested rows' median ratios (1.0 = none).
-    pub ratio: f64,
-    pub rows: usize,
-    /// Whether the rows were judged against it.
-    pub applied: bool,
-}
-
-impl Drift {
-    pub const MIN_ROWS: usize = 3;
-
-    /// The drift of the rows' median ratios.
-    fn of(ratios: impl Iterator<Item = f64>, settings: &Settings) -> Drift {
-        let mut logs: Vec<f64> = ratios
-            .filter(|r| r.is_finite() && *r > 0.0)
-            .map(f64::ln)
-            .collect();
-        logs.sort_unstable_by(f64::total_cmp);
-        let ratio = stats::median(&logs).map_or(1.0, f64::exp);
-        let within = (ratio - 1.0).abs() <= settings.drift_max;
-        Drift {
-            ratio,
-            rows: logs.len(),
-            applied: settings.drift_correction && logs.len() >= Self::MIN_ROWS && within,
-        }
-    }
-
-    /// The row as the gate judges it: ratios and the absolute change relative to the drift.
-    fn discount(&self, row: &stats::RowStats) -> stats::RowStats {
-        let mut row = row.clone();
-        if let (true, Some(tested)) = (self.applied, row.tested.as_mut()) {
-            let f = self.ratio;
-            let scale = |i: stats::Interval| stats::Interval {
-                estimate: i.estimate / f,
-                lo: i.lo / f,
-                hi: i.hi / f,
-            };
-            tested.median_ratio = scale(tested.median_ratio);
-            tested.p95_ratio = scale(tested.p95_ratio);
-            tested.current_median_ns /= f;
-            tested.median_change_ns = tested.current_median_ns - tested.baseline_median_ns;
-        }
-        row
-    }
 }

@@ -5,6 +5,7 @@
 
 pub mod align;
 pub mod diff;
+pub mod drift;
 pub mod render;
 pub mod report;
 pub mod side;

@@ -361,11 +361,22 @@ pub fn diff_text(report: &diff::Report, markdown: bool, out: &mut impl Write) ->
         signed_percent(drift.ratio - 1.0),
         drift.rows,
         if drift.applied {
-            "latency verdicts are judged against it"
+            format!(
+                "latency verdicts are judged against it, outside a ±{:.0} % band",
+                drift.band * 100.0
+            )
         } else {
-            "not applied"
+            "not applied".to_owned()
         }
     )?;
+    if drift.applied && (drift.ratio - 1.0).abs() > report.settings.threshold {
+        writeln!(
+            out,
+            "Note: the whole run moved by {}: the machine, or a change every call shares. Rerun \
+             both on a quiet machine, or judge as measured with --no-drift-correction.",
+            signed_percent(drift.ratio - 1.0)
+        )?;
+    }
     if !markdown {
         writeln!(out, "Method: {}.", report.settings.method)?;
     }
