@@ -85,7 +85,7 @@ pub fn measure(ctx: &Ctx) -> Result<Budget> {
     for route in [Route::Direct, Route::Shim] {
         let mut at = Vec::new();
         for n in [calls, 2 * calls] {
-            let out = rig.dir.path().join(format!(
+            let out = rig.dir().join(format!(
                 "{}-{n}",
                 route.label().replace([' ', ',', '+'], "_")
             ));
@@ -94,10 +94,10 @@ pub fn measure(ctx: &Ctx) -> Result<Budget> {
         per_call.push((at[1] as f64 - at[0] as f64) / calls as f64);
     }
     let (recorded, _) = rig.stop()?;
-    if recorded.get("records") < 2 * calls {
+    if recorded.summary.get("records") < 2 * calls {
         bail!(
             "the recorder received {} records, fewer than the {} traced calls: the shim path was not measured",
-            recorded.get("records"),
+            recorded.summary.get("records"),
             2 * calls
         );
     }

@@ -3,12 +3,13 @@
 //! pkcs11-spy, shim) runs this same code in its own process, so the only difference between them
 //! is the module behind the function pointers.
 
-use std::ffi::c_void;
 use std::path::Path;
 use std::ptr;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use p11trace_tests::module::{Module, check};
+use p11trace_tests::p11;
 use pkcs11_sys::*;
 use serde::{Deserialize, Serialize};
 
@@ -89,53 +90,6 @@ pub struct Timing {
 pub const RSA_LABEL: &str = "bench-rsa";
 pub const EC_LABEL: &str = "bench-ec";
 
-struct Module {
-    list: *const CK_FUNCTION_LIST,
-    // Keeps the module mapped while `list` is in use.
-    _library: libloading::Library,
-}
-
-/// Calls one function of the module's list; a missing entry is a CKR_FUNCTION_NOT_SUPPORTED.
-macro_rules! p11 {
-    ($module:expr, $name:ident ( $($arg:expr),* $(,)? )) => {{
-        // SAFETY: `list` came from the module's C_GetFunctionList and stays valid while the
-        // library is loaded; the arguments satisfy the function's contract at each call site.
-        match unsafe { (*$module.list).$name } {
-            Some(function) => unsafe { function($($arg),*) },
-            None => CKR_FUNCTION_NOT_SUPPORTED as CK_RV,
-        }
-    }};
-}
-
-fn check(rv: CK_RV, what: &str) -> Result<()> {
-    if rv != CKR_OK as CK_RV {
-        bail!("{what} failed: {}", p11trace_record::names::RV.render(rv));
-    }
-    Ok(())
-}
-
-impl Module {
-    fn load(path: &Path) -> Result<Module> {
-        // SAFETY: loading a PKCS#11 module runs its initialisers; that is what the bench measures.
-        let library = unsafe { libloading::Library::new(path) }
-            .with_context(|| format!("cannot load {}", path.display()))?;
-        // SAFETY: C_GetFunctionList has this signature in every PKCS#11 module.
-        let get: libloading::Symbol<unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV> =
-            unsafe { library.get(b"C_GetFunctionList\0") }
-                .with_context(|| format!("{} has no C_GetFunctionList", path.display()))?;
-        let mut list: CK_FUNCTION_LIST_PTR = ptr::null_mut();
-        // SAFETY: `list` is a valid out-pointer.
-        check(unsafe { get(&mut list) }, "C_GetFunctionList")?;
-        if list.is_null() {
-            bail!("{}: C_GetFunctionList returned no list", path.display());
-        }
-        Ok(Module {
-            list,
-            _library: library,
-        })
-    }
-}
-
 /// A logged-in session on the token labelled `label`.
 pub struct Session {
     module: Module,
@@ -151,27 +105,10 @@ fn padded_label(label: &str) -> [u8; 32] {
 
 /// The slot holding the token labelled `label`.
 fn find_slot(module: &Module, label: &str) -> Result<CK_SLOT_ID> {
-    let mut count: CK_ULONG = 0;
-    check(
-        p11!(
-            module,
-            C_GetSlotList(CK_TRUE as CK_BBOOL, ptr::null_mut(), &mut count)
-        ),
-        "C_GetSlotList",
-    )?;
-    let mut slots = vec![0 as CK_SLOT_ID; count as usize];
-    check(
-        p11!(
-            module,
-            C_GetSlotList(CK_TRUE as CK_BBOOL, slots.as_mut_ptr(), &mut count)
-        ),
-        "C_GetSlotList",
-    )?;
     let wanted = padded_label(label);
-    slots
-        .iter()
-        .take(count as usize)
-        .copied()
+    module
+        .slots()?
+        .into_iter()
         .find(|&slot| {
             // SAFETY: CK_TOKEN_INFO is plain data; all-zero is a valid value to overwrite.
             let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
@@ -182,52 +119,21 @@ fn find_slot(module: &Module, label: &str) -> Result<CK_SLOT_ID> {
 
 /// Opens a read-write session on the token labelled `label` and logs the user in.
 fn logged_in_session(module: &Module, label: &str, pin: &str) -> Result<CK_SESSION_HANDLE> {
-    let slot = find_slot(module, label)?;
-    let mut handle: CK_SESSION_HANDLE = 0;
-    check(
-        p11!(
-            module,
-            C_OpenSession(
-                slot,
-                (CKF_SERIAL_SESSION | CKF_RW_SESSION) as CK_FLAGS,
-                ptr::null_mut(),
-                None,
-                &mut handle,
-            )
-        ),
-        "C_OpenSession",
-    )?;
-    let mut pin = pin.as_bytes().to_vec();
-    check(
-        p11!(
-            module,
-            C_Login(
-                handle,
-                CKU_USER as CK_USER_TYPE,
-                pin.as_mut_ptr(),
-                pin.len() as CK_ULONG
-            )
-        ),
-        "C_Login",
-    )?;
+    let handle = module.open_session(find_slot(module, label)?)?;
+    module.login(handle, pin)?;
     Ok(handle)
 }
 
 impl Session {
     pub fn open(module: &Path, label: &str, pin: &str) -> Result<Session> {
         let module = Module::load(module)?;
-        let mut args = CK_C_INITIALIZE_ARGS {
-            CreateMutex: None,
-            DestroyMutex: None,
-            LockMutex: None,
-            UnlockMutex: None,
-            flags: CKF_OS_LOCKING_OK as CK_FLAGS,
-            pReserved: ptr::null_mut(),
+        let initialize = || {
+            check(
+                module.initialize(CKF_OS_LOCKING_OK as CK_FLAGS),
+                "C_Initialize",
+            )
         };
-        check(
-            p11!(module, C_Initialize((&raw mut args).cast::<c_void>())),
-            "C_Initialize",
-        )?;
+        initialize()?;
         // SoftHSM2 reads its file store in C_Initialize; a read that collides with another
         // process's lock (16 clients starting at once) leaves the token out, or its PIN unset,
         // until the next C_Initialize: initialise again before giving up.
@@ -237,12 +143,9 @@ impl Session {
                 Ok(handle) => break handle,
                 Err(_) if attempts < 50 => {
                     attempts += 1;
-                    p11!(module, C_Finalize(ptr::null_mut()));
+                    module.finalize();
                     std::thread::sleep(std::time::Duration::from_millis(5 + attempts * 2));
-                    check(
-                        p11!(module, C_Initialize((&raw mut args).cast::<c_void>())),
-                        "C_Initialize",
-                    )?;
+                    initialize()?;
                 }
                 Err(error) => return Err(error),
             }
@@ -406,7 +309,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         let module = &self.module;
         p11!(module, C_CloseSession(self.handle));
-        p11!(module, C_Finalize(ptr::null_mut()));
+        module.finalize();
     }
 }
 

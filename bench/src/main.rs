@@ -92,10 +92,7 @@ fn benchmarks(options: &Options) -> Result<bool> {
         .prefix("p11b-")
         .tempdir_in("/tmp")
         .context("cannot create a scratch folder")?;
-    let kryoptic = p11trace_tests::target_dir()
-        .parent()
-        .map(|dir| dir.join("kryoptic/libkryoptic_pkcs11.so"))
-        .is_some_and(|path| path.exists());
+    let kryoptic = p11trace_tests::kryoptic_path().exists();
     if !kryoptic && !options.no_kryoptic {
         anyhow::bail!("Kryoptic is not built: run `just kryoptic`, or pass --no-kryoptic");
     }

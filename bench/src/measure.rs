@@ -4,20 +4,11 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-/// What one finished process cost.
-#[derive(Debug, Clone, Copy)]
-pub struct Cost {
-    pub wall: Duration,
-    /// Peak resident set size, bytes.
-    pub max_rss: u64,
-    /// User + system CPU time.
-    pub cpu: Duration,
-    pub success: bool,
-}
+pub use p11trace_tests::Cost;
 
 /// A started process whose cost is collected by [`Running::finish`].
 pub struct Running {
@@ -42,10 +33,6 @@ impl Drop for Running {
     }
 }
 
-fn timeval(tv: libc::timeval) -> Duration {
-    Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
-}
-
 impl Running {
     pub fn pid(&self) -> libc::pid_t {
         self.pid
@@ -53,25 +40,12 @@ impl Running {
 
     /// Waits for the exit and reads the process's own resource usage.
     pub fn finish(mut self) -> Result<Cost> {
-        let mut status = 0;
-        // SAFETY: rusage is plain data; wait4 fills it for our own child.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: waiting for our own child with valid out-pointers.
-        let reaped = unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) };
+        let reaped = p11trace_tests::reap(self.pid, self.started, true);
         self.reaped = true;
-        if reaped != self.pid {
-            bail!(
-                "wait4 on {}: {}",
-                self.what,
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(Cost {
-            wall: self.started.elapsed(),
-            max_rss: usage.ru_maxrss as u64 * 1024,
-            cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-            success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        })
+        let (_, cost) = reaped
+            .with_context(|| self.what.clone())?
+            .with_context(|| format!("{} has not exited", self.what))?;
+        Ok(cost)
     }
 }
 
@@ -145,22 +119,6 @@ impl Spread {
             max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         }
     }
-}
-
-/// Waits until `path` holds `needle` (a daemon's "ready" line).
-pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(path).is_ok_and(|text| text.contains(needle)) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!(
-        "`{needle}` never appeared in {}: {}",
-        path.display(),
-        std::fs::read_to_string(path).unwrap_or_default()
-    )
 }
 
 /// Total size of the Parquet files of a dataset table.

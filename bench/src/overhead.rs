@@ -41,7 +41,7 @@ fn provider_name(provider: Provider) -> &'static str {
 
 fn measure_provider(ctx: &Ctx, provider: Provider) -> Result<Vec<Cell>> {
     let rig = Rig::start(ctx, token_with_keys(provider)?)?;
-    let (env, token, dir) = (rig.env(), &rig.token, rig.dir.path());
+    let (env, token, dir) = (rig.env(), &rig.token, rig.dir());
     let (batches, scale) = if ctx.quick { (1, 0.001) } else { (5, 1.0) };
     // (op, route) → per-round batch values
     let mut samples: BTreeMap<(usize, usize), Vec<Vec<f64>>> = BTreeMap::new();
@@ -72,7 +72,7 @@ fn measure_provider(ctx: &Ctx, provider: Provider) -> Result<Vec<Cell>> {
         }
     }
     let (recorded, _) = rig.stop()?;
-    if recorded.undelivered() > 0 {
+    if recorded.summary.undelivered() > 0 {
         eprintln!(
             "p11trace-bench: note: the recorder reported drops during the overhead run: {:?}",
             recorded.summary

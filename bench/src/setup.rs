@@ -1,16 +1,13 @@
 //! What every benchmark stands on: the binaries under test, tokens with keys, the recorder
 //! process, and the four ways a client reaches a token.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use p11trace_tests::{Provider, Token, USER_PIN};
+use p11trace_tests::{Cost, Launch, Provider, Recorder, Summary, Token, USER_PIN};
 
 use crate::client::{EC_LABEL, Op, RSA_LABEL};
-use crate::measure::{self, Cost, Running};
 
 /// The binaries under test: by default the ones built beside this executable (same profile).
 #[derive(Debug, Clone)]
@@ -58,110 +55,16 @@ pub fn token_with_keys(provider: Provider) -> Result<Token> {
 /// A token holding key pairs (pkcs11-tool key type, label, id).
 pub fn token_holding(provider: Provider, keys: &[(&str, &str, &str)]) -> Result<Token> {
     let token = Token::of(provider, "bench")?;
-    let module = token.module();
-    for &(key_type, label, id) in keys {
-        let output = token
-            .pkcs11_tool(
-                &module,
-                &[
-                    "--login",
-                    "--pin",
-                    USER_PIN,
-                    "--keypairgen",
-                    "--key-type",
-                    key_type,
-                    "--label",
-                    label,
-                    "--id",
-                    id,
-                ],
-            )
-            .output()
-            .context("cannot run pkcs11-tool")?;
-        if !output.status.success() {
-            bail!(
-                "pkcs11-tool --keypairgen {key_type} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-    token.snapshot()?;
+    token.add_key_pairs(keys)?;
     Ok(token)
-}
-
-/// A running `p11trace-recorder` with its own socket and dataset.
-pub struct RecorderProcess {
-    process: Option<Running>,
-    pub socket: PathBuf,
-    pub dataset: PathBuf,
-    stderr: PathBuf,
 }
 
 /// What a stopped recorder reported and cost.
 #[derive(Debug, Clone)]
 pub struct RecorderRun {
     pub cost: Cost,
-    /// Its final `stopped: …` line, as `key=value` pairs.
-    pub summary: Vec<(String, u64)>,
-}
-
-impl RecorderRun {
-    /// Calls that never became rows: dropped by the shims, refused by the recorder, or lost.
-    pub fn undelivered(&self) -> u64 {
-        self.get("dropped") + self.get("dropped_by_recorder") + self.get("lost")
-    }
-
-    pub fn get(&self, key: &str) -> u64 {
-        self.summary
-            .iter()
-            .find(|(k, _)| k == key)
-            .map_or(0, |(_, v)| *v)
-    }
-}
-
-impl RecorderProcess {
-    pub fn start(bins: &Bins, dir: &Path) -> Result<RecorderProcess> {
-        let sockets = dir.join("sock");
-        std::fs::create_dir_all(&sockets)?;
-        std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))?;
-        let socket = sockets.join("r.sock");
-        let dataset = dir.join("dataset");
-        let stderr = dir.join("recorder.log");
-        let process = measure::start(
-            Command::new(&bins.recorder)
-                .arg("--dataset")
-                .arg(&dataset)
-                .arg("--socket")
-                .arg(&socket),
-            None,
-            Some(&stderr),
-        )?;
-        measure::wait_for_text(&stderr, "listening on", Duration::from_secs(30))?;
-        Ok(RecorderProcess {
-            process: Some(process),
-            socket,
-            dataset,
-            stderr,
-        })
-    }
-
-    /// SIGTERM; waits for the drain and exit.
-    pub fn stop(mut self) -> Result<RecorderRun> {
-        let process = self.process.take().context("recorder already stopped")?;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(process.pid(), libc::SIGTERM) };
-        let cost = process.finish()?;
-        let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        let Some(line) = log.lines().rev().find(|line| line.contains("stopped:")) else {
-            bail!("the recorder did not stop cleanly:\n{log}");
-        };
-        let summary = line
-            .split_whitespace()
-            .filter_map(|pair| pair.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect();
-        Ok(RecorderRun { cost, summary })
-    }
+    /// Its final `stopped: …` line.
+    pub summary: Summary,
 }
 
 /// How a client reaches the token.
@@ -253,37 +156,50 @@ impl RouteEnv<'_> {
     }
 }
 
-/// A token, a scratch folder and a recorder listening: what most benchmarks start from.
+/// A token and a recorder listening, in a scratch folder: what most benchmarks start from.
 pub struct Rig {
     pub token: Token,
-    pub dir: tempfile::TempDir,
-    pub recorder: RecorderProcess,
+    /// Its folder (below the benchmarks' scratch folder) is the rig's: logs and outputs go there.
+    pub recorder: Recorder,
     bins: Bins,
 }
 
 impl Rig {
     pub fn start(ctx: &crate::Ctx, token: Token) -> Result<Rig> {
-        let dir = tempfile::tempdir_in(&ctx.scratch)?;
-        let recorder = RecorderProcess::start(&ctx.bins, dir.path())?;
+        let recorder = Launch::in_dir(tempfile::tempdir_in(&ctx.scratch)?)
+            .bin(&ctx.bins.recorder)
+            // Draining what a saturation run left queued may take a while.
+            .exit_timeout(std::time::Duration::from_secs(600))
+            .start()?;
         Ok(Rig {
             token,
-            dir,
             recorder,
             bins: ctx.bins.clone(),
         })
+    }
+
+    /// The scratch folder.
+    pub fn dir(&self) -> &Path {
+        self.recorder.dir.path()
     }
 
     pub fn env(&self) -> RouteEnv<'_> {
         RouteEnv {
             bins: &self.bins,
             socket: &self.recorder.socket,
-            scratch: self.dir.path(),
+            scratch: self.dir(),
         }
     }
 
-    /// Stops the recorder; the folder stays until the rig is dropped.
-    pub fn stop(self) -> Result<(RecorderRun, tempfile::TempDir)> {
-        let run = self.recorder.stop()?;
-        Ok((run, self.dir))
+    /// Stops the recorder (SIGTERM, the drain, the exit); its dataset and the scratch folder stay
+    /// until the returned recorder is dropped.
+    pub fn stop(mut self) -> Result<(RecorderRun, Recorder)> {
+        let (_, stderr) = self.recorder.stop()?;
+        let summary = self
+            .recorder
+            .summary()
+            .with_context(|| format!("the recorder did not stop cleanly:\n{stderr}"))?;
+        let cost = self.recorder.cost().context("the recorder's cost")?;
+        Ok((RecorderRun { cost, summary }, self.recorder))
     }
 }

@@ -9,7 +9,7 @@
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use p11trace_tests::{Provider, SPY, USER_PIN};
+use p11trace_tests::{Provider, SPY, login};
 use serde::Serialize;
 
 use crate::Ctx;
@@ -36,7 +36,7 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
         ctx,
         token_holding(Provider::SoftHsm, &[("EC:prime256v1", EC_LABEL, "02")])?,
     )?;
-    let (token, dir) = (&rig.token, rig.dir.path());
+    let (token, dir) = (&rig.token, rig.dir());
     let spy_log = dir.join("spy.log");
     let data = dir.join("data");
     std::fs::write(&data, [0x5a; 64])?;
@@ -45,7 +45,6 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
     std::fs::write(&hash, [0xa5; 32])?;
     let hash = hash.to_string_lossy().into_owned();
     let signature = dir.join("signature").to_string_lossy().into_owned();
-    let login = ["--login", "--pin", USER_PIN];
     let jobs: [&[&str]; 5] = [
         &["--test"],
         &[
@@ -73,7 +72,7 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
     ];
     for _ in 0..runs {
         for job in jobs {
-            let args: Vec<&str> = login.iter().chain(job).copied().collect();
+            let args = login(job);
             let mut command: Command = token.pkcs11_tool(std::path::Path::new(SPY), &args);
             command
                 .env("PKCS11SPY", &ctx.bins.shim)
@@ -84,8 +83,8 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
                 .with_context(|| format!("pkcs11-tool {}", job.join(" ")))?;
         }
     }
-    let (_, dir) = rig.stop()?;
-    let dataset = dir.path().join("dataset");
+    let (_, recorder) = rig.stop()?;
+    let dataset = &recorder.dataset;
     let size = Size {
         runs,
         calls: parquet_rows(&dataset.join("calls"))?,

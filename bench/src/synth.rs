@@ -361,19 +361,14 @@ pub fn dataset(folder: &Path, rows: u64) -> Result<u64> {
     Ok(generator.rows)
 }
 
-/// Appends real spy logs (the shared corpus) to one file until it holds at least `bytes`.
+/// Appends real spy logs (the test corpus, `tests/fixtures/corpus/`) to one file until it holds at
+/// least `bytes`.
 pub fn spy_log(path: &Path, bytes: u64) -> Result<u64> {
-    let corpus = p11trace_tests::shared().join("corpus");
-    let mut logs: Vec<Vec<u8>> = Vec::new();
-    for entry in
-        std::fs::read_dir(&corpus).with_context(|| format!("cannot read {}", corpus.display()))?
-    {
-        let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "log") {
-            logs.push(std::fs::read(&path)?);
-        }
-    }
-    anyhow::ensure!(!logs.is_empty(), "no spy logs in {}", corpus.display());
+    let logs = p11trace_tests::corpus_logs()
+        .iter()
+        .map(std::fs::read)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    anyhow::ensure!(!logs.is_empty(), "no spy logs in the test corpus");
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut written = 0u64;
     while written < bytes {

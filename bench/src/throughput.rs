@@ -54,8 +54,8 @@ fn measure_clients(
                     .arg("--rate")
                     .arg((rate / clients as f64).to_string());
             }
-            let stdout = rig.dir.path().join(format!("client-{index}.out"));
-            let stderr = rig.dir.path().join(format!("client-{index}.err"));
+            let stdout = rig.dir().join(format!("client-{index}.out"));
+            let stderr = rig.dir().join(format!("client-{index}.err"));
             measure::start(&mut command, Some(&stdout), Some(&stderr))
                 .map(|process| (process, stdout, stderr))
         })
@@ -74,17 +74,17 @@ fn measure_clients(
         let ns_per_call = timing.ns_per_op.first().copied().unwrap_or(0.0);
         longest_loop_ns = longest_loop_ns.max(ns_per_call * calls_per_client as f64);
     }
-    let (recorded, dir) = rig.stop()?;
+    let (recorded, recorder) = rig.stop()?;
     let all_written = started.elapsed();
     let rows_written =
-        parquet_rows(&dir.path().join("dataset/calls")).context("counting the rows written")?;
+        parquet_rows(&recorder.dataset.join("calls")).context("counting the rows written")?;
     let calls = clients as u64 * calls_per_client;
     Ok(Throughput {
         clients,
         offered_per_sec,
         calls,
         rows_written,
-        dropped: recorded.undelivered(),
+        dropped: recorded.summary.undelivered(),
         client_calls_per_sec: calls as f64 * 1e9 / longest_loop_ns,
         written_calls_per_sec: rows_written as f64 / all_written.as_secs_f64(),
         recorder_max_rss: recorded.cost.max_rss,

@@ -11,13 +11,14 @@ use p11trace_import::{ImportOptions, LogFormat, import_file, sniff};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-/// Real logs to mutate: the shared corpus, our own threaded fixture, and an observe sample (last).
+/// Real logs to mutate: the corpus in `tests/fixtures/corpus/`, our own threaded fixture, and an
+/// observe sample (last).
 fn seeds() -> &'static [Vec<u8>] {
     static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     SEEDS.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("../shared/corpus"))
-            .expect("../shared/corpus beside the checkout")
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures/corpus"))
+            .expect("tests/fixtures/corpus")
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
             .collect();

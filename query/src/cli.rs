@@ -185,6 +185,42 @@ pub struct SqlArgs {
     pub input: InputArgs,
 }
 
+/// What `compare --by` splits one input by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum By {
+    /// The `C_GetInfo` identity of each client's module, else the module path.
+    Provider,
+    Module,
+    Process,
+    RunId,
+    Host,
+}
+
+/// What makes `diff` exit 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailOn {
+    /// A latency or call-count regression.
+    Regression,
+    /// New failing return codes or a significantly higher failure rate.
+    Errors,
+    /// Either.
+    Any,
+    /// Nothing: always exit 0 when the report is made.
+    Never,
+}
+
+impl FailOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailOn::Regression => "regression",
+            FailOn::Errors => "errors",
+            FailOn::Any => "any",
+            FailOn::Never => "never",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompareFormat {
     /// Aligned tables.
@@ -214,7 +250,7 @@ pub struct CompareArgs {
 
     /// Split one input into groups and compare every group with the first (or --baseline).
     #[arg(long, value_enum, value_name = "COLUMN")]
-    pub by: Option<crate::compare::By>,
+    pub by: Option<By>,
 
     /// With --by: the group the others are compared with.
     #[arg(long, value_name = "NAME", requires = "by")]
@@ -266,8 +302,8 @@ pub struct DiffArgs {
     pub drift_max: f64,
 
     /// What makes the exit status 1.
-    #[arg(long, value_enum, default_value_t = crate::compare::diff::FailOn::Regression)]
-    pub fail_on: crate::compare::diff::FailOn,
+    #[arg(long, value_enum, default_value_t = FailOn::Regression)]
+    pub fail_on: FailOn,
 
     #[arg(long, value_enum, default_value_t = CompareFormat::Text)]
     pub format: CompareFormat,

@@ -17,85 +17,43 @@ const IV: &str = "00112233445566778899aabbccddeeff";
 
 #[test]
 fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
-    let token = Token::new("secrets")?;
+    let mut traced = Traced::new("secrets")?;
     let dir = temp();
-    let key_file = dir.path().join("aes.key");
-    let plain_file = dir.path().join("plain.txt");
-    let digest_file = dir.path().join("digest.bin");
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let (key_file, plain_file, digest_file) =
+        (file("aes.key"), file("plain.txt"), file("digest.bin"));
     std::fs::write(&key_file, AES_KEY)?;
     std::fs::write(&plain_file, PLAINTEXT)?;
     std::fs::write(&digest_file, [0x5au8; 32])?;
     let log = dir.path().join("spy.log");
-    let mut recorder = Recorder::start(&[])?;
-    let path = |p: &std::path::Path| p.display().to_string();
-    let ciphertext = path(&dir.path().join("cipher.bin"));
-    let steps: Vec<Vec<String>> = vec![
-        vec![
-            "--login",
-            "--login-type",
-            "so",
-            "--so-pin",
-            SO_PIN,
-            "--init-pin",
-            "--new-pin",
-            USER_PIN,
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-        vec!["--login", "--pin", WRONG_PIN, "--list-objects"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        vec![
-            "--login".into(),
-            "--pin".into(),
-            USER_PIN.into(),
-            "-w".into(),
-            path(&key_file),
-            "--type".into(),
-            "secrkey".into(),
-            "--key-type".into(),
-            "AES:32".into(),
-            "--id".into(),
-            "0a".into(),
-            "--label".into(),
-            "aeskey".into(),
-        ],
-        vec![
-            "--login".into(),
-            "--pin".into(),
-            USER_PIN.into(),
-            "--encrypt".into(),
-            "-m".into(),
-            "AES-CBC-PAD".into(),
-            "--id".into(),
-            "0a".into(),
-            "--iv".into(),
-            IV.into(),
-            "-i".into(),
-            path(&plain_file),
-            "-o".into(),
-            ciphertext.clone(),
-        ],
-        vec![
-            "--login".into(),
-            "--pin".into(),
-            USER_PIN.into(),
-            "--decrypt".into(),
-            "-m".into(),
-            "AES-CBC-PAD".into(),
-            "--id".into(),
-            "0a".into(),
-            "--iv".into(),
-            IV.into(),
-            "-i".into(),
-            ciphertext.clone(),
-        ],
-        vec![
-            "--login",
-            "--pin",
-            USER_PIN,
+    let (ciphertext, pss_signature, ec_signature) =
+        (file("cipher.bin"), file("pss.sig"), file("ec.sig"));
+    let aes = ["-m", "AES-CBC-PAD", "--id", "0a", "--iv", IV];
+    let steps: Vec<Vec<&str>> = vec![
+        INIT_USER_PIN.to_vec(),
+        vec!["--login", "--pin", WRONG_PIN, "--list-objects"],
+        login(&[
+            "-w",
+            &key_file,
+            "--type",
+            "secrkey",
+            "--key-type",
+            "AES:32",
+            "--id",
+            "0a",
+            "--label",
+            "aeskey",
+        ]),
+        login(
+            &[
+                &["--encrypt"][..],
+                &aes,
+                &["-i", &plain_file, "-o", &ciphertext],
+            ]
+            .concat(),
+        ),
+        login(&[&["--decrypt"][..], &aes, &["-i", &ciphertext]].concat()),
+        login(&[
             "--keypairgen",
             "--key-type",
             "rsa:2048",
@@ -103,28 +61,19 @@ fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
             "0f",
             "--label",
             "rsa1",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-        vec![
-            "--login".into(),
-            "--pin".into(),
-            USER_PIN.into(),
-            "--sign".into(),
-            "-m".into(),
-            "SHA256-RSA-PKCS-PSS".into(),
-            "--id".into(),
-            "0f".into(),
-            "-i".into(),
-            path(&plain_file),
-            "-o".into(),
-            path(&dir.path().join("pss.sig")),
-        ],
-        vec![
-            "--login",
-            "--pin",
-            USER_PIN,
+        ]),
+        login(&[
+            "--sign",
+            "-m",
+            "SHA256-RSA-PKCS-PSS",
+            "--id",
+            "0f",
+            "-i",
+            &plain_file,
+            "-o",
+            &pss_signature,
+        ]),
+        login(&[
             "--keypairgen",
             "--key-type",
             "EC:prime256v1",
@@ -132,33 +81,23 @@ fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
             "0e",
             "--label",
             "ec1",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-        vec![
-            "--login".into(),
-            "--pin".into(),
-            USER_PIN.into(),
-            "--sign".into(),
-            "-m".into(),
-            "ECDSA".into(),
-            "--id".into(),
-            "0e".into(),
-            "-i".into(),
-            path(&digest_file),
-            "-o".into(),
-            path(&dir.path().join("ec.sig")),
-        ],
+        ]),
+        login(&[
+            "--sign",
+            "-m",
+            "ECDSA",
+            "--id",
+            "0e",
+            "-i",
+            &digest_file,
+            "-o",
+            &ec_signature,
+        ]),
     ];
     let mut client_stderr = Vec::new();
-    for (index, step) in steps.iter().enumerate() {
-        let args: Vec<&str> = step.iter().map(String::as_str).collect();
-        let mut command = token.pkcs11_tool(&shim(), &args);
-        recorder.shim_env(&mut command, SPY);
-        command
-            .env("PKCS11SPY", SOFTHSM)
-            .env("PKCS11SPY_OUTPUT", &log);
+    for (index, args) in steps.iter().enumerate() {
+        let mut command = traced.pkcs11_tool(args);
+        traced.behind(&mut command, Oracle::Spy, &log);
         let output = run(&mut command, Duration::from_secs(120))?;
         // Step 1 (wrong PIN) must fail; every other step must succeed.
         ensure!(
@@ -168,6 +107,7 @@ fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
         );
         client_stderr.extend_from_slice(&output.stderr);
     }
+    let recorder = &mut traced.recorder;
     let (status, recorder_stderr) = recorder.stop()?;
     ensure!(status.success());
 

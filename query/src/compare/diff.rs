@@ -9,37 +9,14 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+pub use crate::cli::FailOn;
+
 use super::drift::Drift;
 use super::side::{Basis, Group, Key, Side};
 use crate::stats::{self, GateConfig, Verdict, holm};
 
 /// Version of the diff JSON (`schemas/diff.md`).
 pub const DIFF_VERSION: u32 = 1;
-
-/// What makes `diff` exit 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailOn {
-    /// A latency or call-count regression.
-    Regression,
-    /// New failing return codes or a significantly higher failure rate.
-    Errors,
-    /// Either.
-    Any,
-    /// Nothing: always exit 0 when the report is made.
-    Never,
-}
-
-impl FailOn {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailOn::Regression => "regression",
-            FailOn::Errors => "errors",
-            FailOn::Any => "any",
-            FailOn::Never => "never",
-        }
-    }
-}
 
 /// The settings of one diff.
 #[derive(Debug, Clone)]

@@ -17,20 +17,9 @@ use anyhow::{Context, Result, bail};
 use polars::prelude::*;
 
 use crate::Explain;
-use crate::cli::{Filters, InputArgs};
+use crate::cli::{By, Filters, InputArgs};
 use crate::input;
 use side::Side;
-
-/// What `compare --by` splits one input by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum By {
-    /// The `C_GetInfo` identity of each client's module, else the module path.
-    Provider,
-    Module,
-    Process,
-    RunId,
-    Host,
-}
 
 /// An `analyze --format json` report rather than calls (its first key is `analysis_version`).
 pub fn is_analysis_json(path: &Path) -> bool {

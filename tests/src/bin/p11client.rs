@@ -17,95 +17,32 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use std::ffi::c_void;
+use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use p11trace_tests::module::Module;
+use p11trace_tests::p11;
 use pkcs11_sys::*;
 use serde_json::json;
 
+/// Every PKCS#11 call this process makes (the module counts the calls made through it).
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// Counts one PKCS#11 call and returns its result.
-fn counted(rv: CK_RV) -> CK_RV {
-    CALLS.fetch_add(1, Ordering::Relaxed);
-    rv
-}
-
-struct Module {
-    list: *const CK_FUNCTION_LIST,
-    _library: libloading::Library,
-    get_interface: Option<
-        unsafe extern "C" fn(
-            CK_UTF8CHAR_PTR,
-            CK_VERSION_PTR,
-            CK_INTERFACE_PTR_PTR,
-            CK_FLAGS,
-        ) -> CK_RV,
-    >,
-}
-
-// SAFETY: a PKCS#11 function list is immutable and its functions are thread-safe once the module
-// is initialised with CKF_OS_LOCKING_OK.
-unsafe impl Sync for Module {}
-// SAFETY: as above.
-unsafe impl Send for Module {}
-
-macro_rules! call {
-    ($module:expr, $name:ident ( $($arg:expr),* )) => {{
-        // SAFETY: calling the module's own function with arguments valid for its contract.
-        let function = unsafe { (*$module.list).$name }.expect(stringify!($name));
-        counted(unsafe { function($($arg),*) })
-    }};
-}
-
-impl Module {
-    fn load(path: &str) -> Module {
-        // SAFETY: loading the PKCS#11 module under test.
-        let library = unsafe { libloading::Library::new(path) }.expect("load module");
-        // SAFETY: the PKCS#11 prototype of C_GetFunctionList.
-        let get_list = unsafe {
-            library.get::<unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV>(
-                b"C_GetFunctionList\0",
-            )
-        }
-        .expect("C_GetFunctionList");
-        // SAFETY: as above, for C_GetInterface (optional).
-        let get_interface = unsafe {
-            library.get::<unsafe extern "C" fn(
-                CK_UTF8CHAR_PTR,
-                CK_VERSION_PTR,
-                CK_INTERFACE_PTR_PTR,
-                CK_FLAGS,
-            ) -> CK_RV>(b"C_GetInterface\0")
-        }
-        .ok()
-        .map(|symbol| *symbol);
-        let mut list: CK_FUNCTION_LIST_PTR = ptr::null_mut();
-        // SAFETY: out-pointer to our local.
-        let rv = counted(unsafe { get_list(&mut list) });
-        assert_eq!(rv, CKR_OK, "C_GetFunctionList");
-        Module {
-            list,
-            _library: library,
-            get_interface,
-        }
+/// The client's own calls on top of the shared loader: each asserts success.
+trait Client {
+    fn init_with(&self, flags: CK_FLAGS);
+    fn init(&self) {
+        self.init_with(CKF_OS_LOCKING_OK);
     }
+    fn first_token_slot(&self) -> CK_SLOT_ID;
+    fn session(&self, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE;
+    fn session_info(&self, session: CK_SESSION_HANDLE);
+}
 
-    fn initialize(&self) {
-        self.initialize_with(CKF_OS_LOCKING_OK);
-    }
-
-    fn initialize_with(&self, flags: CK_FLAGS) {
-        let mut args = CK_C_INITIALIZE_ARGS {
-            CreateMutex: None,
-            DestroyMutex: None,
-            LockMutex: None,
-            UnlockMutex: None,
-            flags,
-            pReserved: ptr::null_mut(),
-        };
-        let rv = call!(self, C_Initialize((&raw mut args).cast::<c_void>()));
+impl Client for Module {
+    fn init_with(&self, flags: CK_FLAGS) {
+        let rv = self.initialize(flags);
         assert!(
             rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED,
             "C_Initialize: {rv:#x}"
@@ -113,40 +50,17 @@ impl Module {
     }
 
     fn first_token_slot(&self) -> CK_SLOT_ID {
-        let mut count: CK_ULONG = 0;
-        assert_eq!(
-            call!(
-                self,
-                C_GetSlotList(CK_TRUE as CK_BBOOL, ptr::null_mut(), &mut count)
-            ),
-            CKR_OK
-        );
-        let mut slots = vec![0 as CK_SLOT_ID; count as usize];
-        assert_eq!(
-            call!(
-                self,
-                C_GetSlotList(CK_TRUE as CK_BBOOL, slots.as_mut_ptr(), &mut count)
-            ),
-            CKR_OK
-        );
-        slots[0]
+        self.slots().expect("C_GetSlotList")[0]
     }
 
-    fn open_session(&self, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
-        let mut session: CK_SESSION_HANDLE = 0;
-        let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
-        let rv = call!(
-            self,
-            C_OpenSession(slot, flags, ptr::null_mut(), None, &mut session)
-        );
-        assert_eq!(rv, CKR_OK, "C_OpenSession");
-        session
+    fn session(&self, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
+        self.open_session(slot).expect("C_OpenSession")
     }
 
     fn session_info(&self, session: CK_SESSION_HANDLE) {
         // SAFETY: plain data.
         let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
-        assert_eq!(call!(self, C_GetSessionInfo(session, &mut info)), CKR_OK);
+        assert_eq!(p11!(self, C_GetSessionInfo(session, &mut info)), CKR_OK);
     }
 }
 
@@ -156,19 +70,17 @@ fn gettid() -> i64 {
 }
 
 fn threads(module: &Module, threads: usize, calls: usize) -> serde_json::Value {
-    module.initialize();
+    module.init();
     let slot = module.first_token_slot();
     let per_thread: Vec<serde_json::Value> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let before = CALLS.load(Ordering::Relaxed);
-                    let _ = before;
-                    let session = module.open_session(slot);
+                    let session = module.session(slot);
                     for _ in 0..calls {
                         module.session_info(session);
                     }
-                    assert_eq!(call!(module, C_CloseSession(session)), CKR_OK);
+                    assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
                     json!({ "tid": gettid(), "calls": calls + 2, "session": session })
                 })
             })
@@ -178,14 +90,14 @@ fn threads(module: &Module, threads: usize, calls: usize) -> serde_json::Value {
             .map(|h| h.join().expect("thread"))
             .collect()
     });
-    assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     json!({ "pid": std::process::id(), "main_tid": gettid(), "calls": CALLS.load(Ordering::Relaxed), "threads": per_thread })
 }
 
 fn fork(module: &Module, children: usize, burst: usize) -> serde_json::Value {
-    module.initialize();
+    module.init();
     let slot = module.first_token_slot();
-    let session = module.open_session(slot);
+    let session = module.session(slot);
     let mut pids = Vec::new();
     for _ in 0..children {
         for _ in 0..burst {
@@ -196,14 +108,14 @@ fn fork(module: &Module, children: usize, burst: usize) -> serde_json::Value {
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             CALLS.store(0, Ordering::Relaxed);
-            module.initialize();
+            module.init();
             let slot = module.first_token_slot();
-            let session = module.open_session(slot);
+            let session = module.session(slot);
             for _ in 0..burst {
                 module.session_info(session);
             }
-            let _ = call!(module, C_CloseSession(session));
-            let _ = call!(module, C_Finalize(ptr::null_mut()));
+            let _ = p11!(module, C_CloseSession(session));
+            let _ = p11!(module, C_Finalize(ptr::null_mut()));
             println!(
                 "{}",
                 json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "child": true })
@@ -221,24 +133,24 @@ fn fork(module: &Module, children: usize, burst: usize) -> serde_json::Value {
             failures += 1;
         }
     }
-    let _ = call!(module, C_CloseSession(session));
-    assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    let _ = p11!(module, C_CloseSession(session));
+    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "child": false, "failed_children": failures })
 }
 
 fn burst(module: &Module, calls: usize, pace_ms: u64, finalize: bool) -> serde_json::Value {
-    module.initialize();
+    module.init();
     let slot = module.first_token_slot();
-    let session = module.open_session(slot);
+    let session = module.session(slot);
     for _ in 0..calls {
         module.session_info(session);
         if pace_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(pace_ms));
         }
     }
-    assert_eq!(call!(module, C_CloseSession(session)), CKR_OK);
+    assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
     if finalize {
-        assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+        assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     }
     json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed) })
 }
@@ -256,15 +168,15 @@ fn thread_count() -> i64 {
 }
 
 fn no_threads(module: &Module, calls: usize) -> serde_json::Value {
-    module.initialize_with(CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS);
+    module.init_with(CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS);
     let slot = module.first_token_slot();
-    let session = module.open_session(slot);
+    let session = module.session(slot);
     for _ in 0..calls {
         module.session_info(session);
     }
-    assert_eq!(call!(module, C_CloseSession(session)), CKR_OK);
+    assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
     let threads = thread_count();
-    assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "threads_before_finalize": threads })
 }
 
@@ -276,18 +188,17 @@ struct VendorList {
 }
 
 fn interface_list(module: &Module) -> serde_json::Value {
-    // SAFETY: the module's exported C_GetInterfaceList.
-    let library = &module._library;
+    // SAFETY: the PKCS#11 prototype of C_GetInterfaceList.
     let list_fn = unsafe {
-        library.get::<unsafe extern "C" fn(CK_INTERFACE_PTR, CK_ULONG_PTR) -> CK_RV>(
-            b"C_GetInterfaceList\0",
+        module.symbol::<unsafe extern "C" fn(CK_INTERFACE_PTR, CK_ULONG_PTR) -> CK_RV>(
+            c"C_GetInterfaceList",
         )
     }
     .expect("C_GetInterfaceList");
     let mut count: CK_ULONG = 0;
     // SAFETY: size query.
     assert_eq!(
-        counted(unsafe { list_fn(ptr::null_mut(), &mut count) }),
+        module.tally(unsafe { list_fn(ptr::null_mut(), &mut count) }),
         CKR_OK
     );
     let empty = CK_INTERFACE {
@@ -298,7 +209,7 @@ fn interface_list(module: &Module) -> serde_json::Value {
     let mut interfaces = vec![empty; count as usize];
     // SAFETY: a buffer of `count` entries.
     assert_eq!(
-        counted(unsafe { list_fn(interfaces.as_mut_ptr(), &mut count) }),
+        module.tally(unsafe { list_fn(interfaces.as_mut_ptr(), &mut count) }),
         CKR_OK
     );
     let mut listed = Vec::new();
@@ -322,9 +233,16 @@ fn interface_list(module: &Module) -> serde_json::Value {
 }
 
 fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
-    let get_interface = module
-        .get_interface
-        .expect("the module exports C_GetInterface");
+    // SAFETY: the PKCS#11 prototype of C_GetInterface.
+    let get_interface = unsafe {
+        module.symbol::<unsafe extern "C" fn(
+            CK_UTF8CHAR_PTR,
+            CK_VERSION_PTR,
+            CK_INTERFACE_PTR_PTR,
+            CK_FLAGS,
+        ) -> CK_RV>(c"C_GetInterface")
+    }
+    .expect("the module exports C_GetInterface");
     let mut results = Vec::new();
     let mut initialized = false;
     for (major, minor) in [(3u8, 0u8), (3, 2)] {
@@ -332,7 +250,7 @@ fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
         let mut interface: CK_INTERFACE_PTR = ptr::null_mut();
         let name = c"PKCS 11";
         // SAFETY: valid name, version and out-pointer.
-        let rv = counted(unsafe {
+        let rv = module.tally(unsafe {
             get_interface(
                 name.as_ptr().cast_mut().cast(),
                 &mut version,
@@ -346,7 +264,7 @@ fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
         }
         // SAFETY: a successful C_GetInterface returns a valid interface with a 3.x function list.
         let list = unsafe { (*interface).pFunctionList }.cast::<CK_FUNCTION_LIST_3_0>();
-        let table = Table3(list);
+        let table = Table3(list, module);
         // SAFETY: the list's version field.
         let reported = unsafe { (*list).version };
         if !initialized {
@@ -392,17 +310,17 @@ fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
             "open_session": open, "login_user": login_user, "session_cancel": cancel, "logout": logout, "close": close,
         }));
     }
-    assert_eq!(call!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "interfaces": results })
 }
 
-/// A 3.x function list.
-struct Table3(*const CK_FUNCTION_LIST_3_0);
+/// A 3.x function list of the module, whose calls it counts.
+struct Table3<'m>(*const CK_FUNCTION_LIST_3_0, &'m Module);
 
-impl Table3 {
+impl Table3<'_> {
     fn call(&self, f: impl FnOnce(&CK_FUNCTION_LIST_3_0) -> CK_RV) -> CK_RV {
         // SAFETY: the list came from a successful C_GetInterface for a 3.x interface.
-        counted(f(unsafe { &*self.0 }))
+        self.1.tally(f(unsafe { &*self.0 }))
     }
 }
 
@@ -419,7 +337,7 @@ fn main() {
             .and_then(|a| a.parse::<usize>().ok())
             .unwrap_or(0)
     };
-    let module = Module::load(&args[1]);
+    let module = Module::load_counted(Path::new(&args[1]), &CALLS).expect("load module");
     let result = match args[2].as_str() {
         "threads" => threads(&module, number(3), number(4)),
         "fork" => fork(&module, number(3), number(4)),

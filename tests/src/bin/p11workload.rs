@@ -52,13 +52,13 @@ fn ec_key_pair(module: &Module, session: CK_SESSION_HANDLE) -> Result<(u64, u64)
             pValue: params.as_mut_ptr().cast(),
             ulValueLen: params.len() as CK_ULONG,
         },
-        attribute(CKA_TOKEN as u64, &mut no),
-        attribute(CKA_VERIFY as u64, &mut yes),
+        attribute(CKA_TOKEN, &mut no),
+        attribute(CKA_VERIFY, &mut yes),
     ];
     let (mut yes2, mut no2) = (CK_TRUE as CK_BBOOL, CK_FALSE as CK_BBOOL);
     let mut private = [
-        attribute(CKA_TOKEN as u64, &mut no2),
-        attribute(CKA_SIGN as u64, &mut yes2),
+        attribute(CKA_TOKEN, &mut no2),
+        attribute(CKA_SIGN, &mut yes2),
     ];
     let mut mechanism = CK_MECHANISM {
         mechanism: CKM_EC_KEY_PAIR_GEN as CK_MECHANISM_TYPE,
@@ -82,7 +82,7 @@ fn ec_key_pair(module: &Module, session: CK_SESSION_HANDLE) -> Result<(u64, u64)
         ),
         "C_GenerateKeyPair",
     )?;
-    Ok((public_key as u64, private_key as u64))
+    Ok((public_key, private_key))
 }
 
 fn mechanism(kind: u64) -> CK_MECHANISM {
@@ -134,7 +134,7 @@ fn sign(
         let mut data = [0x11u8; 32];
         let mut signature = [0u8; 128];
         let mut len = signature.len() as CK_ULONG;
-        let mut mech = mechanism(CKM_ECDSA as u64);
+        let mut mech = mechanism(CKM_ECDSA);
         if failures.note(p11!(
             module,
             C_SignInit(session, &mut mech, private_key as CK_OBJECT_HANDLE)
@@ -173,7 +173,7 @@ fn sign(
         think(pause);
     }
     for _ in 0..rounds {
-        digest(module, session, CKM_SHA256 as u64, &mut failures);
+        digest(module, session, CKM_SHA256, &mut failures);
     }
     Ok(failures.0)
 }

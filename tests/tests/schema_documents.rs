@@ -1,7 +1,6 @@
-//! The hand-written schema documents (`schemas/*.schema.json`, `schemas/*.md`) against files the
-//! recorder and the importer really write, read back by DuckDB.
-
-use std::time::Duration;
+//! The hand-written schema documents say what is really written: `schemas/*.schema.json` against
+//! the files the recorder and the importer write (every column's name, type, nullability and
+//! DuckDB type, and the schema version), read back by DuckDB; `schemas/*.md` against the JSON.
 
 use anyhow::{Context, Result, bail, ensure};
 use p11trace_tests::*;
@@ -189,16 +188,8 @@ fn check_markdown(document: &str, markdown: &str) -> Result<()> {
 
 #[test]
 fn written_files_match_the_hand_written_schemas() -> Result<()> {
-    let token = Token::new("schema")?;
-    let mut recorder = Recorder::start(&[])?;
-    let mut command = token.pkcs11_tool(&shim(), &["--login", "--pin", USER_PIN, "--test"]);
-    recorder.shim_env(&mut command, SOFTHSM);
-    ensure!(
-        run(&mut command, Duration::from_secs(120))?
-            .status
-            .success()
-    );
-    recorder.stop()?;
+    let traced = Traced::pkcs11_tool_test("schema")?;
+    let recorder = &traced.recorder;
     let calls = p11trace_query_files(&recorder.dataset.join("calls"));
     let clients = p11trace_query_files(&recorder.dataset.join("clients"));
     ensure!(
@@ -211,13 +202,7 @@ fn written_files_match_the_hand_written_schemas() -> Result<()> {
     // The importer writes the same schema.
     let dir = temp();
     let imported = dir.path().join("imported.parquet");
-    let log = shared().join("corpus/pt-keygen-rsa2048.log");
-    query(&[
-        "import",
-        log.to_str().unwrap_or_default(),
-        "-o",
-        imported.to_str().unwrap_or_default(),
-    ])?;
+    import(&corpus("pt-keygen-rsa2048.log"), &imported, &[])?;
     check_file(&imported, "calls.schema.json")
 }
 

@@ -1,0 +1,174 @@
+//! Reading what was written back, with the tools users query it with: the real DuckDB CLI and
+//! `p11trace-query`. Plus the accounting every capture test checks: per process, each call the
+//! client made is a row, or counted as dropped or lost.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::process::{run, text};
+use crate::query_bin;
+
+/// Runs SQL in the real DuckDB CLI; rows as JSON objects.
+pub fn duckdb(sql: &str) -> Result<Vec<Value>> {
+    let output = run(
+        Command::new("duckdb").args(["-json", "-c", sql]),
+        Duration::from_secs(120),
+    )?;
+    if !output.status.success() {
+        bail!("duckdb failed on `{sql}`: {}", text(&output.stderr));
+    }
+    let stdout = text(&output.stdout);
+    if stdout.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&stdout).with_context(|| format!("duckdb output is not JSON: {stdout}"))
+}
+
+/// `SELECT k, n …` rows as a map from `k` to `n`.
+pub fn counts(sql: &str) -> Result<BTreeMap<String, i64>> {
+    Ok(duckdb(sql)?
+        .iter()
+        .map(|r| {
+            (
+                r["k"].as_str().unwrap_or("").to_owned(),
+                r["n"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect())
+}
+
+/// `read_parquet` glob of a table of a dataset.
+pub fn table(dataset: &Path, table: &str) -> String {
+    format!(
+        "read_parquet('{}/{table}/**/*.parquet', hive_partitioning=true)",
+        dataset.display()
+    )
+}
+
+/// The one row of a Parquet file matching `filter`.
+pub fn row(file: &Path, filter: &str) -> Result<Value> {
+    let rows = duckdb(&format!(
+        "SELECT * FROM '{}' WHERE {filter}",
+        file.display()
+    ))?;
+    ensure!(
+        rows.len() == 1,
+        "expected one row for {filter}, got {}",
+        rows.len()
+    );
+    Ok(rows.into_iter().next().unwrap_or_default())
+}
+
+/// A row's attributes as (template, type, len, value, redacted).
+pub fn attrs(row: &Value) -> Vec<(String, String, i64, Value, bool)> {
+    row["attrs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    (
+                        x["template"].as_str().unwrap_or("").to_owned(),
+                        x["type"].as_str().unwrap_or("").to_owned(),
+                        x["len"].as_i64().unwrap_or(-9),
+                        x["value"].clone(),
+                        x["redacted"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `p11trace-query` with arguments; fails unless it exits 0.
+pub fn query(args: &[&str]) -> Result<Output> {
+    let output = run(
+        Command::new(query_bin()).args(args),
+        Duration::from_secs(300),
+    )?;
+    if !output.status.success() {
+        bail!("p11trace-query {args:?} failed: {}", text(&output.stderr));
+    }
+    Ok(output)
+}
+
+/// `p11trace-query import INPUT -o OUT EXTRA…`; fails unless it exits 0.
+pub fn import(input: &Path, out: &Path, extra: &[&str]) -> Result<Output> {
+    let mut args = vec![
+        "import",
+        input.to_str().unwrap_or_default(),
+        "-o",
+        out.to_str().unwrap_or_default(),
+    ];
+    args.extend_from_slice(extra);
+    query(&args)
+}
+
+/// What a dataset holds for one process.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Rows of `calls`.
+    pub rows: i64,
+    /// Of those, the calls the shim made itself.
+    pub internal: i64,
+    /// Σ `dropped` and Σ `lost` over its `clients` rows (its connections).
+    pub dropped: i64,
+    pub lost: i64,
+}
+
+impl Tally {
+    /// The client's calls the dataset accounts for: rows + dropped + lost - the shim's own.
+    pub fn accounted(&self) -> i64 {
+        self.rows + self.dropped + self.lost - self.internal
+    }
+}
+
+/// Per pid, what the dataset holds.
+pub fn tallies(dataset: &Path) -> Result<BTreeMap<i64, Tally>> {
+    let mut tallies: BTreeMap<i64, Tally> = BTreeMap::new();
+    let int = |row: &Value, key: &str| row[key].as_i64().unwrap_or(0);
+    for r in duckdb(&format!(
+        "SELECT pid, count(*) AS n, count(*) FILTER (internal) AS i FROM {} GROUP BY 1",
+        table(dataset, "calls")
+    ))? {
+        let tally = tallies.entry(int(&r, "pid")).or_default();
+        (tally.rows, tally.internal) = (int(&r, "n"), int(&r, "i"));
+    }
+    for r in duckdb(&format!(
+        "SELECT pid, sum(dropped)::BIGINT AS d, sum(lost)::BIGINT AS l FROM {} GROUP BY 1",
+        table(dataset, "clients")
+    ))? {
+        let tally = tallies.entry(int(&r, "pid")).or_default();
+        (tally.dropped, tally.lost) = (int(&r, "d"), int(&r, "l"));
+    }
+    Ok(tallies)
+}
+
+/// Per client report (by pid): rows + Σdropped + Σlost = calls made + the shim's own calls, and
+/// no `(client_id, seq)` twice.
+pub fn check_invariant(dataset: &Path, reports: &[Value]) -> Result<()> {
+    let tallies = tallies(dataset)?;
+    for report in reports {
+        let pid = report["pid"].as_i64().context("pid")?;
+        let made = report["calls"].as_i64().context("calls")?;
+        let t = tallies.get(&pid).copied().unwrap_or_default();
+        ensure!(
+            t.accounted() == made,
+            "pid {pid}: rows {} + dropped {} + lost {} != calls {made} + internal {}",
+            t.rows,
+            t.dropped,
+            t.lost,
+            t.internal
+        );
+    }
+    let duplicates = duckdb(&format!(
+        "SELECT client_id, seq, count(*) AS n FROM {} GROUP BY 1, 2 HAVING count(*) > 1 LIMIT 5",
+        table(dataset, "calls")
+    ))?;
+    ensure!(duplicates.is_empty(), "duplicated rows: {duplicates:?}");
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Nothing the recorder accepted is lost or written twice, whatever stops it: kill -9 under load
+//! and crashes injected at each step of the write path (then a restart that replays the log), the
+//! SIGTERM drain, a second signal, a full disk; and `--once` exits after the last client with
+//! everything written. Real recorder processes, real shimmed clients against SoftHSM2, DuckDB.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use p11trace_tests::*;
+use serde_json::Value;
+
+/// Runs `clients` paced clients, crashes the first recorder with `crash` (None: kill -9 after
+/// 1.2 s), restarts it on the same dataset, and checks the invariant.
+fn crash_and_restart(crash: Option<&str>) -> Result<()> {
+    let token = Token::new("crash")?;
+    let dir = temp();
+    let dataset = dir.path().join("ds");
+    let socket = dir.path().join("sock").join("r.sock");
+    let roll = ["--roll-secs", "1"];
+    let mut launch = Launch::at(temp(), dataset.clone(), socket.clone()).args(&roll);
+    if let Some(point) = crash {
+        launch = launch.env("P11TRACE_RECORDER_CRASH_AT", point);
+    }
+    let mut first = launch.start()?;
+    let clients: Vec<Child> = (0..3)
+        .map(|_| spawn_client(&token, &socket, &["paced", "2500", "1"]))
+        .collect::<Result<_>>()?;
+    match crash {
+        Some(point) => {
+            let (status, stderr) = first.wait()?;
+            ensure!(
+                !status.success()
+                    && stderr.contains(&format!(
+                        "crash injected at {}",
+                        point.split(':').next().unwrap_or(point)
+                    )),
+                "the recorder should have crashed at {point}: {status} {stderr}"
+            );
+        }
+        None => {
+            std::thread::sleep(Duration::from_millis(1200));
+            first.kill()?;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (keep, dataset, socket) = first.into_parts();
+    let mut second = Recorder::start_at(keep, dataset.clone(), socket, &[])?;
+    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    let (status, stderr) = second.stop()?;
+    ensure!(status.success(), "{stderr}");
+    ensure!(
+        stderr.contains("recovered"),
+        "the restart should have replayed the log: {stderr}"
+    );
+    check_invariant(&dataset, &reports)?;
+    // The replayed connections were closed as crashed, and each client came back.
+    let reasons = duckdb(&format!(
+        "SELECT count(*) FILTER (disconnect_reason = 'recorder_crash') AS crashed, max(connection) AS reconnections FROM read_parquet('{}/clients/**/*.parquet')",
+        dataset.display()
+    ))?;
+    ensure!(
+        reasons[0]["reconnections"].as_i64().unwrap_or(0) >= 1,
+        "{reasons:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn kill_dash_nine_under_load_then_restart_loses_and_duplicates_nothing() -> Result<()> {
+    crash_and_restart(None)
+}
+
+#[test]
+fn an_injected_crash_after_a_log_append_loses_nothing() -> Result<()> {
+    crash_and_restart(Some("after-wal-append:300"))
+}
+
+#[test]
+fn an_injected_crash_before_a_rename_loses_nothing() -> Result<()> {
+    crash_and_restart(Some("before-rename"))
+}
+
+#[test]
+fn an_injected_crash_after_a_rename_duplicates_nothing() -> Result<()> {
+    crash_and_restart(Some("after-rename"))
+}
+
+#[test]
+fn an_injected_crash_before_log_truncation_duplicates_nothing() -> Result<()> {
+    crash_and_restart(Some("before-wal-truncate:2"))
+}
+
+#[test]
+fn sigterm_drains_every_message_already_sent() -> Result<()> {
+    let token = Token::new("drain")?;
+    let mut recorder = Recorder::start(&[])?;
+    let clients: Vec<Child> = (0..3)
+        .map(|_| spawn_client(&token, &recorder.socket, &["paced", "300", "4"]))
+        .collect::<Result<_>>()?;
+    // Once connected, the recorder stalls: the rest of the clients' messages wait in their
+    // sockets (they fit in the buffers), goodbyes included, and the clients exit.
+    std::thread::sleep(Duration::from_millis(400));
+    recorder.signal(libc::SIGSTOP);
+    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    recorder.signal(libc::SIGCONT);
+    let (status, stderr) = recorder.stop()?;
+    ensure!(status.success(), "{stderr}");
+    ensure!(
+        stderr.contains("stopped: clients=3"),
+        "summary line missing: {stderr}"
+    );
+    check_invariant(&recorder.dataset, &reports)?;
+    let rows = duckdb(&format!(
+        "SELECT count(*) FILTER (NOT internal) AS n FROM {}",
+        recorder.table("calls")
+    ))?;
+    let made: i64 = reports
+        .iter()
+        .map(|r| r["calls"].as_i64().unwrap_or(0))
+        .sum();
+    ensure!(
+        rows[0]["n"] == made,
+        "nothing may be dropped: {} rows for {made} calls",
+        rows[0]["n"]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_the_log_is_replayed_next_time() -> Result<()> {
+    let token = Token::new("twice")?;
+    let recorder = Recorder::start(&[])?;
+    let client = spawn_client(&token, &recorder.socket, &["burst", "5000"])?;
+    report(client)?;
+    let (dir, dataset, socket) = {
+        let mut recorder = recorder;
+        recorder.signal(libc::SIGSTOP);
+        recorder.signal(libc::SIGTERM);
+        recorder.signal(libc::SIGTERM);
+        recorder.signal(libc::SIGCONT);
+        let started = Instant::now();
+        let (status, stderr) = recorder.wait()?;
+        ensure!(
+            status.code() == Some(1) || stderr.contains("stopped"),
+            "{status} {stderr}"
+        );
+        ensure!(started.elapsed() < Duration::from_secs(5));
+        recorder.into_parts()
+    };
+    let mut again = Recorder::start_at(dir, dataset.clone(), socket, &[])?;
+    again.stop()?;
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}/calls/**/*.parquet')",
+        dataset.display()
+    ))?;
+    ensure!(
+        rows[0]["n"].as_i64().unwrap_or(0) > 0,
+        "the data received before the exit must be recovered"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_with_no_corrupt_file_and_nothing_lost() -> Result<()> {
+    let token = Token::new("diskfull")?;
+    let dir = temp();
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount)?;
+    let mounted = run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m"])
+            .arg("tmpfs")
+            .arg(&mount),
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        mounted.status.success(),
+        "this test mounts a 4 MiB tmpfs and needs root: {}",
+        text(&mounted.stderr)
+    );
+    let result = (|| -> Result<()> {
+        let dataset = mount.join("ds");
+        let socket = dir.path().join("sock").join("r.sock");
+        let mut recorder = Recorder::start_at(
+            temp(),
+            dataset.clone(),
+            socket.clone(),
+            &["--roll-secs", "1", "--wal-max-bytes", "1000000"],
+        )?;
+        // Leave little room: the first Parquet files fit, then the disk is full.
+        let filler = mount.join("filler");
+        let free = |path: &Path| -> Result<u64> {
+            let output = run(
+                Command::new("df")
+                    .arg("--output=avail")
+                    .arg("-B1")
+                    .arg(path),
+                Duration::from_secs(10),
+            )?;
+            text(&output.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse().ok())
+                .context("df")
+        };
+        let available = free(&mount)?;
+        std::fs::write(
+            &filler,
+            vec![0u8; available.saturating_sub(300_000) as usize],
+        )?;
+        let normal: Vec<Child> = (0..2)
+            .map(|_| spawn_client(&token, &socket, &["paced", "4000", "1"]))
+            .collect::<Result<_>>()?;
+        std::thread::sleep(Duration::from_secs(3));
+        // Once the log is stuck, an audit-mode client is refused.
+        let mut audit = token.pkcs11_tool(&shim(), &login(&["--test"]));
+        shim_to(&mut audit, SOFTHSM, &socket)
+            .env("P11TRACE_MODE", "audit")
+            .env("P11TRACE_QUEUE_CAPACITY", "64");
+        let audited = run(&mut audit, Duration::from_secs(60))?;
+        let reports: Vec<Value> = normal.into_iter().map(report).collect::<Result<_>>()?;
+        // Free the disk, stop, restart: the log is replayed and nothing the recorder read is lost.
+        std::fs::remove_file(&filler)?;
+        let (_, stderr) = recorder.stop()?;
+        ensure!(
+            stderr.contains("No space left on device"),
+            "the error must say why: {stderr}"
+        );
+        ensure!(
+            stderr.contains("not taking new records"),
+            "the recorder must say it stopped taking records: {stderr}"
+        );
+        ensure!(
+            !audited.status.success() && text(&audited.stderr).contains("audit mode"),
+            "audit client: {}",
+            text(&audited.stderr)
+        );
+        let (keep, dataset, socket) = recorder.into_parts();
+        let mut again = Recorder::start_at(keep, dataset.clone(), socket, &[])?;
+        let (_, replayed) = again.stop()?;
+        ensure!(
+            replayed.contains("recovered"),
+            "the log kept while the disk was full must be replayed: {replayed}"
+        );
+        // No file looks complete without being complete: DuckDB reads every one.
+        for file in all_files(&dataset.join("calls"))
+            .into_iter()
+            .chain(all_files(&dataset.join("clients")))
+        {
+            duckdb(&format!(
+                "SELECT count(*) FROM read_parquet('{}')",
+                file.display()
+            ))
+            .with_context(|| format!("corrupt {}", file.display()))?;
+        }
+        // Nothing invented, nothing twice. (Drops a shim makes after its last message got
+        // through cannot be reported; they show as a gap in `seq`.)
+        let calls = format!("read_parquet('{}/calls/**/*.parquet')", dataset.display());
+        for report in &reports {
+            let pid = report["pid"].as_i64().context("pid")?;
+            let rows = duckdb(&format!(
+                "SELECT count(*) FILTER (NOT internal) AS n, count(DISTINCT seq) = count(*) AS distinct_seq FROM {calls} WHERE pid = {pid}"
+            ))?;
+            ensure!(rows[0]["distinct_seq"] == true, "duplicates for pid {pid}");
+            ensure!(
+                rows[0]["n"].as_i64().unwrap_or(i64::MAX) <= report["calls"].as_i64().unwrap_or(0),
+                "{rows:?} vs {report}"
+            );
+            ensure!(
+                rows[0]["n"].as_i64().unwrap_or(0) > 0,
+                "the records received before the disk filled are kept"
+            );
+        }
+        Ok(())
+    })();
+    let _ = run(Command::new("umount").arg(&mount), Duration::from_secs(30));
+    result
+}
+
+#[test]
+fn once_exits_after_the_last_client_and_stats_lines_are_printed() -> Result<()> {
+    let token = Token::new("once")?;
+    let mut recorder = Recorder::start(&["--once", "--stats-every", "1"])?;
+    let client = spawn_client(&token, &recorder.socket, &["paced", "300", "5"])?;
+    let report = report(client)?;
+    let started = Instant::now();
+    let (status, stderr) = recorder.wait()?;
+    ensure!(
+        status.success() && started.elapsed() < Duration::from_secs(15),
+        "{status} {stderr}"
+    );
+    ensure!(
+        stderr.contains("rate=") && stderr.contains("wal_bytes="),
+        "no stats line: {stderr}"
+    );
+    check_invariant(&recorder.dataset, &[report])?;
+    if !stderr.contains("stopped:") {
+        bail!("no summary line: {stderr}");
+    }
+    Ok(())
+}
