@@ -74,7 +74,7 @@ fn kill_dash_nine_under_load_then_restart_loses_and_duplicates_nothing() -> Resu
 
 #[test]
 fn an_injected_crash_after_a_log_append_loses_nothing() -> Result<()> {
-    crash_and_restart(Some("after-wal-append:300"))
+    crash_and_restart(Some("after-wal-append:100"))
 }
 
 #[test]
