@@ -70,6 +70,17 @@ pub struct InputArgs {
     pub strict: bool,
 }
 
+impl InputArgs {
+    /// What the importer needs of these options (a progress bar only ever on a terminal).
+    pub fn import_options(&self) -> p11trace_import::ImportOptions {
+        p11trace_import::ImportOptions {
+            tz: self.tz.clone(),
+            strict: self.strict,
+            progress: true,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// pkcs11-spy logs or observe JSON-lines files.
@@ -192,6 +203,7 @@ pub enum By {
     Provider,
     Module,
     Process,
+    #[value(name = "run_id", alias = "run-id")]
     RunId,
     Host,
 }
@@ -241,11 +253,11 @@ pub struct CompareArgs {
     pub inputs: Vec<PathBuf>,
 
     /// Name of side A [default: its provider, else its module].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "by")]
     pub name_a: Option<String>,
 
     /// Name of side B [default: its provider, else its module].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "by")]
     pub name_b: Option<String>,
 
     /// Split one input into groups and compare every group with the first (or --baseline).

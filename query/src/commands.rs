@@ -10,21 +10,14 @@ use polars::sql::SQLContext;
 
 use crate::analyze::{self, AnalyzeOptions, render};
 use crate::cli::{
-    AnalyzeArgs, CompareArgs, CompareFormat, DiffArgs, ImportArgs, InputArgs, ReportFormat,
-    SqlArgs, TableFormat,
+    AnalyzeArgs, CompareArgs, CompareFormat, DiffArgs, ImportArgs, ReportFormat, SqlArgs,
+    TableFormat,
 };
-use crate::compare::{self, diff, render as compare_render, report, side::Side};
+use crate::compare::side::{Basis, Side};
+use crate::compare::{self, diff, render as compare_render, report};
 use crate::input;
 use crate::stats::GateConfig;
-use p11trace_import::{self as import, ImportOptions};
-
-pub(crate) fn import_options(input: &InputArgs) -> ImportOptions {
-    ImportOptions {
-        tz: input.tz.clone(),
-        strict: input.strict,
-        progress: true,
-    }
-}
+use p11trace_import as import;
 
 pub fn import(args: &ImportArgs) -> Result<()> {
     let mut inputs = Vec::new();
@@ -39,7 +32,7 @@ pub fn import(args: &ImportArgs) -> Result<()> {
         inputs.push((path.clone(), format));
     }
     let started = std::time::Instant::now();
-    let summary = import::import_files(&inputs, &args.output, &import_options(&args.input))?;
+    let summary = import::import_files(&inputs, &args.output, &args.input.import_options())?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "p11trace-query: imported {} calls from {} process(es) into {} ({:.1} MB in {:.2} s, {:.0} MB/s); \
@@ -82,7 +75,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let loaded = input::load(
         &paths,
         args.input.input_format,
-        &import_options(&args.input),
+        &args.input.import_options(),
     )?;
     let calls = crate::filters::apply(loaded.calls, &args.filters)?;
     let stdout = std::io::stdout();
@@ -110,7 +103,7 @@ pub fn sql(args: &SqlArgs) -> Result<()> {
     let loaded = input::load(
         &args.inputs,
         args.input.input_format,
-        &import_options(&args.input),
+        &args.input.import_options(),
     )?;
     let mut context = SQLContext::new();
     context.register("calls", crate::filters::apply(loaded.calls, &args.filters)?);
@@ -220,8 +213,13 @@ pub fn diff(args: &DiffArgs) -> Result<bool> {
     let load = |path: &std::path::Path, name: &Option<String>| {
         compare::load_side(path, name.as_deref(), &args.input, &args.filters, false)
     };
-    let baseline = load(&args.baseline, &args.name_a)?;
-    let current = load(&args.current, &args.name_b)?;
+    let mut baseline = load(&args.baseline, &args.name_a)?;
+    let mut current = load(&args.current, &args.name_b)?;
+    // An analysis report knows functions, not mechanisms: set the other side's rows alike.
+    if baseline.basis == Basis::Percentiles || current.basis == Basis::Percentiles {
+        baseline.fold_mechanisms();
+        current.fold_mechanisms();
+    }
     let settings = diff::Settings {
         gate: GateConfig {
             threshold: args.threshold,

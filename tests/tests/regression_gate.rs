@@ -147,6 +147,16 @@ fn the_same_workload_recorded_four_times_never_fails_the_gate() -> Result<()> {
         assert_eq!(sign["count_verdict"], "unchanged");
         assert_eq!(report["summary"]["rv_regressed"], 0);
     }
+    // Filters apply after each operation's mechanism is known: `--func C_Sign` keeps C_Sign
+    // keyed by its C_SignInit's mechanism.
+    let (_, only) = diff(&runs[0].dataset, &runs[1].dataset, &["--func", "C_Sign"])?;
+    let keys: Vec<String> = only["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{}/{}", e["func"].as_str().unwrap_or(""), e["mechanism"]))
+        .collect();
+    assert_eq!(keys, ["C_Sign/\"CKM_ECDSA\""]);
     Ok(())
 }
 
@@ -245,6 +255,23 @@ fn injected_failures_fail_the_errors_gate_and_name_the_function() -> Result<()> 
         "1 in 20 of 240 signatures"
     );
     assert_eq!(sign["current"]["failed"], 12);
+    // The same code, failing more often: no new code, a significant rise in the failure rate.
+    let rarer = record(&token, Some(&[("P11COUNT_FAIL", "C_Sign:60")]))?;
+    let frequent = record(&token, Some(&[("P11COUNT_FAIL", "C_Sign:4")]))?;
+    let (status, report) = diff(&rarer.dataset, &frequent.dataset, &["--fail-on", "errors"])?;
+    assert_eq!(status, 1, "{report:#}");
+    let sign = entry(&report, "C_Sign", Some("CKM_ECDSA")).expect("entry");
+    assert_eq!(
+        sign["new_failures"].as_array().map(Vec::len),
+        Some(0),
+        "{sign}"
+    );
+    assert_eq!(sign["baseline"]["failed"], 4);
+    assert_eq!(sign["rv_verdict"], "regressed", "{sign}");
+    assert!(
+        sign["rv_p_adjusted"].as_f64().is_some_and(|p| p < 0.01),
+        "{sign}"
+    );
     Ok(())
 }
 

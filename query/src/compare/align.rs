@@ -3,12 +3,15 @@
 //! the first aligned calls whose return codes differ and the places where the scripts part.
 
 use serde::Serialize;
-use similar::{Algorithm, DiffOp, capture_diff_slices};
+use similar::{Algorithm, DiffOp, capture_diff_slices_deadline};
 
 use super::side::Script;
 
 /// Most differences listed per comparison.
 pub const MAX_LISTED: usize = 20;
+
+/// Longest a client pair's alignment may take before it settles for an approximate one.
+const ALIGN_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One aligned call whose return code differs, or one run of calls only one side made.
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +73,10 @@ pub fn align(a: Option<&[Script]>, b: Option<&[Script]>) -> Alignment {
     for (client, (left, right)) in a.iter().zip(b).enumerate() {
         let funcs_a: Vec<&str> = left.calls.iter().map(|c| c.0.as_str()).collect();
         let funcs_b: Vec<&str> = right.calls.iter().map(|c| c.0.as_str()).collect();
-        for op in capture_diff_slices(Algorithm::Myers, &funcs_a, &funcs_b) {
+        // Myers is O((N+M)·D): scripts that part everywhere get an approximate alignment after
+        // the deadline rather than a hang.
+        let deadline = Some(std::time::Instant::now() + ALIGN_BUDGET);
+        for op in capture_diff_slices_deadline(Algorithm::Myers, &funcs_a, &funcs_b, deadline) {
             match op {
                 DiffOp::Equal {
                     old_index,

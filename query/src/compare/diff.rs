@@ -76,7 +76,7 @@ pub struct Entry {
     pub mechanism: Option<String>,
     /// Latency: `regressed`, `improved`, `unchanged`, `insufficient_data`, `no_durations`.
     pub verdict: &'static str,
-    /// Return codes: `regressed`, `improved`, `unchanged`, `insufficient_data`.
+    /// Return codes: `regressed`, `improved`, `unchanged`.
     pub rv_verdict: &'static str,
     /// Calls per client: `regressed` (more, or the function appeared), `improved` (fewer, or it
     /// vanished), `unchanged`.
@@ -176,12 +176,15 @@ fn figures(group: Option<&Group>, side: &Side) -> Figures {
     }
 }
 
-fn change(interval: stats::Interval) -> Change {
-    Change {
-        estimate: interval.estimate - 1.0,
-        lo: Some(interval.lo - 1.0),
-        hi: Some(interval.hi - 1.0),
-    }
+/// A relative change from a ratio interval; `None` where the ratio is not finite (a zero
+/// baseline median), and bounds that are not finite left out.
+fn change(interval: stats::Interval) -> Option<Change> {
+    let finite = |v: f64| v.is_finite().then_some(v - 1.0);
+    Some(Change {
+        estimate: finite(interval.estimate)?,
+        lo: finite(interval.lo),
+        hi: finite(interval.hi),
+    })
 }
 
 /// Widens a row's median-ratio interval to cover the between-client one: with two or more
@@ -334,7 +337,7 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
                     }
                 }
             }
-            for (rv, count) in &b.failures {
+            for (rv, count) in b.failures.iter().filter(|_| baseline.failure_codes) {
                 if !a.failures.contains_key(rv) {
                     entry.new_failures.push(NewFailure {
                         rv_name: rv.clone(),
@@ -393,8 +396,8 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
         entry.verdict = word(verdict.verdict);
         entry.p_adjusted = verdict.p_adjusted;
         if let Some(tested) = &row.tested {
-            entry.median_change = Some(change(tested.median_ratio));
-            entry.p95_change = Some(change(tested.p95_ratio));
+            entry.median_change = change(tested.median_ratio);
+            entry.p95_change = change(tested.p95_ratio);
             entry.median_change_ns = Some(tested.median_change_ns);
             entry.p_value = Some(tested.mann_whitney.p_two_sided);
         }

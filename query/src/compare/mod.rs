@@ -31,7 +31,7 @@ pub fn is_analysis_json(path: &Path) -> bool {
     text.trim_start().starts_with('{') && text.contains("\"analysis_version\"")
 }
 
-/// The calls of `inputs`, filtered.
+/// The calls of `inputs`, each operation's mechanism resolved, then filtered.
 pub fn load_calls(
     inputs: &[PathBuf],
     input_args: &InputArgs,
@@ -40,9 +40,10 @@ pub fn load_calls(
     let loaded = input::load(
         inputs,
         input_args.input_format,
-        &crate::commands::import_options(input_args),
+        &input_args.import_options(),
     )?;
-    let calls = crate::filters::apply(loaded.calls.clone(), filters)?;
+    let calls = side::resolve_mechanisms(loaded.calls.clone())?;
+    let calls = crate::filters::apply(calls, filters)?;
     Ok((calls, loaded))
 }
 

@@ -89,13 +89,17 @@ pub struct Report {
 
 fn dist(group: &Group) -> Dist {
     let q = |level: f64| stats::quantile(&group.durations, level).ok();
+    let (p50, p95, p99) = match group.percentiles {
+        Some(p) if group.durations.is_empty() => (Some(p.p50), Some(p.p95), Some(p.p99)),
+        _ => (q(0.5), q(0.95), q(0.99)),
+    };
     Dist {
         calls: group.calls,
         failed: group.failed,
         failure_rate: group.failure_rate(),
-        p50_ns: q(0.5),
-        p95_ns: q(0.95),
-        p99_ns: q(0.99),
+        p50_ns: p50,
+        p95_ns: p95,
+        p99_ns: p99,
     }
 }
 
@@ -111,7 +115,10 @@ fn ratio(a: &Group, b: &Group, gate: &GateConfig) -> Option<Ratio> {
         gate.seed,
     )
     .ok()?;
-    Some(Ratio {
+    let finite = [interval.estimate, interval.lo, interval.hi]
+        .iter()
+        .all(|v| v.is_finite());
+    finite.then_some(Ratio {
         estimate: interval.estimate,
         lo: interval.lo,
         hi: interval.hi,

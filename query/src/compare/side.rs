@@ -68,14 +68,15 @@ impl Group {
 
     /// Folds another group in (a function's row gathers all its mechanisms).
     pub fn absorb(&mut self, other: &Group) {
-        self.calls += other.calls;
-        self.failed += other.failed;
+        self.calls = self.calls.saturating_add(other.calls);
+        self.failed = self.failed.saturating_add(other.failed);
         self.durations.extend_from_slice(&other.durations);
         self.durations.sort_unstable_by(f64::total_cmp);
         self.client_medians.extend_from_slice(&other.client_medians);
         self.client_medians.sort_unstable_by(f64::total_cmp);
         for (rv, count) in &other.failures {
-            *self.failures.entry(rv.clone()).or_default() += count;
+            let total = self.failures.entry(rv.clone()).or_default();
+            *total = total.saturating_add(*count);
         }
         if self.percentiles.is_none() {
             self.percentiles = other.percentiles;
@@ -117,6 +118,9 @@ pub struct Side {
     /// Per-client scripts, clients in order of their first call; `None` when the side is too
     /// large to align (see [`SCRIPT_LIMIT`]) or its source has no sequence.
     pub scripts: Option<Vec<Script>>,
+    /// Whether the groups' `failures` name their return codes (an analysis report has only
+    /// failure counts).
+    pub failure_codes: bool,
 }
 
 /// Most calls a side may have for its scripts to be kept for the alignment.
@@ -132,14 +136,30 @@ impl Side {
         functions
     }
 
+    /// Keys by function alone, every mechanism folded in: how a side is set against one that
+    /// has no mechanisms (an analysis report).
+    pub fn fold_mechanisms(&mut self) {
+        let functions = self.by_function();
+        self.groups = functions
+            .into_iter()
+            .map(|(func, group)| {
+                let key = Key {
+                    func,
+                    mechanism: None,
+                };
+                (key, group)
+            })
+            .collect();
+    }
+
     /// Cryptographic operations started: successful `C_XInit` calls other than
     /// `C_FindObjectsInit` (`C_SignInit`, `C_DigestInit`, `C_MessageEncryptInit`, …).
     pub fn operations(&self) -> u64 {
         self.groups
             .iter()
             .filter(|(key, _)| key.func.ends_with("Init") && key.func != "C_FindObjectsInit")
-            .map(|(_, group)| group.calls - group.failed)
-            .sum()
+            .map(|(_, group)| group.calls.saturating_sub(group.failed))
+            .fold(0, u64::saturating_add)
     }
 
     /// The name a side goes by when none is given: its provider, else its module, else `what`.
@@ -168,52 +188,61 @@ const COLUMNS: &[&str] = &[
     "module",
 ];
 
-/// The side's calls with the mechanism of each operation resolved from its `C_XInit`: by
-/// `op_id` where the source has one (the shim), else (pkcs11-spy imports) from the last
-/// `C_XInit` of the same operation family on the same session. The shim's own calls
-/// (`internal`) are left out: they are not the application's workload.
-fn resolved(calls: LazyFrame) -> Result<LazyFrame> {
-    let base = calls
-        .filter(col("internal").not())
-        .select(COLUMNS.iter().map(|c| col(*c)).collect::<Vec<_>>());
-    let inits = base
+/// Fills in the mechanism of each operation's calls from its `C_XInit`: by `op_id` where the
+/// source has them (the shim), else (pkcs11-spy imports, which have none) from the last `C_XInit`
+/// of the same operation family on the same session. Run it before any filter: `--func C_Sign`
+/// must not lose the `C_SignInit` that names `C_Sign`'s mechanism.
+pub fn resolve_mechanisms(calls: LazyFrame) -> Result<LazyFrame> {
+    let probe = calls
         .clone()
-        .filter(
-            col("mechanism")
-                .is_not_null()
-                .and(col("op_id").is_not_null()),
-        )
-        .group_by([col("client_id"), col("op_id")])
-        .agg([col("mechanism").first().alias("op_mechanism")]);
-    // C_SignInit, C_SignUpdate, C_SignFinal, C_Sign → C_Sign.
-    let family = col("func")
-        .str()
-        .replace(lit("(Init|Update|Final)$"), lit(""), false);
-    let init_mechanism = when(col("func").str().ends_with(lit("Init")))
-        .then(col("mechanism"))
-        .otherwise(lit(NULL).cast(DataType::String));
-    let session_mechanism = init_mechanism
-        .fill_null_with_strategy(FillNullStrategy::Forward(None))
-        .over([col("client_id"), col("session"), family])
-        .explain("mechanism by session")?;
-    Ok(base
-        .join(
-            inits,
-            [col("client_id"), col("op_id")],
-            [col("client_id"), col("op_id")],
-            JoinArgs::new(JoinType::Left),
-        )
-        .sort(["client_id", "seq"], SortMultipleOptions::default())
-        .with_column(
-            when(col("mechanism").is_not_null())
-                .then(col("mechanism"))
-                .when(col("op_mechanism").is_not_null())
-                .then(col("op_mechanism"))
-                .when(col("op_id").is_null().and(col("session").is_not_null()))
-                .then(session_mechanism)
-                .otherwise(lit(NULL).cast(DataType::String))
-                .alias("mechanism"),
-        ))
+        .select([col("op_id").count().alias("n")])
+        .collect()
+        .explain("cannot read op_id")?;
+    let has_op_ids = counts(&probe, "n")?.first().copied().unwrap_or(0) > 0;
+    let null = || lit(NULL).cast(DataType::String);
+    let mechanism = if has_op_ids {
+        let by_op = col("mechanism")
+            .drop_nulls()
+            .first()
+            .over([col("client_id"), col("op_id")])
+            .explain("mechanism by operation")?;
+        when(col("mechanism").is_not_null())
+            .then(col("mechanism"))
+            .when(col("op_id").is_not_null())
+            .then(by_op)
+            .otherwise(null())
+    } else {
+        // C_SignInit, C_SignUpdate, C_SignFinal, C_Sign → C_Sign.
+        let family = col("func")
+            .str()
+            .replace(lit("(Init|Update|Final)$"), lit(""), false);
+        let init_mechanism = when(col("func").str().ends_with(lit("Init")))
+            .then(col("mechanism"))
+            .otherwise(null());
+        let by_session = init_mechanism
+            .fill_null_with_strategy(FillNullStrategy::Forward(None))
+            .over([col("client_id"), col("session"), family])
+            .explain("mechanism by session")?;
+        when(col("mechanism").is_not_null())
+            .then(col("mechanism"))
+            .when(col("session").is_not_null())
+            .then(by_session)
+            .otherwise(null())
+    };
+    let calls = if has_op_ids {
+        calls
+    } else {
+        calls.sort(["client_id", "seq"], SortMultipleOptions::default())
+    };
+    Ok(calls.with_column(mechanism.alias("mechanism")))
+}
+
+/// The columns a side reads, without the shim's own calls (`internal`): they are not the
+/// application's workload.
+fn selected(calls: LazyFrame) -> LazyFrame {
+    calls
+        .filter(col("internal").not())
+        .select(COLUMNS.iter().map(|c| col(*c)).collect::<Vec<_>>())
 }
 
 fn strings(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
@@ -254,11 +283,9 @@ fn ranked(calls: &LazyFrame, column: &str) -> Result<Vec<String>> {
     Ok(strings(&frame, column)?.into_iter().flatten().collect())
 }
 
-/// Reduces the calls of one side (filters already applied).
+/// Reduces the calls of one side ([`resolve_mechanisms`] and the filters already applied).
 pub fn from_calls(name: String, calls: LazyFrame, want_scripts: bool) -> Result<Side> {
-    let frame = resolved(calls)?
-        .collect()
-        .explain("cannot read the calls")?;
+    let frame = selected(calls).collect().explain("cannot read the calls")?;
     if frame.height() == 0 {
         bail!("{name}: no calls (after filters)");
     }
@@ -379,6 +406,7 @@ pub fn from_calls(name: String, calls: LazyFrame, want_scripts: bool) -> Result<
         },
         groups,
         scripts,
+        failure_codes: true,
     })
 }
 
@@ -461,14 +489,21 @@ pub fn from_analysis_json(name: String, path: &std::path::Path) -> Result<Side> 
             _ => None,
         };
         any_percentiles |= percentiles.is_some();
-        calls += count;
+        calls = u64::saturating_add(calls, count);
+        let failed = stats.get("failed").and_then(|v| v.as_u64()).unwrap_or(0);
+        if failed > count {
+            bail!(
+                "{}: performance.{func}.failed ({failed}) is more than its count ({count})",
+                path.display()
+            );
+        }
         let key = Key {
             func: func.clone(),
             mechanism: None,
         };
         let group = Group {
             calls: count,
-            failed: stats.get("failed").and_then(|v| v.as_u64()).unwrap_or(0),
+            failed,
             durations: Vec::new(),
             client_medians: Vec::new(),
             percentiles,
@@ -506,5 +541,6 @@ pub fn from_analysis_json(name: String, path: &std::path::Path) -> Result<Side> 
         },
         groups,
         scripts: None,
+        failure_codes: false,
     })
 }
