@@ -1,6 +1,7 @@
 //! Benchmark 4: query speed. A synthetic 10 M-call dataset, `p11trace-query analyze` and `sql`
-//! against DuckDB running the equivalent SQL on the same files in the same run; spy import speed
-//! against `wc -l` (the read-speed floor) on a ≥ 100 MB log.
+//! against DuckDB running the equivalent SQL on the same files in the same run; `compare` and
+//! `diff` of the dataset against itself (both sides read and reduced: the whole cost); spy
+//! import speed against `wc -l` (the read-speed floor) on a ≥ 100 MB log.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,6 +15,7 @@ use crate::report::{Line, bytes};
 use crate::synth;
 
 pub const ANALYZE_TARGET_S: f64 = 2.0;
+pub const COMPARE_TARGET_S: f64 = 2.0;
 pub const IMPORT_TARGET_MB_S: f64 = 100.0;
 
 /// Wall time (median, min–max over repetitions) and peak RSS (max) of one command.
@@ -88,6 +90,16 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
         timed(ctx, "duckdb: the same group by", reps, || {
             duckdb(&dataset, GROUP_BY)
         })?,
+        timed(ctx, "p11trace-query compare (dataset vs itself)", reps, || {
+            let mut command = query(&["compare", "--format", "json"]);
+            command.arg(&dataset);
+            command
+        })?,
+        timed(ctx, "p11trace-query diff (dataset vs itself)", reps, || {
+            let mut command = query(&["diff", "--format", "json"]);
+            command.arg(&dataset);
+            command
+        })?,
     ];
     let log = dir.path().join("big-spy.log");
     let log_bytes = synth::spy_log(&log, spy_bytes)?;
@@ -137,6 +149,15 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
                 seconds(theirs),
                 ours.seconds.median / theirs.seconds.median
             ),
+        ));
+    }
+    for compared in &results[5..7] {
+        lines.push(Line::target(
+            "4 query",
+            subject(compared),
+            seconds(compared),
+            format!("≤ {COMPARE_TARGET_S} s"),
+            compared.seconds.median <= COMPARE_TARGET_S,
         ));
     }
     let mb = log_bytes as f64 / 1e6;

@@ -93,7 +93,15 @@ fn quick_mode_runs_every_benchmark_against_the_real_binaries() -> Result<()> {
     let query = &figures["query"];
     assert!(query["dataset_calls"].as_u64().context("dataset calls")? >= 20_000);
     let commands = query["commands"].as_array().context("commands")?;
-    assert_eq!(commands.len(), 7, "{commands:#?}");
+    assert_eq!(commands.len(), 9, "{commands:#?}");
+    for name in ["compare", "diff"] {
+        assert!(
+            commands
+                .iter()
+                .any(|c| c["name"].as_str().is_some_and(|n| n.contains(name))),
+            "{name}: {commands:#?}"
+        );
+    }
     for command in commands {
         assert!(
             number(&command["seconds"]["median"], "seconds") > 0.0,

@@ -4,6 +4,7 @@
 //! status ([`diff`]). The statistics are `crate::stats`'.
 
 pub mod align;
+pub mod analysis_json;
 pub mod diff;
 pub mod drift;
 pub mod render;
@@ -60,7 +61,7 @@ pub fn load_side(
         bail!("{shown}: no such file or folder");
     }
     let mut side = if is_analysis_json(path) {
-        side::from_analysis_json(shown.clone(), path)?
+        analysis_json::from_analysis_json(shown.clone(), path)?
     } else {
         let (calls, _loaded) = load_calls(&[path.to_owned()], input_args, filters)
             .with_context(|| format!("cannot read {shown}"))?;
