@@ -48,6 +48,36 @@ pub struct Alignment {
     pub truncated: bool,
 }
 
+#[derive(Clone, Copy)]
+enum Side {
+    A,
+    B,
+}
+
+/// A run of `calls` calls only `side` made, starting with `first` (function, rv, seq).
+fn only(
+    client: usize,
+    side: Side,
+    first: &(String, Option<String>, i64),
+    calls: usize,
+) -> Difference {
+    let (func, rv, seq) = first;
+    let (kind, seq_a, seq_b, rv_a, rv_b) = match side {
+        Side::A => ("only_a", Some(*seq), None, rv.clone(), None),
+        Side::B => ("only_b", None, Some(*seq), None, rv.clone()),
+    };
+    Difference {
+        client,
+        kind,
+        func: func.clone(),
+        seq_a,
+        seq_b,
+        rv_a,
+        rv_b,
+        calls,
+    }
+}
+
 /// Aligns the scripts of two sides.
 pub fn align(a: Option<&[Script]>, b: Option<&[Script]>) -> Alignment {
     let (Some(a), Some(b)) = (a, b) else {
@@ -107,33 +137,13 @@ pub fn align(a: Option<&[Script]>, b: Option<&[Script]>) -> Alignment {
                     old_index, old_len, ..
                 } => {
                     diverged = true;
-                    let first = &left.calls[old_index];
-                    push(Difference {
-                        client,
-                        kind: "only_a",
-                        func: first.0.clone(),
-                        seq_a: Some(first.2),
-                        seq_b: None,
-                        rv_a: first.1.clone(),
-                        rv_b: None,
-                        calls: old_len,
-                    });
+                    push(only(client, Side::A, &left.calls[old_index], old_len));
                 }
                 DiffOp::Insert {
                     new_index, new_len, ..
                 } => {
                     diverged = true;
-                    let first = &right.calls[new_index];
-                    push(Difference {
-                        client,
-                        kind: "only_b",
-                        func: first.0.clone(),
-                        seq_a: None,
-                        seq_b: Some(first.2),
-                        rv_a: None,
-                        rv_b: first.1.clone(),
-                        calls: new_len,
-                    });
+                    push(only(client, Side::B, &right.calls[new_index], new_len));
                 }
                 DiffOp::Replace {
                     old_index,
@@ -142,27 +152,8 @@ pub fn align(a: Option<&[Script]>, b: Option<&[Script]>) -> Alignment {
                     new_len,
                 } => {
                     diverged = true;
-                    let (x, y) = (&left.calls[old_index], &right.calls[new_index]);
-                    push(Difference {
-                        client,
-                        kind: "only_a",
-                        func: x.0.clone(),
-                        seq_a: Some(x.2),
-                        seq_b: None,
-                        rv_a: x.1.clone(),
-                        rv_b: None,
-                        calls: old_len,
-                    });
-                    push(Difference {
-                        client,
-                        kind: "only_b",
-                        func: y.0.clone(),
-                        seq_a: None,
-                        seq_b: Some(y.2),
-                        rv_a: None,
-                        rv_b: y.1.clone(),
-                        calls: new_len,
-                    });
+                    push(only(client, Side::A, &left.calls[old_index], old_len));
+                    push(only(client, Side::B, &right.calls[new_index], new_len));
                 }
             }
         }
