@@ -3,7 +3,7 @@
 //! client made is a row, or counted as dropped or lost.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -27,6 +27,11 @@ pub fn duckdb(sql: &str) -> Result<Vec<Value>> {
         return Ok(Vec::new());
     }
     serde_json::from_str(&stdout).with_context(|| format!("duckdb output is not JSON: {stdout}"))
+}
+
+/// The `n` of the first row of `SELECT count(*) AS n …` (0 if not a number).
+pub fn count_of(sql: &str) -> Result<i64> {
+    Ok(duckdb(sql)?[0]["n"].as_i64().unwrap_or(0))
 }
 
 /// `SELECT k, n …` rows as a map from `k` to `n`.
@@ -108,6 +113,13 @@ pub fn import(input: &Path, out: &Path, extra: &[&str]) -> Result<Output> {
     query(&args)
 }
 
+/// [`import`] of `input` to `dir/name`, which is returned.
+pub fn import_as(input: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<PathBuf> {
+    let out = dir.join(name);
+    import(input, &out, extra)?;
+    Ok(out)
+}
+
 /// What a dataset holds for one process.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
@@ -127,23 +139,37 @@ impl Tally {
     }
 }
 
+/// Stores a pid's two sums of one table in its tally.
+type SetSums = fn(&mut Tally, i64, i64);
+
 /// Per pid, what the dataset holds.
 pub fn tallies(dataset: &Path) -> Result<BTreeMap<i64, Tally>> {
     let mut tallies: BTreeMap<i64, Tally> = BTreeMap::new();
     let int = |row: &Value, key: &str| row[key].as_i64().unwrap_or(0);
-    for r in duckdb(&format!(
-        "SELECT pid, count(*) AS n, count(*) FILTER (internal) AS i FROM {} GROUP BY 1",
-        table(dataset, "calls")
-    ))? {
-        let tally = tallies.entry(int(&r, "pid")).or_default();
-        (tally.rows, tally.internal) = (int(&r, "n"), int(&r, "i"));
-    }
-    for r in duckdb(&format!(
-        "SELECT pid, sum(dropped)::BIGINT AS d, sum(lost)::BIGINT AS l FROM {} GROUP BY 1",
-        table(dataset, "clients")
-    ))? {
-        let tally = tallies.entry(int(&r, "pid")).or_default();
-        (tally.dropped, tally.lost) = (int(&r, "d"), int(&r, "l"));
+    // Per table, two sums by pid (`a`, `b`) and where they go in the tally.
+    let sums: [(&str, &str, SetSums); 2] = [
+        (
+            "calls",
+            "count(*) AS a, count(*) FILTER (internal) AS b",
+            |t, a, b| (t.rows, t.internal) = (a, b),
+        ),
+        (
+            "clients",
+            "sum(dropped)::BIGINT AS a, sum(lost)::BIGINT AS b",
+            |t, a, b| (t.dropped, t.lost) = (a, b),
+        ),
+    ];
+    for (table_name, columns, set) in sums {
+        for r in duckdb(&format!(
+            "SELECT pid, {columns} FROM {} GROUP BY 1",
+            table(dataset, table_name)
+        ))? {
+            set(
+                tallies.entry(int(&r, "pid")).or_default(),
+                int(&r, "a"),
+                int(&r, "b"),
+            );
+        }
     }
     Ok(tallies)
 }

@@ -192,6 +192,18 @@ pub fn spawn_client(token: &Token, socket: &Path, args: &[&str]) -> Result<Child
     Ok(command.spawn()?)
 }
 
+/// Starts `count` clients as [`spawn_client`] does, all alike.
+pub fn spawn_clients(
+    token: &Token,
+    socket: &Path,
+    count: usize,
+    args: &[&str],
+) -> Result<Vec<Child>> {
+    (0..count)
+        .map(|_| spawn_client(token, socket, args))
+        .collect()
+}
+
 /// Waits for a client and returns its (last) JSON report line.
 pub fn report(child: Child) -> Result<Value> {
     client_reports(&child.wait_with_output()?)?

@@ -119,9 +119,7 @@ fn two_hundred_clients_fifty_at_once_are_counted_exactly_and_join_their_clients_
     let mut recorder = Recorder::start(&[])?;
     let mut reports = Vec::new();
     for _wave in 0..4 {
-        let children: Vec<Child> = (0..50)
-            .map(|_| spawn_client(&token, &recorder.socket, &["burst", "40"]))
-            .collect::<Result<_>>()?;
+        let children: Vec<Child> = spawn_clients(&token, &recorder.socket, 50, &["burst", "40"])?;
         for child in children {
             reports.push(report(child)?);
         }

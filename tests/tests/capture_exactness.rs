@@ -45,8 +45,7 @@ fn the_recorded_sequence_equals_pkcs11_spys_call_for_call() -> Result<()> {
     );
 
     // Handles too: the spy log imported by p11trace-query gives session and object per call.
-    let imported = dir.path().join("spy.parquet");
-    import(&log, &imported, &[])?;
+    let imported = import_as(&log, dir.path(), "spy.parquet", &[])?;
     let columns = "func, rv, session, object, object2, slot_id, out_len";
     let ours = duckdb(&format!(
         "SELECT {columns} FROM {} ORDER BY seq",
@@ -185,8 +184,7 @@ fn fresh_spy_logs_of_pkcs11_tool_and_p11tool_match_the_shims_recording_call_for_
     let mut traced = Traced::new("fresh")?;
     let dir = temp();
     let log = traced_with_spy(&mut traced, dir.path())?;
-    let imported = dir.path().join("spy.parquet");
-    import(&log, &imported, &[])?;
+    let imported = import_as(&log, dir.path(), "spy.parquet", &[])?;
     let columns = [
         "func",
         "rv",

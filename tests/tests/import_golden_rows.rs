@@ -7,16 +7,27 @@ use anyhow::{Result, ensure};
 use p11trace_tests::*;
 use serde_json::{Value, json};
 
+/// One of the two threads' `C_Sign` rows (process 4100): its `seq`, `tid` and (in, out) lengths.
+fn thread_sign(r: &Value, seq: i64, tid: i64, (in_len, out_len): (i64, i64)) -> Result<()> {
+    ensure!(
+        r["seq"] == seq
+            && r["pid"] == 4100
+            && r["tid"] == tid
+            && r["in_len"] == in_len
+            && r["out_len"] == out_len,
+        "{r}"
+    );
+    Ok(())
+}
+
 #[test]
 fn golden_rows_match_the_log_field_by_field() -> Result<()> {
     let dir = temp();
+    // A corpus log imported with `--tz tz` to `dir/name`.
+    let corpus_import =
+        |log: &str, name: &str, tz: &str| import_as(&corpus(log), dir.path(), name, &["--tz", tz]);
     // C_GenerateKeyPair with both templates (pt-keygen-rsa2048.log, record 80).
-    let keygen = dir.path().join("keygen.parquet");
-    import(
-        &corpus("pt-keygen-rsa2048.log"),
-        &keygen,
-        &["--tz", "Europe/Berlin"],
-    )?;
+    let keygen = corpus_import("pt-keygen-rsa2048.log", "keygen.parquet", "Europe/Berlin")?;
     let r = row(&keygen, "func = 'C_GenerateKeyPair'")?;
     ensure!(
         r["seq"] == 80
@@ -78,8 +89,7 @@ fn golden_rows_match_the_log_field_by_field() -> Result<()> {
     );
 
     // C_Login with a wrong PIN (pt-err-wrong-pin.log, record 7): the PIN's length only.
-    let login = dir.path().join("login.parquet");
-    import(&corpus("pt-err-wrong-pin.log"), &login, &["--tz", "UTC"])?;
+    let login = corpus_import("pt-err-wrong-pin.log", "login.parquet", "UTC")?;
     let r = row(&login, "func = 'C_Login'")?;
     ensure!(
         r["seq"] == 7 && r["session"] == 1 && r["user_type"] == "CKU_USER" && r["in_len"] == 4,
@@ -97,8 +107,7 @@ fn golden_rows_match_the_log_field_by_field() -> Result<()> {
     );
 
     // C_FindObjects with a found handle (pt-sign-rsa-pkcs.log, record 10).
-    let sign = dir.path().join("sign.parquet");
-    import(&corpus("pt-sign-rsa-pkcs.log"), &sign, &["--tz", "UTC"])?;
+    let sign = corpus_import("pt-sign-rsa-pkcs.log", "sign.parquet", "UTC")?;
     let r = row(&sign, "func = 'C_FindObjects'")?;
     ensure!(
         r["seq"] == 10
@@ -134,22 +143,8 @@ fn golden_rows_match_the_log_field_by_field() -> Result<()> {
     );
     let first = row(&threads, "func = 'C_Sign' AND session = 1")?;
     let second = row(&threads, "func = 'C_Sign' AND session = 3")?;
-    ensure!(
-        first["seq"] == 3
-            && first["pid"] == 4100
-            && first["tid"] == 140002
-            && first["in_len"] == 44
-            && first["out_len"] == 256,
-        "{first}"
-    );
-    ensure!(
-        second["seq"] == 4
-            && second["pid"] == 4100
-            && second["tid"] == 140003
-            && second["in_len"] == 16
-            && second["out_len"] == 128,
-        "{second}"
-    );
+    thread_sign(&first, 3, 140002, (44, 256))?;
+    thread_sign(&second, 4, 140003, (16, 128))?;
     ensure!(
         first["rv"] == 0
             && second["rv"] == 0

@@ -4,10 +4,11 @@
 //! should); `sql` agrees with DuckDB on an imported file and straight on the log.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use p11trace_tests::*;
 use serde_json::{Value, json};
 
@@ -23,19 +24,31 @@ fn key_counts(rows: &[Value], key: &str, count: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// `p11trace-query analyze ARGS… --format json`: the report.
+fn analyze_json(args: &[&str]) -> Result<Vec<u8>> {
+    Ok(query(&[&["analyze"], args, &["--format", "json"]].concat())?.stdout)
+}
+
+/// `p11trace-query sql QUERY INPUT --format FORMAT`.
+fn sql_on(query_text: &str, input: &Path, format: &str) -> Result<Output> {
+    query(&[
+        "sql",
+        query_text,
+        input.to_str().unwrap_or_default(),
+        "--format",
+        format,
+    ])
+}
+
 fn jq(filter: &str, input: &[u8]) -> Result<String> {
     let dir = temp();
     let file = dir.path().join("in.json");
     std::fs::write(&file, input)?;
-    let output = run(
+    let output = run_ok(
         Command::new("jq").arg(filter).arg(&file),
         Duration::from_secs(30),
-    )?;
-    ensure!(
-        output.status.success(),
-        "jq {filter}: {}",
-        text(&output.stderr)
-    );
+    )
+    .with_context(|| format!("jq {filter}"))?;
     Ok(text(&output.stdout).trim().to_owned())
 }
 
@@ -47,8 +60,7 @@ fn duckdb_and_analyze_agree_on_per_function_counts() -> Result<()> {
         "SELECT func, count(*) AS n FROM read_parquet('{dataset}/calls/**/*.parquet', hive_partitioning=true) GROUP BY 1"
     ))?;
     let duck = key_counts(&rows, "func", "n");
-    let report: serde_json::Value =
-        serde_json::from_slice(&query(&["analyze", &dataset, "--format", "json"])?.stdout)?;
+    let report: serde_json::Value = serde_json::from_slice(&analyze_json(&[&dataset])?)?;
     let ours: BTreeMap<String, i64> = report["performance"]
         .as_object()
         .map(|p| {
@@ -89,20 +101,13 @@ fn analyze_json_answers_the_guides_jq_checks_for_datasets_spy_logs_and_observe_l
         &observe,
         lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
     )?;
-    let report = query(&[
-        "analyze",
-        observe.to_str().unwrap_or_default(),
-        "--format",
-        "json",
-    ])?
-    .stdout;
+    let report = analyze_json(&[observe.to_str().unwrap_or_default()])?;
     ensure!(jq(".summary.failed_operations == 1", &report)? == "true");
     ensure!(jq(".summary.total_operations", &report)? == "5");
     ensure!(jq(".operations | group_by(.func) | length", &report)? == "5");
     ensure!(jq(".performance.C_Sign.p50_ms", &report)? == "3.25");
     ensure!(jq(".summary.total_duration_ms", &report)? == "7.05");
-    let imported = dir.path().join("observe.parquet");
-    import(&observe, &imported, &[])?;
+    let imported = import_as(&observe, dir.path(), "observe.parquet", &[])?;
     let sign = row(&imported, "func = 'C_Sign'")?;
     let init = row(&imported, "func = 'C_SignInit'")?;
     ensure!(
@@ -124,14 +129,7 @@ fn analyze_json_answers_the_guides_jq_checks_for_datasets_spy_logs_and_observe_l
 
     // A spy log, by --log-file as the guide spells it.
     let log = corpus("pt-err-wrong-pin.log");
-    let report = query(&[
-        "analyze",
-        "--log-file",
-        log.to_str().unwrap_or_default(),
-        "--format",
-        "json",
-    ])?
-    .stdout;
+    let report = analyze_json(&["--log-file", log.to_str().unwrap_or_default()])?;
     ensure!(jq(".summary.failed_operations == 0", &report)? == "false");
     ensure!(
         jq(
@@ -149,15 +147,7 @@ fn analyze_json_answers_the_guides_jq_checks_for_datasets_spy_logs_and_observe_l
     // A dataset.
     let traced = Traced::pkcs11_tool_test("jq")?;
     let dataset = traced.recorder.dataset.display().to_string();
-    let report = query(&[
-        "analyze",
-        &dataset,
-        "--format",
-        "json",
-        "--max-operations",
-        "10",
-    ])?
-    .stdout;
+    let report = analyze_json(&[&dataset, "--max-operations", "10"])?;
     ensure!(jq(".summary.operations_truncated", &report)? == "true");
     ensure!(jq(".operations | length", &report)? == "10");
     ensure!(jq(".sessions.opened >= 1", &report)? == "true");
@@ -212,24 +202,16 @@ fn duckdb_and_sql_agree_on_an_imported_file() -> Result<()> {
         "SELECT func AS k, count(*) AS n FROM '{}' GROUP BY 1",
         out.display()
     ))?;
-    let sql = query(&[
-        "sql",
+    let sql = sql_on(
         "SELECT func AS k, count(*) AS n FROM calls GROUP BY 1",
-        out.to_str().unwrap_or_default(),
-        "--format",
+        &out,
         "json",
-    ])?;
+    )?;
     let rows: Vec<Value> = serde_json::from_slice(&sql.stdout)?;
     let ours = key_counts(&rows, "k", "n");
     ensure!(duck.len() > 3 && duck == ours, "{duck:?} vs {ours:?}");
     // sql straight on the log gives the same.
-    let direct = query(&[
-        "sql",
-        "SELECT count(*) AS n FROM calls",
-        log.to_str().unwrap_or_default(),
-        "--format",
-        "csv",
-    ])?;
+    let direct = sql_on("SELECT count(*) AS n FROM calls", &log, "csv")?;
     ensure!(
         text(&direct.stdout).lines().nth(1) == Some(&duck.values().sum::<i64>().to_string()),
         "{}",

@@ -24,9 +24,7 @@ fn crash_and_restart(crash: Option<&str>) -> Result<()> {
         launch = launch.env("P11TRACE_RECORDER_CRASH_AT", point);
     }
     let mut first = launch.start()?;
-    let clients: Vec<Child> = (0..3)
-        .map(|_| spawn_client(&token, &socket, &["paced", "2500", "1"]))
-        .collect::<Result<_>>()?;
+    let clients: Vec<Child> = spawn_clients(&token, &socket, 3, &["paced", "2500", "1"])?;
     match crash {
         Some(point) => {
             let (status, stderr) = first.wait()?;
@@ -67,38 +65,29 @@ fn crash_and_restart(crash: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn kill_dash_nine_under_load_then_restart_loses_and_duplicates_nothing() -> Result<()> {
-    crash_and_restart(None)
+/// One test per crash point, each [`crash_and_restart`].
+macro_rules! crash_tests {
+    ($($name:ident: $crash:expr;)*) => {$(
+        #[test]
+        fn $name() -> Result<()> {
+            crash_and_restart($crash)
+        }
+    )*};
 }
 
-#[test]
-fn an_injected_crash_after_a_log_append_loses_nothing() -> Result<()> {
-    crash_and_restart(Some("after-wal-append:100"))
-}
-
-#[test]
-fn an_injected_crash_before_a_rename_loses_nothing() -> Result<()> {
-    crash_and_restart(Some("before-rename"))
-}
-
-#[test]
-fn an_injected_crash_after_a_rename_duplicates_nothing() -> Result<()> {
-    crash_and_restart(Some("after-rename"))
-}
-
-#[test]
-fn an_injected_crash_before_log_truncation_duplicates_nothing() -> Result<()> {
-    crash_and_restart(Some("before-wal-truncate:2"))
+crash_tests! {
+    kill_dash_nine_under_load_then_restart_loses_and_duplicates_nothing: None;
+    an_injected_crash_after_a_log_append_loses_nothing: Some("after-wal-append:100");
+    an_injected_crash_before_a_rename_loses_nothing: Some("before-rename");
+    an_injected_crash_after_a_rename_duplicates_nothing: Some("after-rename");
+    an_injected_crash_before_log_truncation_duplicates_nothing: Some("before-wal-truncate:2");
 }
 
 #[test]
 fn sigterm_drains_every_message_already_sent() -> Result<()> {
     let token = Token::new("drain")?;
     let mut recorder = Recorder::start(&[])?;
-    let clients: Vec<Child> = (0..3)
-        .map(|_| spawn_client(&token, &recorder.socket, &["paced", "300", "4"]))
-        .collect::<Result<_>>()?;
+    let clients: Vec<Child> = spawn_clients(&token, &recorder.socket, 3, &["paced", "300", "4"])?;
     // Once connected, the recorder stalls: the rest of the clients' messages wait in their
     // sockets (they fit in the buffers), goodbyes included, and the clients exit.
     std::thread::sleep(Duration::from_millis(400));
@@ -151,12 +140,12 @@ fn a_second_signal_exits_at_once_and_the_log_is_replayed_next_time() -> Result<(
     };
     let mut again = Recorder::start_at(dir, dataset.clone(), socket, &[])?;
     again.stop()?;
-    let rows = duckdb(&format!(
+    let rows = count_of(&format!(
         "SELECT count(*) AS n FROM read_parquet('{}/calls/**/*.parquet')",
         dataset.display()
     ))?;
     ensure!(
-        rows[0]["n"].as_i64().unwrap_or(0) > 0,
+        rows > 0,
         "the data received before the exit must be recovered"
     );
     Ok(())
@@ -210,9 +199,7 @@ fn a_full_disk_is_a_clear_error_with_no_corrupt_file_and_nothing_lost() -> Resul
             &filler,
             vec![0u8; available.saturating_sub(300_000) as usize],
         )?;
-        let normal: Vec<Child> = (0..2)
-            .map(|_| spawn_client(&token, &socket, &["paced", "4000", "1"]))
-            .collect::<Result<_>>()?;
+        let normal: Vec<Child> = spawn_clients(&token, &socket, 2, &["paced", "4000", "1"])?;
         std::thread::sleep(Duration::from_secs(3));
         // Once the log is stuck, an audit-mode client is refused.
         let mut audit = token.pkcs11_tool(&shim(), &login(&["--test"]));

@@ -4,7 +4,8 @@
 //! other users are refused by peer credentials, and the shim will not connect to a folder it does
 //! not trust.
 
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -20,13 +21,23 @@ fn vm_hwm_kib(pid: u32) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
+/// Runs the recorder on `dataset` and `socket` (to see it refuse to start).
+fn recorder_at(dataset: &Path, socket: &Path) -> Result<Output> {
+    run(
+        Command::new(recorder_bin())
+            .arg("--dataset")
+            .arg(dataset)
+            .arg("--socket")
+            .arg(socket),
+        Duration::from_secs(30),
+    )
+}
+
 #[test]
 fn rogue_clients_are_dropped_and_counted_while_the_others_finish_exactly() -> Result<()> {
     let token = Token::new("rogues")?;
     let mut recorder = Recorder::start(&[])?;
-    let legit: Vec<Child> = (0..3)
-        .map(|_| spawn_client(&token, &recorder.socket, &["paced", "1500", "1"]))
-        .collect::<Result<_>>()?;
+    let legit: Vec<Child> = spawn_clients(&token, &recorder.socket, 3, &["paced", "1500", "1"])?;
     let rogue = target_dir().join("rogue");
     let kinds: [&[&str]; 6] = [
         &["garbage"],
@@ -84,14 +95,7 @@ fn the_socket_folder_must_be_private_and_other_users_are_refused() -> Result<()>
     let open = dir.path().join("open");
     std::fs::create_dir(&open)?;
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o770))?;
-    let output = run(
-        Command::new(recorder_bin())
-            .arg("--dataset")
-            .arg(&dataset)
-            .arg("--socket")
-            .arg(open.join("s.sock")),
-        Duration::from_secs(30),
-    )?;
+    let output = recorder_at(&dataset, &open.join("s.sock"))?;
     ensure!(
         output.status.code() == Some(1)
             && text(&output.stderr).contains("group- or world-writable"),
@@ -103,14 +107,7 @@ fn the_socket_folder_must_be_private_and_other_users_are_refused() -> Result<()>
     std::fs::create_dir(&foreign)?;
     std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o700))?;
     std::os::unix::fs::chown(&foreign, Some(65534), Some(65534))?;
-    let output = run(
-        Command::new(recorder_bin())
-            .arg("--dataset")
-            .arg(&dataset)
-            .arg("--socket")
-            .arg(foreign.join("s.sock")),
-        Duration::from_secs(30),
-    )?;
+    let output = recorder_at(&dataset, &foreign.join("s.sock"))?;
     ensure!(
         output.status.code() == Some(1) && text(&output.stderr).contains("owned by uid 65534"),
         "{}",

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -21,6 +21,12 @@ const PROCESSES: usize = 4;
 const ROUNDS: &str = "60";
 /// The application's own work after each round, µs (see `p11workload`).
 const THINK_US: &str = "0";
+
+/// The lock of this file's tests (see above), then a fresh SoftHSM2 token labelled `label`.
+fn one_at_a_time(label: &str) -> Result<(MutexGuard<'static, ()>, Token)> {
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    Ok((one, Token::new(label)?))
+}
 
 /// Records `PROCESSES` runs of `p11workload sign ROUNDS` into a fresh recorder and stops it.
 /// With `faults`, `p11count` sits between the shim and the token with those variables set (the
@@ -53,6 +59,12 @@ fn record(token: &Token, faults: Option<&[(&str, &str)]>) -> Result<Recorder> {
     }
     recorder.stop()?;
     Ok(recorder)
+}
+
+/// A baseline (`p11count` in the chain, no fault), then a recording with `faults` injected.
+fn baseline_and(token: &Token, faults: &[(&str, &str)]) -> Result<(Recorder, Recorder)> {
+    let baseline = record(token, Some(&[]))?;
+    Ok((baseline, record(token, Some(faults))?))
 }
 
 /// `p11trace-query diff BASELINE CURRENT --format json ARGS…`: (exit status, report).
@@ -123,8 +135,7 @@ fn entry<'r>(report: &'r Value, func: &str, mechanism: Option<&str>) -> Option<&
 
 #[test]
 fn the_same_workload_recorded_four_times_never_fails_the_gate() -> Result<()> {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let token = Token::new("gate-same")?;
+    let (_one, token) = one_at_a_time("gate-same")?;
     let runs = (0..4)
         .map(|_| record(&token, None))
         .collect::<Result<Vec<_>>>()?;
@@ -160,20 +171,24 @@ fn the_same_workload_recorded_four_times_never_fails_the_gate() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn an_injected_slowdown_fails_the_gate_and_names_exactly_that_function() -> Result<()> {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let token = Token::new("gate-slow")?;
-    let baseline = record(&token, Some(&[]))?;
-    let slowed = record(&token, Some(&[("P11COUNT_SLOW", "C_Digest:1000")]))?;
-    let (status, report) = diff(&baseline.dataset, &slowed.dataset, &[])?;
+/// The gate failed (exit 1), naming exactly `want` as regressed.
+#[track_caller]
+fn assert_fails_naming(status: i32, report: &Value, want: &[&str]) {
     assert_eq!(status, 1, "{report:#}");
     assert_eq!(
-        named(&report, "verdict", "regressed"),
-        ["C_Digest/CKM_SHA256"],
+        named(report, "verdict", "regressed"),
+        want,
         "{}",
-        explain(&report)
+        explain(report)
     );
+}
+
+#[test]
+fn an_injected_slowdown_fails_the_gate_and_names_exactly_that_function() -> Result<()> {
+    let (_one, token) = one_at_a_time("gate-slow")?;
+    let (baseline, slowed) = baseline_and(&token, &[("P11COUNT_SLOW", "C_Digest:1000")])?;
+    let (status, report) = diff(&baseline.dataset, &slowed.dataset, &[])?;
+    assert_fails_naming(status, &report, &["C_Digest/CKM_SHA256"]);
     assert!(named(&report, "count_verdict", "regressed").is_empty());
     let digest = entry(&report, "C_Digest", Some("CKM_SHA256")).expect("entry");
     assert!(
@@ -203,13 +218,7 @@ fn an_injected_slowdown_fails_the_gate_and_names_exactly_that_function() -> Resu
         paths.push(path);
     }
     let (status, report) = diff(&paths[0], &paths[1], &[])?;
-    assert_eq!(status, 1, "{report:#}");
-    assert_eq!(
-        named(&report, "verdict", "regressed"),
-        ["C_Digest"],
-        "{}",
-        explain(&report)
-    );
+    assert_fails_naming(status, &report, &["C_Digest"]);
     assert_eq!(report["entries"][0]["basis"], "percentiles");
 
     // --fail-on never reports the same and exits 0; markdown is a PR comment.
@@ -234,10 +243,8 @@ fn an_injected_slowdown_fails_the_gate_and_names_exactly_that_function() -> Resu
 
 #[test]
 fn injected_failures_fail_the_errors_gate_and_name_the_function() -> Result<()> {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let token = Token::new("gate-fail")?;
-    let baseline = record(&token, Some(&[]))?;
-    let failing = record(&token, Some(&[("P11COUNT_FAIL", "C_Sign:20")]))?;
+    let (_one, token) = one_at_a_time("gate-fail")?;
+    let (baseline, failing) = baseline_and(&token, &[("P11COUNT_FAIL", "C_Sign:20")])?;
     let (status, report) = diff(
         &baseline.dataset,
         &failing.dataset,
@@ -301,37 +308,33 @@ fn logs_without_durations_get_no_made_up_latency_verdict() -> Result<()> {
     Ok(())
 }
 
+/// The gate exited 2 and its stderr says `needle`.
+#[track_caller]
+fn assert_exit_2_naming(output: &Output, needle: &str) {
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains(needle),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
 #[test]
 fn bad_inputs_exit_2_naming_the_input() -> Result<()> {
     let corpus = workspace().join("tests/fixtures/corpus");
     let log = corpus.join("pt-sign-rsa-pkcs.log");
     let missing = corpus.join("no-such-run");
     let output = gate(&log, &missing, &[])?;
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        text(&output.stderr).contains("no-such-run"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert_exit_2_naming(&output, "no-such-run");
     // An empty side: filters that keep nothing.
     let output = gate(&log, &log, &["--func", "C_NoSuchFunction"])?;
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        text(&output.stderr).contains("no calls"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert_exit_2_naming(&output, "no calls");
     // JSON that is not an analysis report.
     let odd = temp();
     let path = odd.path().join("other.json");
     std::fs::write(&path, br#"{"analysis_version": 7, "performance": {}}"#)?;
     let output = gate(&path, &log, &[])?;
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        text(&output.stderr).contains("other.json"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert_exit_2_naming(&output, "other.json");
     // A usage error.
     let output = gate(&log, &log, &["--threshold", "lots"])?;
     assert_eq!(output.status.code(), Some(2));

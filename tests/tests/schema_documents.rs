@@ -201,8 +201,12 @@ fn written_files_match_the_hand_written_schemas() -> Result<()> {
 
     // The importer writes the same schema.
     let dir = temp();
-    let imported = dir.path().join("imported.parquet");
-    import(&corpus("pt-keygen-rsa2048.log"), &imported, &[])?;
+    let imported = import_as(
+        &corpus("pt-keygen-rsa2048.log"),
+        dir.path(),
+        "imported.parquet",
+        &[],
+    )?;
     check_file(&imported, "calls.schema.json")
 }
 
