@@ -190,13 +190,28 @@ fn compare_sides(args: &CompareArgs) -> Result<(Vec<Side>, usize)> {
 pub fn compare(args: &CompareArgs) -> Result<()> {
     let (sides, baseline) = compare_sides(args)?;
     let report = report::compare(&sides, baseline, &GateConfig::default());
+    render_to_stdout(
+        &report,
+        args.format,
+        compare_render::compare_text,
+        compare_render::compare_csv,
+    )
+}
+
+/// Writes a `compare` or `diff` report to stdout in `format` (JSON: the report serialised).
+fn render_to_stdout<R: serde::Serialize>(
+    report: &R,
+    format: CompareFormat,
+    text: fn(&R, bool, &mut dyn Write) -> Result<()>,
+    csv: fn(&R, &mut dyn Write) -> Result<()>,
+) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match args.format {
-        CompareFormat::Text => compare_render::compare_text(&report, false, &mut out)?,
-        CompareFormat::Markdown => compare_render::compare_text(&report, true, &mut out)?,
-        CompareFormat::Csv => compare_render::compare_csv(&report, &mut out)?,
-        CompareFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+    match format {
+        CompareFormat::Text => text(report, false, &mut out)?,
+        CompareFormat::Markdown => text(report, true, &mut out)?,
+        CompareFormat::Csv => csv(report, &mut out)?,
+        CompareFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(report)?)?,
     }
     out.flush()?;
     Ok(())
@@ -233,14 +248,11 @@ pub fn diff(args: &DiffArgs) -> Result<bool> {
         drift_max: args.drift_max,
     };
     let report = diff::diff(&baseline, &current, &settings)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    match args.format {
-        CompareFormat::Text => compare_render::diff_text(&report, false, &mut out)?,
-        CompareFormat::Markdown => compare_render::diff_text(&report, true, &mut out)?,
-        CompareFormat::Csv => compare_render::diff_csv(&report, &mut out)?,
-        CompareFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
-    }
-    out.flush()?;
+    render_to_stdout(
+        &report,
+        args.format,
+        compare_render::diff_text,
+        compare_render::diff_csv,
+    )?;
     Ok(report.failed)
 }

@@ -46,7 +46,7 @@ fn label(func: &str, mechanism: &Option<String>) -> String {
     }
 }
 
-fn heading(text: &str, markdown: bool, out: &mut impl Write) -> Result<()> {
+fn heading(text: &str, markdown: bool, out: &mut dyn Write) -> Result<()> {
     if markdown {
         writeln!(out, "\n### {text}\n")?;
     } else {
@@ -107,7 +107,7 @@ fn codes(map: &std::collections::BTreeMap<String, u64>) -> String {
 }
 
 /// `compare` as aligned text or Markdown.
-pub fn compare_text(report: &report::Report, markdown: bool, out: &mut impl Write) -> Result<()> {
+pub fn compare_text(report: &report::Report, markdown: bool, out: &mut dyn Write) -> Result<()> {
     for side in &report.sides {
         let provider = side.providers.first().map_or("(unknown)", String::as_str);
         let module = side.modules.first().map_or("(unknown)", String::as_str);
@@ -206,7 +206,7 @@ fn opt(value: Option<f64>) -> String {
 }
 
 /// `compare` as CSV: one line per (comparison, function[, mechanism]).
-pub fn compare_csv(report: &report::Report, out: &mut impl Write) -> Result<()> {
+pub fn compare_csv(report: &report::Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "a,b,func,mechanism,calls_a,calls_b,p50_ns_a,p50_ns_b,p95_ns_a,p95_ns_b,p99_ns_a,p99_ns_b,\
@@ -285,7 +285,7 @@ pub fn diff_summary(report: &diff::Report) -> String {
 
 /// `diff` as text or Markdown (a pull-request comment: summary, then what changed; unchanged
 /// rows collapsed into a count).
-pub fn diff_text(report: &diff::Report, markdown: bool, out: &mut impl Write) -> Result<()> {
+pub fn diff_text(report: &diff::Report, markdown: bool, out: &mut dyn Write) -> Result<()> {
     if markdown {
         writeln!(out, "**{}**\n", diff_summary(report))?;
     } else {
@@ -384,7 +384,7 @@ pub fn diff_text(report: &diff::Report, markdown: bool, out: &mut impl Write) ->
 }
 
 /// `diff` as CSV: one line per entry.
-pub fn diff_csv(report: &diff::Report, out: &mut impl Write) -> Result<()> {
+pub fn diff_csv(report: &diff::Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "func,mechanism,verdict,rv_verdict,count_verdict,presence,basis,calls_baseline,calls_current,\
