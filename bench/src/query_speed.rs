@@ -90,11 +90,16 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
         timed(ctx, "duckdb: the same group by", reps, || {
             duckdb(&dataset, GROUP_BY)
         })?,
-        timed(ctx, "p11trace-query compare (dataset vs itself)", reps, || {
-            let mut command = query(&["compare", "--format", "json"]);
-            command.arg(&dataset);
-            command
-        })?,
+        timed(
+            ctx,
+            "p11trace-query compare (dataset vs itself)",
+            reps,
+            || {
+                let mut command = query(&["compare", "--format", "json"]);
+                command.arg(&dataset);
+                command
+            },
+        )?,
         timed(ctx, "p11trace-query diff (dataset vs itself)", reps, || {
             let mut command = query(&["diff", "--format", "json"]);
             command.arg(&dataset);

@@ -100,7 +100,10 @@ fn fail(function: &str, rv: CK_RV) -> CK_RV {
         && name == function
         && rv == CKR_OK
     {
-        let n = faults.successes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let n = faults
+            .successes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         if n.is_multiple_of(*every) {
             return CKR_DEVICE_ERROR;
         }
