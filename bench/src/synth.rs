@@ -103,6 +103,22 @@ struct Process {
     pid: i64,
     seq: i64,
     clock_us: i64,
+    /// The last operation started (`op_id`, as the shim numbers them per client).
+    op: u64,
+}
+
+/// The operation family of a function the shim gives an `op_id` (`C_SignInit`, `C_Sign`, …).
+fn in_operation(func: &str) -> bool {
+    [
+        "C_Sign",
+        "C_Verify",
+        "C_Digest",
+        "C_Encrypt",
+        "C_Decrypt",
+        "C_FindObjects",
+    ]
+    .iter()
+    .any(|family| func.starts_with(family))
 }
 
 /// A call about to be written.
@@ -185,6 +201,10 @@ impl Generator<'_> {
         let outlier = if self.rng.chance(0.0005) { 40.0 } else { 1.0 };
         let dur_ns = (call.typical_ns * spread * outlier) as i64;
         let found = [call.object.unwrap_or(0)];
+        if call.func.ends_with("Init") {
+            process.op += 1;
+        }
+        let op_id = in_operation(call.func).then_some(process.op);
         let row = CallRow {
             run_id: &self.run_id,
             client_id: &process.client_id,
@@ -212,6 +232,7 @@ impl Generator<'_> {
             user_type: call.user_type,
             in_len: call.in_len,
             out_len: call.out_len,
+            op_id,
             ..CallRow::default()
         };
         self.out.push(&row)?;
@@ -302,6 +323,7 @@ impl Generator<'_> {
             pid: 10_000 + index as i64,
             seq: 0,
             clock_us: 1_795_564_800_000_000 + (index as i64) * 60_000_000,
+            op: 0,
         };
         let main = process.pid;
         self.emit(&mut process, main, call("C_Initialize", 900_000.0))?;
