@@ -155,15 +155,12 @@ fn summary(side: &Side) -> SideSummary {
     }
 }
 
-fn figures(group: Option<&Group>, side: &Side) -> Figures {
-    let (clients, operations) = (side.clients, side.operations());
+/// One side's figures for a key; `operations` is the side's [`Side::operations`].
+fn figures(group: Option<&Group>, side: &Side, operations: u64) -> Figures {
+    let clients = side.clients;
     let empty = Group::default();
     let group = group.unwrap_or(&empty);
-    let quantile = |q: f64| stats::quantile(&group.durations, q).ok();
-    let (p50, p95) = match group.percentiles {
-        Some(p) if group.durations.is_empty() => (Some(p.p50), Some(p.p95)),
-        _ => (quantile(0.5), quantile(0.95)),
-    };
+    let [p50, p95, _] = group.latency();
     Figures {
         calls: group.calls,
         failed: group.failed,
@@ -243,6 +240,7 @@ fn percentile_verdict(row: &PercentileRow, factor: f64, gate: &GateConfig) -> &'
 /// Compares two sides.
 pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Result<Report> {
     let gate = &settings.gate;
+    let operations = (baseline.operations(), current.operations());
     let keys: BTreeSet<&Key> = baseline
         .groups
         .keys()
@@ -264,7 +262,10 @@ pub fn diff(baseline: &Side, current: &Side, settings: &Settings) -> anyhow::Res
             (None, _) => "added",
             (_, None) => "removed",
         };
-        let (fa, fb) = (figures(a, baseline), figures(b, current));
+        let (fa, fb) = (
+            figures(a, baseline, operations.0),
+            figures(b, current, operations.1),
+        );
         let count_change =
             (fa.calls_per_client > 0.0).then(|| fb.calls_per_client / fa.calls_per_client - 1.0);
         let count_verdict = match (presence, count_change) {

@@ -88,11 +88,7 @@ pub struct Report {
 }
 
 fn dist(group: &Group) -> Dist {
-    let q = |level: f64| stats::quantile(&group.durations, level).ok();
-    let (p50, p95, p99) = match group.percentiles {
-        Some(p) if group.durations.is_empty() => (Some(p.p50), Some(p.p95), Some(p.p99)),
-        _ => (q(0.5), q(0.95), q(0.99)),
-    };
+    let [p50, p95, p99] = group.latency();
     Dist {
         calls: group.calls,
         failed: group.failed,

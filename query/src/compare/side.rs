@@ -66,6 +66,14 @@ impl Group {
         }
     }
 
+    /// p50, p95 and p99 (ns): of the samples, or the report's percentiles where there are none.
+    pub fn latency(&self) -> [Option<f64>; 3] {
+        match self.percentiles {
+            Some(p) if self.durations.is_empty() => [Some(p.p50), Some(p.p95), Some(p.p99)],
+            _ => [0.5, 0.95, 0.99].map(|q| crate::stats::quantile(&self.durations, q).ok()),
+        }
+    }
+
     /// Folds another group in (a function's row gathers all its mechanisms).
     pub fn absorb(&mut self, other: &Group) {
         self.calls = self.calls.saturating_add(other.calls);
