@@ -39,6 +39,9 @@ pub struct ImportOptions {
     pub strict: bool,
     /// Show a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// The rows' `run_id` [default: `import-<UUIDv7>`, new each time]. `archive` derives it from
+    /// the log's content, so the same log imported twice gives the same rows.
+    pub run_id: Option<String>,
 }
 
 /// The process a record came from (one per spy segment and pid, one per observe pid).
@@ -166,7 +169,10 @@ pub fn import_files(
     out: &Path,
     options: &ImportOptions,
 ) -> Result<ImportSummary> {
-    let run_id = format!("import-{}", uuid::Uuid::now_v7());
+    let run_id = options
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("import-{}", uuid::Uuid::now_v7()));
     let mut output = Output::create(out, &run_id)?;
     let mut summary = ImportSummary::default();
     let mut clock = Clock::new(options.tz.as_deref())?;

@@ -187,6 +187,7 @@ fn import_survives(
         tz: Some("Europe/Berlin".to_owned()),
         strict,
         progress: false,
+        run_id: None,
     };
     match import_file(&input, format, &out, &options) {
         Ok(summary) => {

@@ -34,6 +34,13 @@ pub enum Command {
     /// verdicts that do not flap on a noisy machine; exit 1 on what --fail-on names.
     #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffArgs),
+    /// Compact inputs into a date-partitioned archive sealed by hash-chained (signed) digests.
+    Archive(crate::trail::ArchiveArgs),
+    /// Write an Ed25519 key pair for signing archive digests.
+    ArchiveKey(crate::trail::ArchiveKeyArgs),
+    /// Check an archive: every file's hash and rows, every digest's Merkle root, signature and
+    /// link; exit 1 on any problem.
+    Verify(crate::trail::VerifyArgs),
 }
 
 const COMPARE_EXAMPLES: &str = "\
@@ -77,6 +84,7 @@ impl InputArgs {
             tz: self.tz.clone(),
             strict: self.strict,
             progress: true,
+            run_id: None,
         }
     }
 }

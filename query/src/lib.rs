@@ -20,6 +20,7 @@ pub mod compare;
 pub mod filters;
 pub mod input;
 pub mod stats;
+pub mod trail;
 
 /// `anyhow` context for polars results (polars' prelude brings its own `context`, so the two
 /// would be ambiguous).

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use p11trace_query::cli::{Cli, Command};
-use p11trace_query::commands;
+use p11trace_query::{commands, trail};
 
 // Polars allocates and frees column-sized buffers (tens of MB) all the time; glibc serves those
 // with fresh mmaps, so the kernel zeroes every page again (half the time of `analyze` on 10 M
@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         Command::Sql(args) => (commands::sql(args).map(|()| false), 1),
         Command::Compare(args) => (commands::compare(args).map(|()| false), 2),
         Command::Diff(args) => (commands::diff(args), 2),
+        Command::Archive(args) => (trail::archive(args).map(|()| false), 1),
+        Command::ArchiveKey(args) => (trail::archive_key(args).map(|()| false), 1),
+        Command::Verify(args) => (trail::verify(args), 2),
     };
     match result {
         Ok(false) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
@@ -66,7 +67,13 @@ impl ParquetSink {
             io::Error::new(io::ErrorKind::InvalidInput, "final path has no file name")
         })?;
         let temp_path = temp_dir.join(format!("{}.tmp", name.to_string_lossy()));
-        let file = File::create(&temp_path)?;
+        // Private to the user whatever the umask: rows hold labels, ids and executable paths.
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp_path)?;
         let writer =
             ArrowWriter::try_new(file, schema, Some(properties)).map_err(io::Error::other)?;
         Ok(ParquetSink {
@@ -89,6 +96,14 @@ impl ParquetSink {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Bytes the file will have so far: what is written plus the encoded size of the row group in
+    /// progress (an estimate until it is flushed; the same rows always give the same figure).
+    pub fn size_estimate(&self) -> usize {
+        self.writer
+            .as_ref()
+            .map_or(0, |w| w.bytes_written() + w.in_progress_size())
     }
 
     /// Adds a key-value metadata entry to the file footer.

@@ -1,0 +1,237 @@
+//! The audit-trail commands over `p11trace-archive`: `archive` (compact and seal), `archive-key`
+//! (an Ed25519 key pair) and `verify` (check an archive end to end). Arguments and printing
+//! only; the archive itself is that crate's.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use p11trace_archive::{self as archive, ArchiveOptions, Input, PeriodKind, VerifyOptions};
+
+use crate::cli::InputArgs;
+use crate::input::{self, InputFormat};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Period {
+    Day,
+    Hour,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = ARCHIVE_EXAMPLES)]
+pub struct ArchiveArgs {
+    /// Datasets, Parquet files, pkcs11-spy logs or observe JSON lines.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+
+    /// The archive folder (created if missing; appended to if it exists).
+    #[arg(long, value_name = "ARCHIVE")]
+    pub to: PathBuf,
+
+    /// Sign every new digest with this Ed25519 private key (see `archive-key`).
+    #[arg(long, value_name = "KEY")]
+    pub signing_key: Option<PathBuf>,
+
+    /// How much time one digest seals.
+    #[arg(long, value_enum, default_value_t = Period::Day)]
+    pub period: Period,
+
+    /// About how large each archived Parquet file grows.
+    #[arg(long, default_value_t = 128, value_name = "MB")]
+    pub target_file_mb: u64,
+
+    /// Remove the archived files from the input datasets, once the new digests verified.
+    #[arg(long)]
+    pub prune_source: bool,
+
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+const ARCHIVE_EXAMPLES: &str = "\
+Examples:
+  p11trace-query archive-key --out archive.key          # archive.key (0600) + archive.key.pub
+  p11trace-query archive dataset/ --to audit/ --signing-key archive.key
+  p11trace-query archive old-spy.log --to audit/ --signing-key archive.key --period hour
+  p11trace-query archive dataset/ --to audit/ --signing-key archive.key --prune-source
+
+Re-archiving data the archive holds changes nothing; late data of a sealed period gets a
+backfill digest. Layout and digest format: schemas/archive.md.";
+
+#[derive(Debug, Args)]
+pub struct ArchiveKeyArgs {
+    /// The private key file to write (mode 0600); the public key goes to OUT.pub.
+    #[arg(long, value_name = "OUT")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = VERIFY_EXAMPLES)]
+pub struct VerifyArgs {
+    /// The archive folder.
+    #[arg(value_name = "ARCHIVE")]
+    pub archive: PathBuf,
+
+    /// Every digest must carry a valid signature by this key (SPKI PEM, or 64 hex digits).
+    #[arg(long, value_name = "PUB")]
+    pub public_key: Option<PathBuf>,
+
+    /// The head hash printed by an earlier verify or archive, kept elsewhere: catches the
+    /// deletion of the newest digests.
+    #[arg(long, value_name = "SHA256")]
+    pub expect_head: Option<String>,
+}
+
+const VERIFY_EXAMPLES: &str = "\
+Examples:
+  p11trace-query verify audit/
+  p11trace-query verify audit/ --public-key archive.key.pub --expect-head 3f1c…
+
+Exit status (as diff(1)): 0 intact, 1 a problem found (each named on stderr), 2 usage or
+input error.";
+
+fn inputs(paths: &[PathBuf], args: &InputArgs) -> Result<Vec<Input>> {
+    paths
+        .iter()
+        .map(|path| {
+            let format = match args.input_format {
+                Some(format) => format,
+                None => input::detect(path)?,
+            };
+            Ok(match format.log_format() {
+                Some(log) => Input::Log(path.clone(), log),
+                None if path.is_dir() => Input::Folder(path.clone()),
+                None if format == InputFormat::Parquet => Input::Parquet(path.clone()),
+                None => bail!("{}: not an input", path.display()),
+            })
+        })
+        .collect()
+}
+
+pub fn archive(args: &ArchiveArgs) -> Result<()> {
+    if args.target_file_mb == 0 {
+        bail!("--target-file-mb must be at least 1");
+    }
+    let options = ArchiveOptions {
+        period: match args.period {
+            Period::Day => PeriodKind::Day,
+            Period::Hour => PeriodKind::Hour,
+        },
+        target_file_bytes: usize::try_from(args.target_file_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX),
+        signing_key: args.signing_key.clone(),
+        prune_source: args.prune_source,
+        import: args.input.import_options(),
+    };
+    let summary = archive::archive(&inputs(&args.inputs, &args.input)?, &args.to, &options)?;
+    for name in &summary.recovered {
+        eprintln!("p11trace-query: sealed digests/{name} of an interrupted run first");
+    }
+    let mb = summary.input_bytes as f64 / 1e6;
+    println!(
+        "archived {} new calls and {} client rows from {} files ({:.1} MB, {} rows) in {:.2} s ({:.0} MB/s)",
+        summary.new_calls,
+        summary.new_clients,
+        summary.input_files,
+        mb,
+        summary.input_rows,
+        summary.seconds,
+        mb / summary.seconds.max(1e-9)
+    );
+    match summary.digests.as_slice() {
+        [] => println!("digests   none new: the archive holds all of it already"),
+        names => println!(
+            "digests   {} new ({} … {}), {} files",
+            names.len(),
+            names[0],
+            names[names.len() - 1],
+            summary.files
+        ),
+    }
+    if summary.pruned > 0 {
+        println!("pruned    {} source files", summary.pruned);
+    }
+    if let Some(head) = &summary.head {
+        println!("head      {head}");
+    }
+    Ok(())
+}
+
+pub fn archive_key(args: &ArchiveKeyArgs) -> Result<()> {
+    let public = archive::keys::generate(&args.out)?;
+    println!(
+        "wrote {} (private, 0600) and {}\npublic key {public}",
+        args.out.display(),
+        archive::keys::public_path(&args.out).display()
+    );
+    Ok(())
+}
+
+/// Returns whether a problem was found (exit 1).
+pub fn verify(args: &VerifyArgs) -> Result<bool> {
+    let public_key = match &args.public_key {
+        Some(path) => Some(archive::keys::load_verifying(path)?),
+        None => None,
+    };
+    let report = archive::verify(
+        &args.archive,
+        &VerifyOptions {
+            public_key,
+            expect_head: args.expect_head.clone(),
+        },
+    )
+    .with_context(|| format!("cannot verify {}", args.archive.display()))?;
+    for (what, problem) in &report.problems {
+        eprintln!("p11trace-query: verify: {what}: {problem}");
+    }
+    let range = match (&report.first_period, &report.last_period) {
+        (Some(first), Some(last)) if first != last => format!(" ({first} … {last})"),
+        (Some(first), _) => format!(" ({first})"),
+        _ => String::new(),
+    };
+    let signed = if report.signers.is_empty() {
+        "unsigned".to_owned()
+    } else if report.unsigned > 0 {
+        format!(
+            "{} unsigned, the rest signed by {}",
+            report.unsigned,
+            join(&report.signers)
+        )
+    } else {
+        format!("signed by ed25519:{}", join(&report.signers))
+    };
+    println!(
+        "archive   {}: {}",
+        args.archive.display(),
+        if report.problems.is_empty() {
+            "intact".to_owned()
+        } else {
+            format!("{} problem(s) found", report.problems.len())
+        }
+    );
+    println!(
+        "periods   {}{range}, {} empty, {} backfill digest(s)",
+        report.periods, report.empty, report.backfills
+    );
+    println!("digests   {}, {signed}", report.digests);
+    println!(
+        "files     {} ({:.1} MB), rows {} calls, {} clients",
+        report.files,
+        report.bytes as f64 / 1e6,
+        report.calls_rows,
+        report.clients_rows
+    );
+    for name in &report.pending {
+        println!(
+            "pending   .pending/{name}: an interrupted archive run; run archive again to seal it"
+        );
+    }
+    if let Some(head) = &report.head {
+        println!("head      {head}  (keep it elsewhere; verify --expect-head checks it)");
+    }
+    Ok(!report.problems.is_empty())
+}
+
+fn join(keys: &std::collections::BTreeSet<String>) -> String {
+    keys.iter().cloned().collect::<Vec<_>>().join(", ")
+}
