@@ -34,6 +34,10 @@ pub enum Command {
     /// verdicts that do not flap on a noisy machine; exit 1 on what --fail-on names.
     #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffArgs),
+    /// Per key: who used it, how, how often; logins per process; objects created and
+    /// destroyed; calls whose key could not be resolved.
+    #[command(after_help = AUDIT_EXAMPLES)]
+    Audit(AuditArgs),
     /// Compact inputs into a date-partitioned archive sealed by hash-chained (signed) digests.
     Archive(crate::trail::ArchiveArgs),
     /// Write an Ed25519 key pair for signing archive digests.
@@ -59,6 +63,40 @@ Examples:
   p11trace-query diff base/ now/ --threshold 5% --min-effect 20us --alpha 0.001
 
 Exit status (as diff(1)): 0 nothing --fail-on names was found, 1 it was, 2 usage or input error.";
+
+const AUDIT_EXAMPLES: &str = "\
+Examples:
+  p11trace-query audit dataset/
+  p11trace-query audit audit-archive/ --since 2026-01-01 --until 2027-01-01 --format csv
+  p11trace-query audit dataset/ --format json | jq '.keys[] | {key, calls, processes}'
+
+Keys are named by class and CKA_ID (else CKA_LABEL): private/id=01. JSON keys: schemas/audit.md.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    Text,
+    /// One JSON object; keys documented in schemas/audit.md.
+    Json,
+    /// One line per key and operation.
+    Csv,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Datasets, archives, Parquet files, pkcs11-spy logs or observe JSON lines.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+
+    #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
+    pub format: AuditFormat,
+
+    #[command(flatten)]
+    pub filters: Filters,
+
+    #[command(flatten)]
+    pub input: InputArgs,
+}
 
 /// Options shared by every command that reads inputs.
 #[derive(Debug, Clone, Args)]

@@ -10,8 +10,8 @@ use polars::sql::SQLContext;
 
 use crate::analyze::{self, AnalyzeOptions, render};
 use crate::cli::{
-    AnalyzeArgs, CompareArgs, CompareFormat, DiffArgs, ImportArgs, ReportFormat, SqlArgs,
-    TableFormat,
+    AnalyzeArgs, AuditArgs, AuditFormat, CompareArgs, CompareFormat, DiffArgs, ImportArgs,
+    ReportFormat, SqlArgs, TableFormat,
 };
 use crate::compare::side::{Basis, Side};
 use crate::compare::{self, diff, render as compare_render, report};
@@ -94,6 +94,26 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
                 ReportFormat::Events | ReportFormat::PrettyEvents => unreachable!("handled above"),
             }
         }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn audit(args: &AuditArgs) -> Result<()> {
+    let loaded = input::load(
+        &args.inputs,
+        args.input.input_format,
+        &args.input.import_options(),
+    )?;
+    let calls = crate::filters::apply(loaded.calls, &args.filters)?;
+    let report = crate::audit::audit(calls)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match args.format {
+        AuditFormat::Text => crate::audit::render::text_report(&report, false, &mut out)?,
+        AuditFormat::Markdown => crate::audit::render::text_report(&report, true, &mut out)?,
+        AuditFormat::Csv => crate::audit::render::csv(&report, &mut out)?,
+        AuditFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
     }
     out.flush()?;
     Ok(())

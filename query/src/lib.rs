@@ -14,7 +14,9 @@
 //! Owns polars; must never be linked into the shim or the recorder.
 
 pub mod analyze;
+pub mod audit;
 pub mod cli;
+mod columns;
 pub mod commands;
 pub mod compare;
 pub mod filters;

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Sql(args) => (commands::sql(args).map(|()| false), 1),
         Command::Compare(args) => (commands::compare(args).map(|()| false), 2),
         Command::Diff(args) => (commands::diff(args), 2),
+        Command::Audit(args) => (commands::audit(args).map(|()| false), 1),
         Command::Archive(args) => (trail::archive(args).map(|()| false), 1),
         Command::ArchiveKey(args) => (trail::archive_key(args).map(|()| false), 1),
         Command::Verify(args) => (trail::verify(args), 2),

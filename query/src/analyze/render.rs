@@ -88,7 +88,7 @@ pub fn use_colour() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn table(headers: &[&str], markdown: bool) -> Table {
+pub(crate) fn table(headers: &[&str], markdown: bool) -> Table {
     let mut table = Table::new();
     table.load_preset(if markdown { ASCII_MARKDOWN } else { NOTHING });
     if !markdown && !use_colour() {
@@ -98,7 +98,7 @@ fn table(headers: &[&str], markdown: bool) -> Table {
     table
 }
 
-fn number(value: impl ToString) -> Cell {
+pub(crate) fn number(value: impl ToString) -> Cell {
     Cell::new(value.to_string()).set_alignment(CellAlignment::Right)
 }
 

@@ -10,6 +10,7 @@ use polars::prelude::*;
 
 use crate::Explain;
 use crate::analyze::failed;
+use crate::columns::strings;
 
 /// What a row of the comparison is keyed by: `C_Sign` with `CKM_ECDSA` is not `C_Sign` with
 /// `CKM_SHA256_RSA_PKCS`. The mechanism of `C_Sign`/`C_Encrypt`/… rows is the one of their
@@ -251,17 +252,6 @@ fn selected(calls: LazyFrame) -> LazyFrame {
     calls
         .filter(col("internal").not())
         .select(COLUMNS.iter().map(|c| col(*c)).collect::<Vec<_>>())
-}
-
-fn strings(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
-    let column = frame.column(name).explain(name)?;
-    let column = column.cast(&DataType::String).explain(name)?;
-    Ok(column
-        .str()
-        .explain(name)?
-        .iter()
-        .map(|v| v.map(str::to_owned))
-        .collect())
 }
 
 fn counts(frame: &DataFrame, name: &str) -> Result<Vec<u64>> {
