@@ -55,10 +55,12 @@ pub struct ArchiveSummary {
 /// Takes the archive's lock for the run: a second `archive` on it fails instead of interleaving.
 fn lock(paths: &Paths) -> Result<File> {
     let path = paths.root.join(".lock");
+    use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock() {

@@ -198,3 +198,49 @@ pub fn check_invariant(dataset: &Path, reports: &[Value]) -> Result<()> {
     ensure!(duplicates.is_empty(), "duplicated rows: {duplicates:?}");
     Ok(())
 }
+
+/// Every key path of a JSON value (`a`, `a.b`, `list[].c`), over every element of every array;
+/// the objects named in `maps` hold data as keys (counts by function) and stop at their path.
+pub fn json_paths(value: &Value, maps: &[&str]) -> std::collections::BTreeSet<String> {
+    fn walk(
+        value: &Value,
+        path: &str,
+        maps: &[&str],
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        match value {
+            Value::Object(object) if !maps.contains(&path) => {
+                for (key, child) in object {
+                    let child_path = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    out.insert(child_path.clone());
+                    walk(child, &child_path, maps, out);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    walk(item, &format!("{path}[]"), maps, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(value, "", maps, &mut out);
+    out
+}
+
+/// The key paths a document under `schemas/` lists in its tables (rows `| \`path\` | … |`).
+pub fn documented_paths(document: &str) -> Result<std::collections::BTreeSet<String>> {
+    let path = crate::workspace().join("schemas").join(document);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once("` |"))
+        .map(|(key, _)| key.to_owned())
+        .collect())
+}

@@ -174,6 +174,17 @@ fn an_archive_verifies_holds_every_row_once_and_rearchiving_changes_no_byte() ->
     ))?;
     ensure!(unsorted == 0, "{unsorted} rows out of start order");
 
+    // Private to the user whatever the umask: folders 0700, files 0600.
+    for entry in walk(&a)? {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&entry)?.permissions());
+        ensure!(mode & 0o077 == 0, "{} is {mode:o}", entry.display());
+        let folder = entry.parent().context("parent")?;
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(folder)?.permissions());
+        ensure!(mode & 0o077 == 0, "{} is {mode:o}", folder.display());
+    }
+
     // Again: nothing changes. The same inputs given twice into a new archive: the same bytes.
     let before = tree(&a)?;
     let again = archive(&[recorded(), &spy_log()], &a, &[])?;
@@ -249,6 +260,19 @@ fn every_kind_of_tampering_is_found_and_named() -> Result<()> {
     let public = format!("{}.pub", key.display());
     let names = digests(&a)?;
     let (oldest, newest) = (names[0].clone(), names[names.len() - 1].clone());
+    // schemas/archive.md documents exactly the keys of a signed digest with files.
+    let digest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("digests").join(&oldest))?)?;
+    ensure!(
+        digest["files"].as_array().is_some_and(|f| !f.is_empty()),
+        "{digest:#}"
+    );
+    let written = json_paths(&digest, &[]);
+    let documented = documented_paths("archive.md")?;
+    ensure!(
+        written == documented,
+        "digest keys {written:?} vs schemas/archive.md {documented:?}"
+    );
     type Tamper = Box<dyn Fn(&Path) -> Result<String>>;
     let cases: Vec<(&str, Tamper, Vec<String>)> = vec![
         (

@@ -201,6 +201,23 @@ fn per_key_usage_equals_what_the_workload_did() -> Result<()> {
         "ok logins {ok_logins}"
     );
 
+    // schemas/audit.md documents exactly the keys written.
+    let written = json_paths(
+        &report,
+        &[
+            "unresolved.by_function",
+            "logins[].failures",
+            "objects.created",
+        ],
+    );
+    let documented = documented_paths("audit.md")?;
+    ensure!(
+        written == documented,
+        "written but undocumented: {:?}; documented but not written: {:?}",
+        written.difference(&documented).collect::<Vec<_>>(),
+        documented.difference(&written).collect::<Vec<_>>()
+    );
+
     // Text and CSV say the same.
     let text_report = text(&query(&["audit", &dataset])?.stdout);
     ensure!(

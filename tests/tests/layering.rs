@@ -3,7 +3,7 @@
 //! - the shim's dependency closure inside this workspace declares no arrow, parquet or polars,
 //!   not even as an optional dependency (cargo unifies features across packages built together,
 //!   so an optional dependency that another crate enables would be compiled into the shim);
-//! - the recorder never reaches polars;
+//! - the recorder, the importers and the archive never reach polars;
 //! - no crate has an import loop between its top-level modules.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -118,12 +118,11 @@ fn the_shim_cannot_reach_arrow_parquet_or_polars() {
 }
 
 #[test]
-fn the_recorder_cannot_reach_polars() {
-    let found = forbidden_in_closure("p11trace-recorder", &["polars"]);
-    assert!(
-        found.is_empty(),
-        "the recorder's closure declares {found:?}"
-    );
+fn the_recorder_the_importers_and_the_archive_cannot_reach_polars() {
+    for package in ["p11trace-recorder", "p11trace-import", "p11trace-archive"] {
+        let found = forbidden_in_closure(package, &["polars"]);
+        assert!(found.is_empty(), "{package}'s closure declares {found:?}");
+    }
 }
 
 /// The top-level module a `crate::x` path names, for every `crate::` reference in `text`.

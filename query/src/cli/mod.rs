@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::input::InputFormat;
 
+pub mod trail;
+
 /// Analyse PKCS#11 call traces: p11trace datasets, Parquet files, pkcs11-spy logs and observe
 /// JSON lines (told apart by content).
 ///
@@ -39,12 +41,12 @@ pub enum Command {
     #[command(after_help = AUDIT_EXAMPLES)]
     Audit(AuditArgs),
     /// Compact inputs into a date-partitioned archive sealed by hash-chained (signed) digests.
-    Archive(crate::trail::ArchiveArgs),
+    Archive(trail::ArchiveArgs),
     /// Write an Ed25519 key pair for signing archive digests.
-    ArchiveKey(crate::trail::ArchiveKeyArgs),
+    ArchiveKey(trail::ArchiveKeyArgs),
     /// Check an archive: every file's hash and rows, every digest's Merkle root, signature and
     /// link; exit 1 on any problem.
-    Verify(crate::trail::VerifyArgs),
+    Verify(trail::VerifyArgs),
 }
 
 const COMPARE_EXAMPLES: &str = "\
