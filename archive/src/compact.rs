@@ -176,15 +176,26 @@ pub fn read(sources: &[SourceFile], kind: PeriodKind) -> Result<Buckets> {
 pub struct Seen {
     ids: FxHashMap<Box<str>, u32>,
     keys: FxHashSet<(u32, i64)>,
+    /// The previous row's client and its id: rows come in runs of one client.
+    last: Option<(Box<str>, u32)>,
 }
 
 impl Seen {
     fn id(&mut self, client: &str) -> u32 {
-        if let Some(&id) = self.ids.get(client) {
-            return id;
+        if let Some((last, id)) = &self.last
+            && **last == *client
+        {
+            return *id;
         }
-        let id = self.ids.len() as u32;
-        self.ids.insert(client.into(), id);
+        let id = match self.ids.get(client) {
+            Some(&id) => id,
+            None => {
+                let id = self.ids.len() as u32;
+                self.ids.insert(client.into(), id);
+                id
+            }
+        };
+        self.last = Some((client.into(), id));
         id
     }
 
@@ -240,7 +251,9 @@ pub fn select(batches: Vec<RecordBatch>, table: Table, seen: &mut Seen) -> Resul
         spec.schema.index_of(spec.number)?,
         spec.schema.index_of(spec.time)?,
     );
-    let mut keys = Vec::new();
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut keys = Vec::with_capacity(rows);
+    seen.keys.reserve(rows);
     for (b, batch) in batches.iter().enumerate() {
         let clients = batch.column(client_index).as_string::<i32>();
         let numbers = batch.column(number_index).as_primitive::<Int64Type>();

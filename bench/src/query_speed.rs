@@ -1,7 +1,8 @@
 //! Benchmark 4: query speed. A synthetic 10 M-call dataset, `p11trace-query analyze` and `sql`
 //! against DuckDB running the equivalent SQL on the same files in the same run; `compare` and
 //! `diff` of the dataset against itself (both sides read and reduced: the whole cost); spy
-//! import speed against `wc -l` (the read-speed floor) on a ≥ 100 MB log.
+//! import speed against `wc -l` (the read-speed floor) on a ≥ 100 MB log; `archive` of the
+//! dataset into a fresh archive and `verify` of it, in MB/s of Parquet read.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +18,17 @@ use crate::synth;
 pub const ANALYZE_TARGET_S: f64 = 2.0;
 pub const COMPARE_TARGET_S: f64 = 2.0;
 pub const IMPORT_TARGET_MB_S: f64 = 100.0;
+pub const ARCHIVE_TARGET_MB_S: f64 = 100.0;
+pub const VERIFY_TARGET_MB_S: f64 = 500.0;
+
+/// Bytes of every Parquet file below `folder`.
+fn parquet_bytes(folder: &Path) -> Result<u64> {
+    let mut total = 0;
+    for file in p11trace_dataset::layout::parquet_files(folder)? {
+        total += std::fs::metadata(file)?.len();
+    }
+    Ok(total)
+}
 
 /// Wall time (median, min–max over repetitions) and peak RSS (max) of one command.
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +118,29 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
             command
         })?,
     ];
+    let archive = dir.path().join("archive");
+    let archived = timed(
+        ctx,
+        "p11trace-query archive (into a new archive)",
+        reps,
+        || {
+            let _ = std::fs::remove_dir_all(&archive);
+            let mut command = query(&["archive", "--to"]);
+            command.arg(&archive);
+            command
+        },
+    )?;
+    let verified = timed(ctx, "p11trace-query verify", reps, || {
+        let mut command = Command::new(&ctx.bins.query);
+        command.arg("verify").arg(&archive);
+        command
+    })?;
+    let (dataset_mb, archive_mb) = (
+        parquet_bytes(&dataset)? as f64 / 1e6,
+        parquet_bytes(&archive)? as f64 / 1e6,
+    );
+    let archive_mb_s = dataset_mb / archived.seconds.median;
+    let verify_mb_s = archive_mb / verified.seconds.median;
     let log = dir.path().join("big-spy.log");
     let log_bytes = synth::spy_log(&log, spy_bytes)?;
     let out = dir.path().join("imported.parquet");
@@ -165,6 +200,18 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
             compared.seconds.median <= COMPARE_TARGET_S,
         ));
     }
+    for (timed, mb, rate, target) in [
+        (&archived, dataset_mb, archive_mb_s, ARCHIVE_TARGET_MB_S),
+        (&verified, archive_mb, verify_mb_s, VERIFY_TARGET_MB_S),
+    ] {
+        lines.push(Line::target(
+            "4 query",
+            format!("{} · {mb:.0} MB of Parquet", timed.name),
+            format!("{rate:.0} MB/s · {}", seconds(timed)),
+            format!("≥ {target} MB/s"),
+            rate >= target,
+        ));
+    }
     let mb = log_bytes as f64 / 1e6;
     let rate = |t: &Timed| mb / t.seconds.median;
     lines.push(Line::target(
@@ -181,9 +228,12 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
         rate(&import) >= IMPORT_TARGET_MB_S,
     ));
     let mut all = results;
-    all.extend([wc, import]);
+    all.extend([wc, import, archived, verified]);
     Ok((
         lines,
-        serde_json::json!({ "dataset_calls": made, "spy_log_bytes": log_bytes, "commands": all }),
+        serde_json::json!({
+            "dataset_calls": made, "spy_log_bytes": log_bytes, "commands": all,
+            "archive_mb_s": archive_mb_s, "verify_mb_s": verify_mb_s,
+        }),
     ))
 }

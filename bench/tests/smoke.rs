@@ -93,14 +93,17 @@ fn quick_mode_runs_every_benchmark_against_the_real_binaries() -> Result<()> {
     let query = &figures["query"];
     assert!(query["dataset_calls"].as_u64().context("dataset calls")? >= 20_000);
     let commands = query["commands"].as_array().context("commands")?;
-    assert_eq!(commands.len(), 9, "{commands:#?}");
-    for name in ["compare", "diff"] {
+    assert_eq!(commands.len(), 11, "{commands:#?}");
+    for name in ["compare", "diff", "archive", "verify"] {
         assert!(
             commands
                 .iter()
                 .any(|c| c["name"].as_str().is_some_and(|n| n.contains(name))),
             "{name}: {commands:#?}"
         );
+    }
+    for rate in ["archive_mb_s", "verify_mb_s"] {
+        assert!(number(&query[rate], rate) > 0.0, "{rate}: {query}");
     }
     for command in commands {
         assert!(

@@ -27,7 +27,16 @@ fn timestamp(micros: i64) -> Expr {
     ))
 }
 
+/// Keeps the rows every filter accepts.
 pub fn apply(calls: LazyFrame, filters: &Filters) -> Result<LazyFrame> {
+    Ok(match predicate(filters)? {
+        Some(condition) => calls.filter(condition),
+        None => calls,
+    })
+}
+
+/// The filters as one boolean expression (`None`: no filter); null counts as false.
+pub fn predicate(filters: &Filters) -> Result<Option<Expr>> {
     let mut condition: Option<Expr> = None;
     let mut and = |expr: Expr| {
         condition = Some(match condition.take() {
@@ -81,8 +90,5 @@ pub fn apply(calls: LazyFrame, filters: &Filters) -> Result<LazyFrame> {
     if let Some(run_id) = &filters.run_id {
         and(col("run_id").eq(lit(run_id.clone())));
     }
-    Ok(match condition {
-        Some(condition) => calls.filter(condition),
-        None => calls,
-    })
+    Ok(condition)
 }

@@ -48,16 +48,15 @@ pub fn archive(args: &ArchiveArgs) -> Result<()> {
     for name in &summary.recovered {
         eprintln!("p11trace-query: sealed digests/{name} of an interrupted run first");
     }
-    let mb = summary.input_bytes as f64 / 1e6;
     println!(
-        "archived {} new calls and {} client rows from {} files ({:.1} MB, {} rows) in {:.2} s ({:.0} MB/s)",
+        "archived {} new calls and {} client rows from {} files ({}, {} rows) in {:.2} s ({:.0} MB/s)",
         summary.new_calls,
         summary.new_clients,
         summary.input_files,
-        mb,
+        size(summary.input_bytes),
         summary.input_rows,
         summary.seconds,
-        mb / summary.seconds.max(1e-9)
+        summary.input_bytes as f64 / 1e6 / summary.seconds.max(1e-9)
     );
     match summary.digests.as_slice() {
         [] => println!("digests   none new: the archive holds all of it already"),
@@ -136,9 +135,9 @@ pub fn verify(args: &VerifyArgs) -> Result<bool> {
     );
     println!("digests   {}, {signed}", report.digests);
     println!(
-        "files     {} ({:.1} MB), rows {} calls, {} clients",
+        "files     {} ({}), rows {} calls, {} clients",
         report.files,
-        report.bytes as f64 / 1e6,
+        size(report.bytes),
         report.calls_rows,
         report.clients_rows
     );
@@ -151,6 +150,15 @@ pub fn verify(args: &VerifyArgs) -> Result<bool> {
         println!("head      {head}  (keep it elsewhere; verify --expect-head checks it)");
     }
     Ok(!report.problems.is_empty())
+}
+
+/// `812 kB`, `51.3 MB`.
+fn size(bytes: u64) -> String {
+    if bytes < 1_000_000 {
+        format!("{:.1} kB", bytes as f64 / 1e3)
+    } else {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    }
 }
 
 fn join(keys: &std::collections::BTreeSet<String>) -> String {

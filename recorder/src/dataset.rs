@@ -20,6 +20,10 @@ pub enum SetupError {
     Untrusted { path: PathBuf, why: Untrusted },
     #[error("another recorder is already listening on {0}")]
     InUse(PathBuf),
+    #[error("dataset {path} is in use by {holder}; stop it first, or use another --dataset")]
+    Locked { path: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
     #[error("cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
 }
@@ -31,16 +35,69 @@ fn advice(why: &Untrusted) -> &'static str {
     }
 }
 
-/// Creates the dataset's folders (both tables, the temporary folder, the log) and returns its
-/// layout.
+/// Creates a folder and its missing parents, 0700.
+fn private_dir(folder: &Path) -> Result<(), SetupError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(folder)
+        .map_err(|source| SetupError::Create {
+            path: folder.to_owned(),
+            source,
+        })
+}
+
+/// Takes the dataset for this process: an exclusive `flock` on `DIR/.lock`, held until the
+/// returned file is dropped (the process's end). Taken before recovery or anything else touches
+/// the dataset: a second recorder on a live dataset fails here, having changed nothing but, at
+/// most, creating the folder and the lock file of a dataset that did not exist.
+pub fn lock(root: &Path) -> Result<fs::File, SetupError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    private_dir(root)?;
+    let path = root.join(".lock");
+    let failed = |source| SetupError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim().parse::<u32>() {
+                Ok(pid) => format!("pid {pid}"),
+                Err(_) => "another recorder".to_owned(),
+            };
+            return Err(SetupError::Locked {
+                path: root.to_owned(),
+                holder,
+            });
+        }
+        Err(fs::TryLockError::Error(source)) => return Err(failed(source)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(failed)?;
+    Ok(file)
+}
+
+/// Creates the dataset's folders (both tables, the temporary folder, the log; 0700) and returns
+/// its layout.
 pub fn open(root: &Path) -> Result<Layout, SetupError> {
     let layout = Layout::new(root);
     let [calls, clients, temp] = layout.folders();
     for folder in [calls, clients, temp, layout.wal()] {
-        fs::create_dir_all(&folder).map_err(|source| SetupError::Create {
-            path: folder.clone(),
-            source,
-        })?;
+        private_dir(&folder)?;
     }
     Ok(layout)
 }

@@ -104,6 +104,11 @@ fn wake_acceptor(socket: &Path) {
 
 /// Runs the recorder until SIGINT/SIGTERM (or, with `--once`, until every client has left).
 pub fn run(options: Options) -> Result<Summary> {
+    // Everything written from here on is private to the user whatever the umask: rows hold
+    // labels, ids and executable paths.
+    // SAFETY: umask(2) only sets this process's file-mode creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+    let _lock = dataset::lock(&options.dataset)?;
     let dataset = dataset::open(&options.dataset)?;
     let socket = options.socket.clone().unwrap_or_else(|| {
         p11trace_record::socket::default_socket_path(p11trace_record::socket::current_uid())

@@ -7,6 +7,7 @@ pub mod align;
 pub mod analysis_json;
 pub mod diff;
 pub mod drift;
+pub mod reduce;
 pub mod render;
 pub mod report;
 pub mod side;
@@ -32,7 +33,8 @@ pub fn is_analysis_json(path: &Path) -> bool {
     text.trim_start().starts_with('{') && text.contains("\"analysis_version\"")
 }
 
-/// The calls of `inputs`, each operation's mechanism resolved, then filtered.
+/// The calls of `inputs`, each row marked with the filters' verdict (`__keep`): the rows a filter
+/// drops still name their operations' mechanisms (resolved in `reduce`).
 pub fn load_calls(
     inputs: &[PathBuf],
     input_args: &InputArgs,
@@ -43,8 +45,11 @@ pub fn load_calls(
         input_args.input_format,
         &input_args.import_options(),
     )?;
-    let calls = side::resolve_mechanisms(loaded.calls.clone())?;
-    let calls = crate::filters::apply(calls, filters)?;
+    let keep = crate::filters::predicate(filters)?.unwrap_or(lit(true));
+    let calls = loaded
+        .calls
+        .clone()
+        .with_column(keep.fill_null(lit(false)).alias(reduce::KEEP));
     Ok((calls, loaded))
 }
 

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use polars::prelude::*;
 
+use super::reduce::KEEP;
 use crate::Explain;
-use crate::analyze::failed;
 use crate::columns::strings;
 
 /// What a row of the comparison is keyed by: `C_Sign` with `CKM_ECDSA` is not `C_Sign` with
@@ -195,56 +195,8 @@ const COLUMNS: &[&str] = &[
     "dur_ns",
     "provider",
     "module",
+    KEEP,
 ];
-
-/// Fills in the mechanism of each operation's calls from its `C_XInit`: by `op_id` where the
-/// source has them (the shim), else (pkcs11-spy imports, which have none) from the last `C_XInit`
-/// of the same operation family on the same session. Run it before any filter: `--func C_Sign`
-/// must not lose the `C_SignInit` that names `C_Sign`'s mechanism.
-pub fn resolve_mechanisms(calls: LazyFrame) -> Result<LazyFrame> {
-    let probe = calls
-        .clone()
-        .select([col("op_id").count().alias("n")])
-        .collect()
-        .explain("cannot read op_id")?;
-    let has_op_ids = counts(&probe, "n")?.first().copied().unwrap_or(0) > 0;
-    let null = || lit(NULL).cast(DataType::String);
-    let mechanism = if has_op_ids {
-        let by_op = col("mechanism")
-            .drop_nulls()
-            .first()
-            .over([col("client_id"), col("op_id")])
-            .explain("mechanism by operation")?;
-        when(col("mechanism").is_not_null())
-            .then(col("mechanism"))
-            .when(col("op_id").is_not_null())
-            .then(by_op)
-            .otherwise(null())
-    } else {
-        // C_SignInit, C_SignUpdate, C_SignFinal, C_Sign → C_Sign.
-        let family = col("func")
-            .str()
-            .replace(lit("(Init|Update|Final)$"), lit(""), false);
-        let init_mechanism = when(col("func").str().ends_with(lit("Init")))
-            .then(col("mechanism"))
-            .otherwise(null());
-        let by_session = init_mechanism
-            .fill_null_with_strategy(FillNullStrategy::Forward(None))
-            .over([col("client_id"), col("session"), family])
-            .explain("mechanism by session")?;
-        when(col("mechanism").is_not_null())
-            .then(col("mechanism"))
-            .when(col("session").is_not_null())
-            .then(by_session)
-            .otherwise(null())
-    };
-    let calls = if has_op_ids {
-        calls
-    } else {
-        calls.sort(["client_id", "seq"], SortMultipleOptions::default())
-    };
-    Ok(calls.with_column(mechanism.alias("mechanism")))
-}
 
 /// The columns a side reads, without the shim's own calls (`internal`): they are not the
 /// application's workload.
@@ -254,155 +206,37 @@ fn selected(calls: LazyFrame) -> LazyFrame {
         .select(COLUMNS.iter().map(|c| col(*c)).collect::<Vec<_>>())
 }
 
-fn counts(frame: &DataFrame, name: &str) -> Result<Vec<u64>> {
-    let column = frame.column(name).explain(name)?;
-    let column = column.cast(&DataType::UInt64).explain(name)?;
-    Ok(column
-        .u64()
-        .explain(name)?
-        .iter()
-        .map(|v| v.unwrap_or(0))
-        .collect())
-}
-
-/// Distinct values of a string column, most rows first.
-fn ranked(calls: &LazyFrame, column: &str) -> Result<Vec<String>> {
-    let frame = calls
-        .clone()
-        .filter(col(column).is_not_null())
-        .group_by([col(column)])
-        .agg([len().alias("n")])
-        .sort(
-            ["n", column],
-            SortMultipleOptions::default().with_order_descending_multi([true, false]),
-        )
-        .collect()
-        .explain("cannot rank values")?;
-    Ok(strings(&frame, column)?.into_iter().flatten().collect())
-}
-
-/// Reduces the calls of one side ([`resolve_mechanisms`] and the filters already applied).
+/// Reduces the calls of one side: `calls` carries every row of its clients (the filters' verdict
+/// in [`KEEP`]), so an operation's `C_XInit` names the mechanism of its `C_Sign` even under
+/// `--func C_Sign`.
 pub fn from_calls(name: String, calls: LazyFrame, want_scripts: bool) -> Result<Side> {
     let frame = selected(calls).collect().explain("cannot read the calls")?;
-    if frame.height() == 0 {
+    let reduced = super::reduce::reduce(&frame)?;
+    if reduced.calls == 0 {
         bail!("{name}: no calls (after filters)");
     }
-    let calls = frame.clone().lazy();
-    let totals = calls
-        .clone()
-        .select([
-            len().alias("calls"),
-            col("client_id").n_unique().alias("clients"),
-            col("dur_ns").count().alias("timed"),
-        ])
-        .collect()
-        .explain("cannot count the calls")?;
-    let timed = counts(&totals, "timed")?[0];
-    let ok = failed().not().and(col("returned"));
-    let grouped = calls
-        .clone()
-        .group_by([col("func"), col("mechanism")])
-        .agg([
-            len().alias("calls"),
-            failed().sum().alias("failed"),
-            col("dur_ns")
-                .filter(ok.clone().and(col("dur_ns").is_not_null()))
-                .cast(DataType::Float64)
-                .sort(SortOptions::default())
-                .alias("durations"),
-        ])
-        .collect()
-        .explain("cannot group the calls")?;
-    let funcs = strings(&grouped, "func")?;
-    let mechanisms = strings(&grouped, "mechanism")?;
-    let call_counts = counts(&grouped, "calls")?;
-    let failed_counts = counts(&grouped, "failed")?;
-    let durations = grouped.column("durations").explain("durations")?;
-    let durations = durations.list().explain("durations")?;
-    let mut groups = BTreeMap::new();
-    for row in 0..grouped.height() {
-        let samples = match durations.get_as_series(row) {
-            Some(series) => series
-                .f64()
-                .explain("durations")?
-                .into_no_null_iter()
-                .collect(),
-            None => Vec::new(),
-        };
-        let key = Key {
-            func: funcs[row].clone().unwrap_or_default(),
-            mechanism: mechanisms[row].clone(),
-        };
-        let group = Group {
-            calls: call_counts[row],
-            failed: failed_counts[row],
-            durations: samples,
-            client_medians: Vec::new(),
-            percentiles: None,
-            failures: BTreeMap::new(),
-        };
-        groups.insert(key, group);
-    }
-    let per_client = calls
-        .clone()
-        .filter(ok.clone().and(col("dur_ns").is_not_null()))
-        .group_by([col("func"), col("mechanism"), col("client_id")])
-        .agg([col("dur_ns").cast(DataType::Float64).median().alias("m")])
-        .collect()
-        .explain("cannot compute per-client medians")?;
-    let (funcs, mechanisms) = (
-        strings(&per_client, "func")?,
-        strings(&per_client, "mechanism")?,
-    );
-    let medians = per_client.column("m").explain("m")?;
-    for (row, median) in medians.f64().explain("m")?.iter().enumerate() {
-        let key = Key {
-            func: funcs[row].clone().unwrap_or_default(),
-            mechanism: mechanisms[row].clone(),
-        };
-        if let (Some(group), Some(median)) = (groups.get_mut(&key), median) {
-            group.client_medians.push(median);
-        }
-    }
-    for group in groups.values_mut() {
-        group.client_medians.sort_unstable_by(f64::total_cmp);
-    }
-    let failing = calls
-        .clone()
-        .filter(failed())
-        .group_by([col("func"), col("mechanism"), col("rv_name")])
-        .agg([len().alias("n")])
-        .collect()
-        .explain("cannot count the failures")?;
-    let (funcs, mechanisms) = (strings(&failing, "func")?, strings(&failing, "mechanism")?);
-    let (rvs, ns) = (strings(&failing, "rv_name")?, counts(&failing, "n")?);
-    for row in 0..failing.height() {
-        let key = Key {
-            func: funcs[row].clone().unwrap_or_default(),
-            mechanism: mechanisms[row].clone(),
-        };
-        if let Some(group) = groups.get_mut(&key) {
-            let rv = rvs[row].clone().unwrap_or_else(|| "(unknown)".to_owned());
-            *group.failures.entry(rv).or_default() += ns[row];
-        }
-    }
-    let scripts = if want_scripts && frame.height() <= SCRIPT_LIMIT {
-        Some(scripts(&frame)?)
+    let scripts = if want_scripts && reduced.calls as usize <= SCRIPT_LIMIT {
+        let kept = frame
+            .lazy()
+            .filter(col(KEEP))
+            .collect()
+            .explain("cannot read the calls")?;
+        Some(scripts(&kept)?)
     } else {
         None
     };
     Ok(Side {
         name,
-        providers: ranked(&calls, "provider")?,
-        modules: ranked(&calls, "module")?,
-        clients: counts(&totals, "clients")?[0],
-        calls: counts(&totals, "calls")?[0],
-        basis: if timed > 0 {
+        providers: reduced.providers,
+        modules: reduced.modules,
+        clients: reduced.clients,
+        calls: reduced.calls,
+        basis: if reduced.timed > 0 {
             Basis::Samples
         } else {
             Basis::None
         },
-        groups,
+        groups: reduced.groups,
         scripts,
         failure_codes: true,
     })
