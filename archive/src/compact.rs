@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::interleave_record_batch;
 use arrow::datatypes::{Int64Type, SchemaRef, TimestampMicrosecondType};
-use p11trace_dataset::layout::Layout;
-use p11trace_dataset::{ParquetSink, calls_schema, clients_schema, writer_properties};
+use p11trace_dataset::{calls_schema, clients_schema, writer_properties};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::encode::Encoder;
 use crate::period::{Period, PeriodKind};
 use crate::sources::{SourceFile, Table};
 
@@ -304,48 +303,44 @@ pub fn write(
     target_bytes: usize,
 ) -> Result<Vec<Staged>> {
     let spec = spec(table);
-    let layout = Layout::new(staging);
     let refs: Vec<&RecordBatch> = selected.batches.iter().collect();
     let mut staged = Vec::new();
-    let mut current: Option<(ParquetSink, Staged)> = None;
+    let mut current: Option<(Encoder, Staged)> = None;
     for chunk in selected.keys.chunks(BATCH_ROWS) {
         if current.is_none() {
             let name = format!("part-{sequence:06}-{:04}.parquet", staged.len());
             let relative = format!("{}/date={}/{name}", table.name(), period.date());
-            let sink = ParquetSink::create(
-                &layout.temp(),
+            let encoder = Encoder::create(
                 &staging.join(&relative),
                 spec.schema.clone(),
                 writer_properties(table.name(), &[]),
-            )
-            .with_context(|| format!("cannot create {}", staging.join(&relative).display()))?;
+            )?;
             let file = Staged {
                 relative,
                 rows: 0,
-                min_time: chunk[0].0,
+                min_time: None,
                 max_time: None,
             };
-            current = Some((sink, file));
+            current = Some((encoder, file));
         }
         let indices: Vec<(usize, usize)> =
             chunk.iter().map(|k| (k.3 as usize, k.4 as usize)).collect();
-        let batch = interleave_record_batch(&refs, &indices)?;
-        if let Some((sink, file)) = current.as_mut() {
-            sink.write(&batch)?;
+        if let Some((encoder, file)) = current.as_mut() {
+            encoder.write(&refs, &indices)?;
             file.rows += chunk.len() as u64;
             file.max_time = chunk.iter().rev().find_map(|k| k.0).or(file.max_time);
             if file.min_time.is_none() {
                 file.min_time = chunk.iter().find_map(|k| k.0);
             }
-            if sink.size_estimate() >= target_bytes {
-                let (sink, file) = current.take().expect("a file is open");
-                sink.finish()?;
+            if encoder.size_estimate() >= target_bytes {
+                let (encoder, file) = current.take().expect("a file is open");
+                encoder.finish()?;
                 staged.push(file);
             }
         }
     }
-    if let Some((sink, file)) = current.take() {
-        sink.finish()?;
+    if let Some((encoder, file)) = current.take() {
+        encoder.finish()?;
         staged.push(file);
     }
     Ok(staged)

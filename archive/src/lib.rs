@@ -11,7 +11,8 @@
 //! - [`merkle`]: RFC 6962 tree hashing.
 //! - [`keys`]: Ed25519 key pairs as PEM files.
 //! - [`sources`]: what an input is (dataset, Parquet file, log) and the files it holds.
-//! - [`compact`]: rows read, bucketed by period, deduplicated, sorted, written.
+//! - [`compact`]: rows read, bucketed by period, deduplicated, sorted, written (by `encode`:
+//!   the columns gathered and encoded on two threads).
 //! - [`seal`]: one period's files and digest made durable in an order a crash cannot break.
 //! - [`archive`]: the whole run (chain state, gap-filling, backfills, recovery, pruning).
 //! - [`verify`]: the checks.
@@ -24,6 +25,7 @@ pub mod chain;
 pub mod compact;
 mod crash;
 pub mod digest;
+mod encode;
 pub mod keys;
 pub mod merkle;
 pub mod period;

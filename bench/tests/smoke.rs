@@ -93,7 +93,7 @@ fn quick_mode_runs_every_benchmark_against_the_real_binaries() -> Result<()> {
     let query = &figures["query"];
     assert!(query["dataset_calls"].as_u64().context("dataset calls")? >= 20_000);
     let commands = query["commands"].as_array().context("commands")?;
-    assert_eq!(commands.len(), 11, "{commands:#?}");
+    assert_eq!(commands.len(), 12, "{commands:#?}");
     for name in ["compare", "diff", "archive", "verify"] {
         assert!(
             commands

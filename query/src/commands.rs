@@ -155,6 +155,20 @@ pub fn sql(args: &SqlArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs `a` and `b` at once (two sides are read and reduced in parallel: the reduction is one
+/// thread each).
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|scope| {
+        let second = scope.spawn(b);
+        let first = a();
+        let second = match second.join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (first, second)
+    })
+}
+
 /// The sides of a `compare`: two inputs, or one input split `--by` a column.
 fn compare_sides(args: &CompareArgs) -> Result<(Vec<Side>, usize)> {
     let Some(by) = args.by else {
@@ -169,7 +183,8 @@ fn compare_sides(args: &CompareArgs) -> Result<(Vec<Side>, usize)> {
             }
             Ok(side)
         };
-        let mut sides = vec![name(a, &args.name_a)?, name(b, &args.name_b)?];
+        let (side_a, side_b) = both(|| name(a, &args.name_a), || name(b, &args.name_b));
+        let mut sides = vec![side_a?, side_b?];
         compare::distinct_names(&mut sides);
         return Ok((sides, 0));
     };
@@ -248,8 +263,11 @@ pub fn diff(args: &DiffArgs) -> Result<bool> {
     let load = |path: &std::path::Path, name: &Option<String>| {
         compare::load_side(path, name.as_deref(), &args.input, &args.filters, false)
     };
-    let mut baseline = load(&args.baseline, &args.name_a)?;
-    let mut current = load(&args.current, &args.name_b)?;
+    let (baseline, current) = both(
+        || load(&args.baseline, &args.name_a),
+        || load(&args.current, &args.name_b),
+    );
+    let (mut baseline, mut current) = (baseline?, current?);
     // An analysis report knows functions, not mechanisms: set the other side's rows alike.
     if baseline.basis == Basis::Percentiles || current.basis == Basis::Percentiles {
         baseline.fold_mechanisms();

@@ -89,9 +89,9 @@ struct State {
 impl Writer {
     pub fn run(self) -> std::io::Result<()> {
         let mut state = State::default();
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        // Names unique to this writer (UUIDv7: time-ordered, random): the live writer, the
+        // replay writer, a clock stepped back and a reused --run-id never pick the same name.
+        let started = uuid::Uuid::now_v7().simple().to_string();
         for job in &self.jobs {
             match job {
                 Job::Rows {
@@ -101,7 +101,7 @@ impl Writer {
                     lsn_min,
                     lsn_max,
                 } => {
-                    self.rows(&mut state, started, table, date, &batch, lsn_min, lsn_max);
+                    self.rows(&mut state, &started, table, date, &batch, lsn_min, lsn_max);
                 }
                 Job::Tick { applied_through } => {
                     let expired: Vec<_> = state
@@ -137,7 +137,7 @@ impl Writer {
     fn rows(
         &self,
         state: &mut State,
-        started: u128,
+        started: &str,
         table: Table,
         date: String,
         batch: &RecordBatch,
@@ -147,7 +147,7 @@ impl Writer {
         let key = (table, date);
         if !state.open.contains_key(&key) {
             state.counter += 1;
-            let name = part_name(&started.to_string(), state.counter);
+            let name = part_name(started, state.counter);
             let schema = match table {
                 Table::Calls => calls_schema(),
                 Table::Clients => clients_schema(),

@@ -30,7 +30,9 @@ impl<'a> Interner<'a> {
     fn id(&mut self, value: Option<&'a str>) -> u32 {
         let Some(value) = value else { return NONE };
         if let Some((last, id)) = self.last
-            && last == value
+            // Values decoded from one dictionary page share their bytes: same pointer, same
+            // string, no comparison needed.
+            && ((last.as_ptr() == value.as_ptr() && last.len() == value.len()) || last == value)
         {
             return id;
         }
@@ -67,6 +69,8 @@ struct Accumulator {
     failures: FxHashMap<u32, u64>,
 }
 
+// The frame is one chunk per column (see `reduce`): each column is one Arrow array, walked with
+// its own iterator rather than the chunked array's.
 fn ints<'f>(frame: &'f DataFrame, name: &str) -> Result<&'f Int64Chunked> {
     frame.column(name).explain(name)?.i64().explain(name)
 }
@@ -77,6 +81,16 @@ fn texts<'f>(frame: &'f DataFrame, name: &str) -> Result<&'f StringChunked> {
 
 fn flags<'f>(frame: &'f DataFrame, name: &str) -> Result<&'f BooleanChunked> {
     frame.column(name).explain(name)?.bool().explain(name)
+}
+
+/// The one array of a single-chunk column.
+macro_rules! array {
+    ($column:expr) => {
+        $column
+            .downcast_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("a column without data"))?
+    };
 }
 
 /// The operation family of a function (`C_SignUpdate` → `C_Sign`); itself for the others.
@@ -144,6 +158,19 @@ fn finish(accumulator: Accumulator, rv_names: &Interner<'_>) -> Group {
 /// Reduces `frame` (the side's columns and [`KEEP`]).
 pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
     let height = frame.height();
+    if height == 0 {
+        return Ok(Reduced {
+            groups: BTreeMap::new(),
+            providers: Vec::new(),
+            modules: Vec::new(),
+            clients: 0,
+            calls: 0,
+            timed: 0,
+        });
+    }
+    let mut frame = frame.clone();
+    frame.rechunk_mut_par();
+    let frame = &frame;
     let (client_col, func_col, mech_col) = (
         texts(frame, "client_id")?,
         texts(frame, "func")?,
@@ -164,11 +191,12 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
     let mut mech = Vec::with_capacity(height);
     let mut by_op: FxHashMap<(u32, i64), u32> = FxHashMap::default();
     let mut has_op_ids = false;
-    for ((c, f), (m, op)) in client_col
+    for ((c, f), (m, op)) in array!(client_col)
         .iter()
-        .zip(func_col.iter())
-        .zip(mech_col.iter().zip(op_col.iter()))
+        .zip(array!(func_col).iter())
+        .zip(array!(mech_col).iter().zip(array!(op_col).iter()))
     {
+        let op = op.copied();
         let (c, m) = (clients.id(c), mechs.id(m));
         client.push(c);
         func.push(funcs.id(f));
@@ -182,9 +210,9 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
     }
     // Each row's mechanism: its own, else its operation's.
     if has_op_ids {
-        for (row, op) in op_col.iter().enumerate() {
+        for (row, op) in array!(op_col).iter().enumerate() {
             if mech[row] == NONE
-                && let Some(op) = op
+                && let Some(&op) = op
             {
                 mech[row] = by_op.get(&(client[row], op)).copied().unwrap_or(NONE);
             }
@@ -199,8 +227,8 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
                 .collect()
         };
         let inits: Vec<bool> = funcs.names.iter().map(|f| f.ends_with("Init")).collect();
-        let sessions: Vec<Option<i64>> = session_col.iter().collect();
-        let seqs: Vec<Option<i64>> = seq_col.iter().collect();
+        let sessions: Vec<Option<i64>> = array!(session_col).iter().map(|v| v.copied()).collect();
+        let seqs: Vec<Option<i64>> = array!(seq_col).iter().map(|v| v.copied()).collect();
         let mut order: Vec<u32> = (0..height as u32).collect();
         order.sort_unstable_by_key(|&row| (client[row as usize], seqs[row as usize], row));
         let mut open: FxHashMap<(u32, i64, u32), u32> = FxHashMap::default();
@@ -239,12 +267,12 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
     let mut slots: Vec<Option<usize>> = vec![None; funcs.names.len() * width];
     let mut accumulators: Vec<(u32, u32, Accumulator)> = Vec::new();
     let (mut calls, mut timed) = (0u64, 0u64);
-    let columns = keep
+    let columns = array!(keep)
         .iter()
-        .zip(returned.iter())
-        .zip(rv_col.iter().zip(dur_col.iter()))
-        .zip(rv_name_col.iter())
-        .zip(provider_col.iter().zip(module_col.iter()));
+        .zip(array!(returned).iter())
+        .zip(array!(rv_col).iter().zip(array!(dur_col).iter()))
+        .zip(array!(rv_name_col).iter())
+        .zip(array!(provider_col).iter().zip(array!(module_col).iter()));
     for (row, ((((kept, returned), (rv, dur)), rv_name), (provider, module))) in columns.enumerate()
     {
         if kept != Some(true) {
@@ -276,7 +304,7 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
         });
         let accumulator = &mut accumulators[index].2;
         accumulator.calls += 1;
-        let failed = rv.is_some_and(|rv| rv != 0);
+        let failed = rv.is_some_and(|rv| *rv != 0);
         if failed {
             accumulator.failed += 1;
             *accumulator
@@ -284,7 +312,7 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
                 .entry(rv_names.id(rv_name))
                 .or_default() += 1;
         }
-        if let Some(dur) = dur {
+        if let Some(&dur) = dur {
             timed += 1;
             if !failed && returned == Some(true) {
                 accumulator.samples.push((client[row], dur));

@@ -68,10 +68,10 @@ impl ParquetSink {
         })?;
         let temp_path = temp_dir.join(format!("{}.tmp", name.to_string_lossy()));
         // Private to the user whatever the umask: rows hold labels, ids and executable paths.
+        // Never another writer's file: a name already taken is an error, not a truncation.
         let file = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&temp_path)?;
         let writer =
@@ -145,7 +145,19 @@ impl ParquetSink {
             return Err(error);
         }
         hook("before-rename");
-        fs::rename(&self.temp_path, &self.final_path)?;
+        // Into place without replacing anything (a link fails if the name is taken), then the
+        // temporary name goes: a crash in between leaves a duplicate under `.tmp/`, never a loss.
+        if let Err(error) = fs::hard_link(&self.temp_path, &self.final_path) {
+            let _ = fs::remove_file(&self.temp_path);
+            return Err(io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot move {} into place: {error}",
+                    self.final_path.display()
+                ),
+            ));
+        }
+        fs::remove_file(&self.temp_path)?;
         let parent = self
             .final_path
             .parent()
@@ -162,5 +174,35 @@ impl Drop for ParquetSink {
         if self.writer.is_some() {
             let _ = fs::remove_file(&self.temp_path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CallsBuilder, calls_schema};
+
+    #[test]
+    fn a_taken_name_is_an_error_and_the_file_there_survives() {
+        let dir = std::env::temp_dir().join(format!("p11trace-sink-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("part-x-000001.parquet");
+        fs::write(&target, b"already here").unwrap();
+        let mut sink = ParquetSink::create(
+            &dir.join(".tmp"),
+            &target,
+            calls_schema(),
+            writer_properties("calls", &[]),
+        )
+        .unwrap();
+        sink.write(&CallsBuilder::new().finish()).unwrap();
+        let result = sink.finish();
+        let kept = fs::read(&target).unwrap();
+        let leftovers = fs::read_dir(dir.join(".tmp")).unwrap().count();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(result.is_err(), "a finished sink replaced an existing file");
+        assert_eq!(kept, b"already here");
+        assert_eq!(leftovers, 0);
     }
 }
