@@ -22,21 +22,7 @@ pub enum Input {
     Log(PathBuf, LogFormat),
 }
 
-/// The two tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Table {
-    Calls,
-    Clients,
-}
-
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Calls => CALLS,
-            Table::Clients => CLIENTS,
-        }
-    }
-}
+pub use p11trace_dataset::layout::Table;
 
 /// One Parquet file to read.
 #[derive(Debug, Clone)]

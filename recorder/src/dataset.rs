@@ -106,14 +106,7 @@ pub fn open(root: &Path) -> Result<Layout, SetupError> {
 pub fn listen(socket: &Path) -> Result<UnixListener, SetupError> {
     let folder = socket_folder(socket);
     if !folder.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(folder)
-            .map_err(|source| SetupError::Create {
-                path: folder.to_owned(),
-                source,
-            })?;
+        private_dir(folder)?;
     }
     let metadata = fs::metadata(folder).map_err(|source| SetupError::Create {
         path: folder.to_owned(),

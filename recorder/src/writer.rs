@@ -20,22 +20,8 @@ use p11trace_dataset::{ParquetSink, calls_schema, clients_schema, writer_propert
 use crate::crash::Crash;
 use crate::events::Lsn;
 use crate::stats::Stats;
-use p11trace_dataset::layout::{CALLS, CLIENTS, Layout, part_name};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Table {
-    Calls,
-    Clients,
-}
-
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Calls => CALLS,
-            Table::Clients => CLIENTS,
-        }
-    }
-}
+pub use p11trace_dataset::layout::Table;
+use p11trace_dataset::layout::{Layout, part_name};
 
 pub enum Job {
     /// Rows for one table and date, from log positions `lsn_min..=lsn_max`.

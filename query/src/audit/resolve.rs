@@ -138,19 +138,13 @@ const CREATES: &[&str] = &[
     "C_DeriveKey",
 ];
 
-/// Every function the resolver reads (the audit loads only these rows).
-pub const FUNCTIONS: &[&str] = &[
+/// The functions the resolver reads besides [`CREATES`] and the operation families (the audit
+/// loads only these rows).
+const FUNCTIONS: &[&str] = &[
     "C_FindObjectsInit",
     "C_FindObjects",
     "C_GetAttributeValue",
     "C_DestroyObject",
-    "C_CreateObject",
-    "C_CopyObject",
-    "C_GenerateKey",
-    "C_GenerateKeyPair",
-    "C_UnwrapKey",
-    "C_UnwrapKeyAuthenticated",
-    "C_DeriveKey",
     "C_WrapKey",
     "C_WrapKeyAuthenticated",
     "C_DigestKey",
@@ -162,7 +156,7 @@ pub const FUNCTIONS: &[&str] = &[
 
 /// Whether the resolver needs this function's rows.
 pub fn relevant(func: &str) -> bool {
-    FUNCTIONS.contains(&func) || family(func).is_some()
+    FUNCTIONS.contains(&func) || CREATES.contains(&func) || family(func).is_some()
 }
 
 fn key_type_of(mechanism: Option<&str>) -> Option<String> {

@@ -69,8 +69,6 @@ struct Accumulator {
     failures: FxHashMap<u32, u64>,
 }
 
-// The frame is one chunk per column (see `reduce`): each column is one Arrow array, walked with
-// its own iterator rather than the chunked array's.
 fn ints<'f>(frame: &'f DataFrame, name: &str) -> Result<&'f Int64Chunked> {
     frame.column(name).explain(name)?.i64().explain(name)
 }
@@ -83,13 +81,11 @@ fn flags<'f>(frame: &'f DataFrame, name: &str) -> Result<&'f BooleanChunked> {
     frame.column(name).explain(name)?.bool().explain(name)
 }
 
-/// The one array of a single-chunk column.
-macro_rules! array {
+/// A column's values, chunk by chunk, each chunk walked by its Arrow array's own iterator (no
+/// copy into one chunk, none of the chunked array's per-value bookkeeping).
+macro_rules! values {
     ($column:expr) => {
-        $column
-            .downcast_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("a column without data"))?
+        $column.downcast_iter().flat_map(|array| array.iter())
     };
 }
 
@@ -168,9 +164,6 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
             timed: 0,
         });
     }
-    let mut frame = frame.clone();
-    frame.rechunk_mut_par();
-    let frame = &frame;
     let (client_col, func_col, mech_col) = (
         texts(frame, "client_id")?,
         texts(frame, "func")?,
@@ -191,10 +184,9 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
     let mut mech = Vec::with_capacity(height);
     let mut by_op: FxHashMap<(u32, i64), u32> = FxHashMap::default();
     let mut has_op_ids = false;
-    for ((c, f), (m, op)) in array!(client_col)
-        .iter()
-        .zip(array!(func_col).iter())
-        .zip(array!(mech_col).iter().zip(array!(op_col).iter()))
+    for ((c, f), (m, op)) in values!(client_col)
+        .zip(values!(func_col))
+        .zip(values!(mech_col).zip(values!(op_col)))
     {
         let op = op.copied();
         let (c, m) = (clients.id(c), mechs.id(m));
@@ -210,7 +202,7 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
     }
     // Each row's mechanism: its own, else its operation's.
     if has_op_ids {
-        for (row, op) in array!(op_col).iter().enumerate() {
+        for (row, op) in values!(op_col).enumerate() {
             if mech[row] == NONE
                 && let Some(&op) = op
             {
@@ -227,8 +219,8 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
                 .collect()
         };
         let inits: Vec<bool> = funcs.names.iter().map(|f| f.ends_with("Init")).collect();
-        let sessions: Vec<Option<i64>> = array!(session_col).iter().map(|v| v.copied()).collect();
-        let seqs: Vec<Option<i64>> = array!(seq_col).iter().map(|v| v.copied()).collect();
+        let sessions: Vec<Option<i64>> = values!(session_col).map(|v| v.copied()).collect();
+        let seqs: Vec<Option<i64>> = values!(seq_col).map(|v| v.copied()).collect();
         let mut order: Vec<u32> = (0..height as u32).collect();
         order.sort_unstable_by_key(|&row| (client[row as usize], seqs[row as usize], row));
         let mut open: FxHashMap<(u32, i64, u32), u32> = FxHashMap::default();
@@ -267,12 +259,11 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
     let mut slots: Vec<Option<usize>> = vec![None; funcs.names.len() * width];
     let mut accumulators: Vec<(u32, u32, Accumulator)> = Vec::new();
     let (mut calls, mut timed) = (0u64, 0u64);
-    let columns = array!(keep)
-        .iter()
-        .zip(array!(returned).iter())
-        .zip(array!(rv_col).iter().zip(array!(dur_col).iter()))
-        .zip(array!(rv_name_col).iter())
-        .zip(array!(provider_col).iter().zip(array!(module_col).iter()));
+    let columns = values!(keep)
+        .zip(values!(returned))
+        .zip(values!(rv_col).zip(values!(dur_col)))
+        .zip(values!(rv_name_col))
+        .zip(values!(provider_col).zip(values!(module_col)));
     for (row, ((((kept, returned), (rv, dur)), rv_name), (provider, module))) in columns.enumerate()
     {
         if kept != Some(true) {

@@ -6,6 +6,7 @@
 //! DIR/clients/date=YYYY-MM-DD/part-….parquet
 //! DIR/.tmp/      files being written (renamed into place complete)
 //! DIR/.wal/      the recorder's write-ahead log
+//! DIR/.lock      held (flock) by the recorder writing the dataset
 //! ```
 //!
 //! Hidden entries (`.tmp`, `.wal`, anything starting with `.`) are never data: [`parquet_files`]
@@ -19,6 +20,23 @@ use std::path::{Path, PathBuf};
 pub const CALLS: &str = "calls";
 /// The `clients` table's folder name.
 pub const CLIENTS: &str = "clients";
+
+/// The two tables of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Calls,
+    Clients,
+}
+
+impl Table {
+    /// Its folder name: [`CALLS`] or [`CLIENTS`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Calls => CALLS,
+            Table::Clients => CLIENTS,
+        }
+    }
+}
 
 /// Paths inside one dataset folder.
 #[derive(Debug, Clone)]
