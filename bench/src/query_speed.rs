@@ -125,8 +125,12 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
         reps,
         || {
             let _ = std::fs::remove_dir_all(&archive);
-            let mut command = query(&["archive", "--to"]);
-            command.arg(&archive);
+            let mut command = Command::new(&ctx.bins.query);
+            command
+                .arg("archive")
+                .arg(&dataset)
+                .arg("--to")
+                .arg(&archive);
             command
         },
     )?;
