@@ -3,7 +3,8 @@
 //!
 //! Variables are read with `secure_getenv`: in a setuid/setgid process they are ignored, so an
 //! unprivileged user cannot make a privileged host load arbitrary code; only `/etc/p11trace.conf`
-//! applies there.
+//! applies there. A configuration file is read only if root owns it (or, outside set-id
+//! processes, the effective user) and neither its group nor others can write it.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -93,11 +94,70 @@ fn secure_env(name: &str) -> Option<String> {
     Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
 }
 
+/// Whether this process runs with privileges its invoker does not have (setuid/setgid).
+fn privileged() -> bool {
+    // SAFETY: getauxval has no preconditions; AT_SECURE is set by the kernel for set-id
+    // executables (and capability or LSM transitions), 0 otherwise.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// Why a configuration file must not be trusted, if it must not: it decides which module the
+/// host loads, so only root (or, in a process that is not set-id, the effective user) may own
+/// it, and nobody else may be able to write it.
+fn untrusted(metadata: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and never fails.
+    let euid = unsafe { libc::geteuid() };
+    let owner = metadata.uid();
+    let owner_ok = owner == 0 || (owner == euid && !privileged());
+    if !owner_ok {
+        return Some(format!(
+            "it is owned by uid {owner}, not by root{}",
+            if privileged() {
+                " (required in a setuid/setgid process)".to_owned()
+            } else {
+                format!(" or uid {euid}")
+            }
+        ));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by {} (mode {:o})",
+            if metadata.mode() & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            metadata.mode() & 0o777
+        ));
+    }
+    None
+}
+
 fn file_settings(warnings: &mut Vec<String>) -> Vec<(String, String)> {
+    use std::io::Read;
     let path = secure_env("P11TRACE_CONFIG").unwrap_or_else(|| "/etc/p11trace.conf".to_owned());
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    let Ok(mut file) = std::fs::File::open(&path) else {
         return Vec::new();
     };
+    // Checked on the open file (fstat), so the file read is the file checked.
+    match file.metadata() {
+        Ok(metadata) => {
+            if let Some(why) = untrusted(&metadata) {
+                warnings.push(format!("ignoring {path}: {why}"));
+                return Vec::new();
+            }
+        }
+        Err(error) => {
+            warnings.push(format!("ignoring {path}: {error}"));
+            return Vec::new();
+        }
+    }
+    let mut text = String::new();
+    if file.read_to_string(&mut text).is_err() {
+        warnings.push(format!("ignoring {path}: not readable text"));
+        return Vec::new();
+    }
     let mut settings = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -105,3 +105,73 @@ fn configuration_comes_from_a_file_when_the_host_cannot_set_variables() -> Resul
     }
     Ok(())
 }
+
+/// A configuration file names the module the host loads: one that another user owns, or that
+/// anyone but its owner can write, is ignored with a warning (and so is the module it names).
+#[test]
+fn a_configuration_file_others_could_write_is_ignored() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut traced = Traced::new("config-trust")?;
+    let recorder = &mut traced.recorder;
+    let dir = temp();
+    let text = format!(
+        "module = {SOFTHSM}\nsocket = {}\n",
+        recorder.socket.display()
+    );
+    let attempt =
+        |name: &str, prepare: &dyn Fn(&std::path::Path) -> Result<()>| -> Result<String> {
+            let config = dir.path().join(name);
+            std::fs::write(&config, &text)?;
+            prepare(&config)?;
+            let mut command = traced.token.pkcs11_tool(&shim(), &["--list-slots"]);
+            command
+                .env("P11TRACE_CONFIG", &config)
+                .env_remove("P11TRACE_MODULE")
+                .env_remove("PKCS11SPY");
+            let output = run(&mut command, Duration::from_secs(60))?;
+            ensure!(
+                !output.status.success(),
+                "{name}: the module it names was loaded"
+            );
+            Ok(text_of(&output.stderr))
+        };
+    let world = attempt("world-writable.conf", &|path| {
+        Ok(std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(0o666),
+        )?)
+    })?;
+    ensure!(
+        world.contains("ignoring") && world.contains("writable by everyone"),
+        "{world}"
+    );
+    let group = attempt("group-writable.conf", &|path| {
+        Ok(std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(0o664),
+        )?)
+    })?;
+    ensure!(group.contains("writable by its group"), "{group}");
+    let foreign = attempt("foreign.conf", &|path| {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid path; chown to nobody (the tests run as root, as CI does).
+        let rc = unsafe { libc::chown(c.as_ptr(), 65534, 65534) };
+        ensure!(rc == 0, "chown: {}", std::io::Error::last_os_error());
+        Ok(())
+    })?;
+    ensure!(foreign.contains("owned by uid 65534"), "{foreign}");
+    recorder.stop()?;
+    let written: Vec<_> = all_files(&recorder.dataset)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    ensure!(
+        written.is_empty(),
+        "calls were traced through an untrusted configuration: {written:?}"
+    );
+    Ok(())
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

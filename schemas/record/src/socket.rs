@@ -17,10 +17,12 @@ pub fn default_socket_path(uid: u32) -> PathBuf {
     }
 }
 
-/// The calling process's real uid.
+/// The calling process's effective uid.
 pub fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and never fails.
-    unsafe { libc::getuid() }
+    // The effective uid: a setuid process's records belong to the identity it runs as, not to
+    // the user who started it (whose own "recorder" would otherwise receive them).
+    // SAFETY: geteuid has no preconditions and never fails.
+    unsafe { libc::geteuid() }
 }
 
 /// The folder holding `socket` (`.` for a bare file name).
