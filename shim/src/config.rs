@@ -73,6 +73,8 @@ pub fn get() -> &'static Config {
 }
 
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;
+/// The largest queue `P11TRACE_QUEUE_CAPACITY` may ask for (~300 MB of records).
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 pub const DEFAULT_FINALIZE_WAIT: Duration = Duration::from_millis(1000);
 pub const DEFAULT_EXIT_WAIT: Duration = Duration::from_millis(250);
 
@@ -230,6 +232,16 @@ impl Config {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&n| n >= 1)
             .unwrap_or(DEFAULT_QUEUE_CAPACITY);
+        // The queue is allocated at once (~300 B a record): a huge value must not exhaust the
+        // host's memory.
+        let queue_capacity = if queue_capacity > MAX_QUEUE_CAPACITY {
+            warnings.push(format!(
+                "P11TRACE_QUEUE_CAPACITY {queue_capacity} is above {MAX_QUEUE_CAPACITY}; using {MAX_QUEUE_CAPACITY}"
+            ));
+            MAX_QUEUE_CAPACITY
+        } else {
+            queue_capacity
+        };
         let millis = |variable: &str, key: &str, default: Duration| {
             setting(variable, key)
                 .and_then(|v| v.parse::<u64>().ok())

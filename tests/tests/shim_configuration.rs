@@ -175,3 +175,28 @@ fn a_configuration_file_others_could_write_is_ignored() -> Result<()> {
 fn text_of(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// The record queue is allocated at once: an absurd `P11TRACE_QUEUE_CAPACITY` is capped with a
+/// warning instead of exhausting (or aborting) the host, and the calls are still recorded.
+#[test]
+fn an_absurd_queue_capacity_is_capped_and_the_host_works() -> Result<()> {
+    let mut traced = Traced::new("queue-cap")?;
+    let mut command = traced.pkcs11_tool(&["--list-slots"]);
+    command.env("P11TRACE_QUEUE_CAPACITY", "1000000000000");
+    let output = run(&mut command, Duration::from_secs(60))?;
+    let stderr = text_of(&output.stderr);
+    ensure!(output.status.success(), "the host failed: {stderr}");
+    ensure!(
+        stderr.contains("P11TRACE_QUEUE_CAPACITY 1000000000000 is above"),
+        "{stderr}"
+    );
+    traced.recorder.stop()?;
+    ensure!(
+        count_of(&format!(
+            "SELECT count(*) AS n FROM {}",
+            traced.recorder.table("calls")
+        ))? > 0,
+        "nothing recorded"
+    );
+    Ok(())
+}
