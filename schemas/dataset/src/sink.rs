@@ -98,14 +98,6 @@ impl ParquetSink {
         self.rows
     }
 
-    /// Bytes the file will have so far: what is written plus the encoded size of the row group in
-    /// progress (an estimate until it is flushed; the same rows always give the same figure).
-    pub fn size_estimate(&self) -> usize {
-        self.writer
-            .as_ref()
-            .map_or(0, |w| w.bytes_written() + w.in_progress_size())
-    }
-
     /// Adds a key-value metadata entry to the file footer.
     pub fn add_metadata(&mut self, key: &str, value: String) {
         if let Some(writer) = self.writer.as_mut() {
