@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -126,36 +124,9 @@ fn read_file(source: &SourceFile, kind: PeriodKind) -> Result<FileRows> {
 
 /// Reads every source (two threads), bucketed by table and period in input order.
 pub fn read(sources: &[SourceFile], kind: PeriodKind) -> Result<Buckets> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<FileRows>>>> =
-        Mutex::new((0..sources.len()).map(|_| None).collect());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(source) = sources.get(index) else {
-                        break;
-                    };
-                    let result = read_file(source, kind);
-                    let failed = result.is_err();
-                    if let Ok(mut slots) = results.lock() {
-                        slots[index] = Some(result);
-                    }
-                    if failed {
-                        next.store(sources.len(), Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
+    let results = crate::par_map(sources, |source| read_file(source, kind));
     let mut buckets = Buckets::default();
-    let slots = results
-        .into_inner()
-        .map_err(|_| anyhow!("a reader thread panicked"))?;
-    for (source, slot) in sources.iter().zip(slots) {
-        let Some(result) = slot else { continue };
+    for (source, result) in sources.iter().zip(results) {
         let (batches, bytes) = result?;
         buckets.input_bytes += bytes;
         for (period, batch) in batches {

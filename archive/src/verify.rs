@@ -6,8 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Result, bail};
 use ed25519_dalek::VerifyingKey;
@@ -97,24 +95,10 @@ fn check_file(path: &Path, entry: &FileEntry) -> Option<String> {
 
 /// Hashes every listed file on two threads; returns the problems by path.
 fn check_files(jobs: &[(PathBuf, String, FileEntry)]) -> Vec<(String, String)> {
-    let next = AtomicUsize::new(0);
-    let found = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                while let Some((path, what, entry)) = jobs.get(next.fetch_add(1, Ordering::Relaxed))
-                {
-                    if let Some(problem) = check_file(path, entry)
-                        && let Ok(mut found) = found.lock()
-                    {
-                        found.push((what.clone(), problem));
-                    }
-                }
-            });
-        }
+    let found = crate::par_map(jobs, |(path, what, entry)| {
+        check_file(path, entry).map(|problem| (what.clone(), problem))
     });
-    let mut problems = found.into_inner().unwrap_or_default();
+    let mut problems: Vec<_> = found.into_iter().flatten().collect();
     problems.sort();
     problems
 }
