@@ -101,11 +101,11 @@ pub fn audit(calls: LazyFrame) -> Result<AuditReport> {
     let total = ints(&total, "n")?.first().copied().flatten().unwrap_or(0);
     let funcs = relevant_functions(&calls)?;
     let funcs = Series::new("funcs".into(), funcs);
-    let relevant = calls
-        .filter(col("func").is_in(lit(funcs).implode(false), false))
-        .sort(["client_id", "seq"], SortMultipleOptions::default());
+    let relevant = calls.filter(col("func").is_in(lit(funcs).implode(false), false));
+    // Attributes are looked up by (client_id, seq): only the calls themselves need the order.
     let mut attrs = identifying_attrs(relevant.clone())?;
     let frame = relevant
+        .sort(["client_id", "seq"], SortMultipleOptions::default())
         .select([
             col("client_id"),
             col("seq"),
