@@ -58,8 +58,7 @@ impl Encoder {
             })
             .collect();
         if let Some(folder) = path.parent() {
-            std::fs::create_dir_all(folder)
-                .with_context(|| format!("cannot create {}", folder.display()))?;
+            crate::seal::private_dir(folder)?;
         }
         let file = OpenOptions::new()
             .write(true)

@@ -72,11 +72,7 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
 
 /// Creates a folder (and parents) private to the user.
 pub fn private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+    p11trace_dataset::layout::private_dir(path)
         .with_context(|| format!("cannot create {}", path.display()))
 }
 

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -37,14 +37,10 @@ fn advice(why: &Untrusted) -> &'static str {
 
 /// Creates a folder and its missing parents, 0700.
 fn private_dir(folder: &Path) -> Result<(), SetupError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(folder)
-        .map_err(|source| SetupError::Create {
-            path: folder.to_owned(),
-            source,
-        })
+    p11trace_dataset::layout::private_dir(folder).map_err(|source| SetupError::Create {
+        path: folder.to_owned(),
+        source,
+    })
 }
 
 /// Takes the dataset for this process: an exclusive `flock` on `DIR/.lock`, held until the

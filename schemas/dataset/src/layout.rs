@@ -81,6 +81,15 @@ impl Layout {
     }
 }
 
+/// Creates a folder and its missing parents, 0700 (rows hold labels, ids and executable paths).
+pub fn private_dir(folder: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(folder)
+}
+
 /// The file name of a producer's `n`-th part file: `part-<producer>-<n>.parquet`, where
 /// `producer` names the writer and its run (a recorder's start time, an import's run id), so
 /// writers sharing a folder never collide.
