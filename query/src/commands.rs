@@ -191,9 +191,13 @@ fn compare_sides(args: &CompareArgs) -> Result<(Vec<Side>, usize)> {
     let [input] = args.inputs.as_slice() else {
         anyhow::bail!("--by splits one input; {} were given", args.inputs.len());
     };
-    let (calls, _loaded) =
-        compare::load_calls(std::slice::from_ref(input), &args.input, &args.filters)?;
-    let groups = compare::split(calls, by)?;
+    let rows = compare::load_rows(
+        std::slice::from_ref(input),
+        &args.input,
+        &args.filters,
+        Some(by),
+    )?;
+    let groups = compare::split(&rows);
     if groups.len() < 2 {
         anyhow::bail!(
             "{}: --by {by:?} finds {} group(s); compare needs two or more",
@@ -203,7 +207,7 @@ fn compare_sides(args: &CompareArgs) -> Result<(Vec<Side>, usize)> {
     }
     let sides = groups
         .into_iter()
-        .map(|(name, frame)| crate::compare::side::from_calls(name, frame, true))
+        .map(|(name, group)| crate::compare::side::from_rows(name, &rows, Some(group), true))
         .collect::<Result<Vec<_>>>()?;
     let baseline = match &args.baseline {
         None => 0,

@@ -1,4 +1,6 @@
-//! Row filters (`--func`, `--pid`, `--since`, `--until`, `--rv`, `--failed`, `--run-id`).
+//! Row filters (`--func`, `--pid`, `--since`, `--until`, `--rv`, `--failed`, `--run-id`): parsed
+//! once into [`Criteria`], which both the polars expression ([`predicate`]) and the direct reader
+//! of `compare`/`diff` (`compare::scan`) evaluate.
 
 use anyhow::{Result, bail};
 use p11trace_record::names;
@@ -20,6 +22,91 @@ fn parse_time(text: &str) -> Result<i64> {
     bail!("`{text}` is not a time (use RFC 3339 like 2026-11-25T17:00:00Z, or YYYY-MM-DD)")
 }
 
+/// The filters, parsed and checked: what a row must satisfy to be kept.
+#[derive(Debug, Clone, Default)]
+pub struct Criteria {
+    /// Function names, `C_`-prefixed (`--func Sign` is `C_Sign`).
+    pub funcs: Vec<String>,
+    pub pids: Vec<i64>,
+    /// µs since the epoch, inclusive.
+    pub since: Option<i64>,
+    /// µs since the epoch, exclusive.
+    pub until: Option<i64>,
+    /// Return codes.
+    pub rvs: Vec<i64>,
+    /// Only calls with a return code other than `CKR_OK`.
+    pub failed: bool,
+    pub run_id: Option<String>,
+}
+
+impl Criteria {
+    pub fn parse(filters: &Filters) -> Result<Criteria> {
+        let funcs = filters
+            .funcs
+            .iter()
+            .map(|f| {
+                if f.starts_with("C_") {
+                    f.clone()
+                } else {
+                    format!("C_{f}")
+                }
+            })
+            .collect();
+        let mut rvs = Vec::new();
+        for rv in &filters.rvs {
+            let code = names::RV.code(rv).or_else(|| rv.parse::<u64>().ok());
+            match code {
+                Some(code) => rvs.push(code as i64),
+                None => bail!("--rv {rv}: not a CKR_* name or a number"),
+            }
+        }
+        Ok(Criteria {
+            funcs,
+            pids: filters.pids.clone(),
+            since: filters.since.as_deref().map(parse_time).transpose()?,
+            until: filters.until.as_deref().map(parse_time).transpose()?,
+            rvs,
+            failed: filters.failed,
+            run_id: filters.run_id.clone(),
+        })
+    }
+
+    /// Whether a row's start time (µs; `None` when unknown) passes `--since`/`--until`.
+    pub fn keeps_start(&self, start: Option<i64>) -> bool {
+        let after = self
+            .since
+            .is_none_or(|since| start.is_some_and(|s| s >= since));
+        let before = self
+            .until
+            .is_none_or(|until| start.is_some_and(|s| s < until));
+        after && before
+    }
+
+    /// Whether a row's return code passes `--rv` and `--failed`.
+    pub fn keeps_rv(&self, rv: Option<i64>) -> bool {
+        let listed = self.rvs.is_empty() || rv.is_some_and(|rv| self.rvs.contains(&rv));
+        let failed = !self.failed || rv.is_some_and(|rv| rv != 0);
+        listed && failed
+    }
+
+    /// Whether a row's process id passes `--pid`.
+    pub fn keeps_pid(&self, pid: Option<i64>) -> bool {
+        self.pids.is_empty() || pid.is_some_and(|pid| self.pids.contains(&pid))
+    }
+
+    /// Whether a function name passes `--func`.
+    pub fn keeps_func(&self, func: Option<&str>) -> bool {
+        self.funcs.is_empty() || func.is_some_and(|f| self.funcs.iter().any(|want| want == f))
+    }
+
+    /// Whether a run id passes `--run-id`.
+    pub fn keeps_run(&self, run_id: Option<&str>) -> bool {
+        self.run_id
+            .as_deref()
+            .is_none_or(|want| run_id == Some(want))
+    }
+}
+
 fn timestamp(micros: i64) -> Expr {
     lit(micros).cast(DataType::Datetime(
         TimeUnit::Microseconds,
@@ -37,6 +124,7 @@ pub fn apply(calls: LazyFrame, filters: &Filters) -> Result<LazyFrame> {
 
 /// The filters as one boolean expression (`None`: no filter); null counts as false.
 pub fn predicate(filters: &Filters) -> Result<Option<Expr>> {
+    let criteria = Criteria::parse(filters)?;
     let mut condition: Option<Expr> = None;
     let mut and = |expr: Expr| {
         condition = Some(match condition.take() {
@@ -44,51 +132,29 @@ pub fn predicate(filters: &Filters) -> Result<Option<Expr>> {
             None => expr,
         });
     };
-    if !filters.funcs.is_empty() {
-        let funcs: Vec<String> = filters
-            .funcs
-            .iter()
-            .map(|f| {
-                if f.starts_with("C_") {
-                    f.clone()
-                } else {
-                    format!("C_{f}")
-                }
-            })
-            .collect();
-        and(col("func").is_in(
-            lit(Series::new("funcs".into(), funcs)).implode(false),
-            false,
-        ));
+    if !criteria.funcs.is_empty() {
+        let funcs = Series::new("funcs".into(), criteria.funcs);
+        and(col("func").is_in(lit(funcs).implode(false), false));
     }
-    if !filters.pids.is_empty() {
-        and(col("pid").is_in(
-            lit(Series::new("pids".into(), filters.pids.clone())).implode(false),
-            false,
-        ));
+    if !criteria.pids.is_empty() {
+        let pids = Series::new("pids".into(), criteria.pids);
+        and(col("pid").is_in(lit(pids).implode(false), false));
     }
-    if let Some(since) = &filters.since {
-        and(col("start").gt_eq(timestamp(parse_time(since)?)));
+    if let Some(since) = criteria.since {
+        and(col("start").gt_eq(timestamp(since)));
     }
-    if let Some(until) = &filters.until {
-        and(col("start").lt(timestamp(parse_time(until)?)));
+    if let Some(until) = criteria.until {
+        and(col("start").lt(timestamp(until)));
     }
-    if !filters.rvs.is_empty() {
-        let mut codes = Vec::new();
-        for rv in &filters.rvs {
-            let code = names::RV.code(rv).or_else(|| rv.parse::<u64>().ok());
-            match code {
-                Some(code) => codes.push(code as i64),
-                None => bail!("--rv {rv}: not a CKR_* name or a number"),
-            }
-        }
-        and(col("rv").is_in(lit(Series::new("rvs".into(), codes)).implode(false), false));
+    if !criteria.rvs.is_empty() {
+        let rvs = Series::new("rvs".into(), criteria.rvs);
+        and(col("rv").is_in(lit(rvs).implode(false), false));
     }
-    if filters.failed {
+    if criteria.failed {
         and(crate::analyze::failed());
     }
-    if let Some(run_id) = &filters.run_id {
-        and(col("run_id").eq(lit(run_id.clone())));
+    if let Some(run_id) = criteria.run_id {
+        and(col("run_id").eq(lit(run_id)));
     }
     Ok(condition)
 }

@@ -10,17 +10,19 @@ pub mod drift;
 pub mod reduce;
 pub mod render;
 pub mod report;
+pub mod scan;
 pub mod side;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use polars::prelude::*;
+use rustc_hash::FxHashMap;
 
-use crate::Explain;
 use crate::cli::{By, Filters, InputArgs};
+use crate::filters::Criteria;
 use crate::input;
+use scan::Rows;
 use side::Side;
 
 /// An `analyze --format json` report rather than calls (its first key is `analysis_version`).
@@ -33,24 +35,27 @@ pub fn is_analysis_json(path: &Path) -> bool {
     text.trim_start().starts_with('{') && text.contains("\"analysis_version\"")
 }
 
-/// The calls of `inputs`, each row marked with the filters' verdict (`__keep`): the rows a filter
-/// drops still name their operations' mechanisms (resolved in `reduce`).
-pub fn load_calls(
+/// The calls of `inputs` read for a comparison (split `--by` a column when given), each row
+/// marked with the filters' verdict, and every operation's mechanism resolved.
+pub fn load_rows(
     inputs: &[PathBuf],
     input_args: &InputArgs,
     filters: &Filters,
-) -> Result<(LazyFrame, input::Loaded)> {
-    let loaded = input::load(
+    by: Option<By>,
+) -> Result<Rows> {
+    let located = input::locate(
         inputs,
         input_args.input_format,
         &input_args.import_options(),
     )?;
-    let keep = crate::filters::predicate(filters)?.unwrap_or(lit(true));
-    let calls = loaded
-        .calls
-        .clone()
-        .with_column(keep.fill_null(lit(false)).alias(reduce::KEEP));
-    Ok((calls, loaded))
+    let criteria = Criteria::parse(filters)?;
+    let plan = scan::Plan {
+        criteria: &criteria,
+        by,
+    };
+    let mut rows = scan::read(&located.calls, &plan)?;
+    reduce::resolve_mechanisms(&mut rows);
+    Ok(rows)
 }
 
 /// One side from one input path: calls (any input `analyze` reads) or an analysis JSON report.
@@ -68,9 +73,9 @@ pub fn load_side(
     let mut side = if is_analysis_json(path) {
         analysis_json::from_analysis_json(shown.clone(), path)?
     } else {
-        let (calls, _loaded) = load_calls(&[path.to_owned()], input_args, filters)
+        let rows = load_rows(&[path.to_owned()], input_args, filters, None)
             .with_context(|| format!("cannot read {shown}"))?;
-        side::from_calls(shown.clone(), calls, want_scripts)?
+        side::from_rows(shown.clone(), &rows, None, want_scripts)?
     };
     side.name = match name {
         Some(name) => name.to_owned(),
@@ -79,45 +84,34 @@ pub fn load_side(
     Ok(side)
 }
 
-/// Splits one input's calls into groups by `by`, in order of each group's first call.
-pub fn split(calls: LazyFrame, by: By) -> Result<Vec<(String, LazyFrame)>> {
-    let expr = match by {
-        By::Provider => col("provider")
-            .max()
-            .over([col("client_id")])
-            .explain("provider per client")?
-            .fill_null(col("module")),
-        By::Module => col("module"),
-        By::Process => col("process"),
-        By::RunId => col("run_id"),
-        By::Host => col("host"),
+/// The groups of rows read `--by` a column, in order of each group's first call (then by
+/// name): (name, group id), rows without a value in `(unknown)`.
+pub fn split(rows: &Rows) -> Vec<(String, u32)> {
+    let mut first: FxHashMap<u32, (u8, i64)> = FxHashMap::default();
+    for chunk in &rows.chunks {
+        for (&group, &start) in chunk.group.iter().zip(&chunk.start) {
+            let start = if start == scan::NULL {
+                (1, 0)
+            } else {
+                (0, start)
+            };
+            let earliest = first.entry(group).or_insert(start);
+            *earliest = (*earliest).min(start);
+        }
+    }
+    let name = |group: u32| match rows.groups.name(group) {
+        Some(name) => name.to_owned(),
+        None => "(unknown)".to_owned(),
     };
-    let grouped = calls.with_column(expr.fill_null(lit("(unknown)")).alias("__group"));
-    let names = grouped
-        .clone()
-        .group_by([col("__group")])
-        .agg([col("start").min().alias("first"), len().alias("n")])
-        .sort(
-            ["first", "__group"],
-            SortMultipleOptions::default().with_nulls_last(true),
-        )
-        .collect()
-        .explain("cannot split the input")?;
-    let column = names.column("__group").explain("groups")?;
-    let names: Vec<String> = column
-        .str()
-        .explain("groups")?
-        .iter()
-        .flatten()
-        .map(str::to_owned)
-        .collect();
-    Ok(names
+    let mut groups: Vec<((u8, i64), String, u32)> = first
         .into_iter()
-        .map(|name| {
-            let frame = grouped.clone().filter(col("__group").eq(lit(name.clone())));
-            (name, frame)
-        })
-        .collect())
+        .map(|(group, start)| (start, name(group), group))
+        .collect();
+    groups.sort();
+    groups
+        .into_iter()
+        .map(|(_, name, group)| (name, group))
+        .collect()
 }
 
 /// Gives sides that would share a name distinct ones (`… (A)`, `… (B)`).

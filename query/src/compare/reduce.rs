@@ -1,54 +1,15 @@
-//! One pass in Rust over a side's collected calls: each operation's mechanism resolved (by
-//! `op_id`, or for sources without them from the last `C_XInit` of the same family on the same
+//! One pass in Rust over a side's rows ([`scan::Rows`]): each operation's mechanism resolved (by
+//! `op_id`, or for clients without them from the last `C_XInit` of the same family on the same
 //! session), then the rows the filters keep reduced per (function, mechanism) to counts, failing
-//! return codes, sorted latency samples and per-client medians. Strings are interned once (a
-//! row's value is compared with the previous row's before any hashing: rows come in runs of
-//! one client), so the work per row is a few integer operations.
+//! return codes, sorted latency samples and per-client medians. Every string is an interned id
+//! by now, so the work per row is a few integer operations.
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
-use polars::prelude::*;
 use rustc_hash::FxHashMap;
 
+use super::scan::{FAILED, KEEP, NONE, NULL, Names, RETURNED, Rows};
 use super::side::{Group, Key};
-use crate::Explain;
-
-/// The boolean column that says which rows the filters keep.
-pub const KEEP: &str = "__keep";
-const NONE: u32 = u32::MAX;
-
-/// Interned strings, with the previous value cached.
-#[derive(Default)]
-struct Interner<'a> {
-    ids: FxHashMap<&'a str, u32>,
-    names: Vec<&'a str>,
-    last: Option<(&'a str, u32)>,
-}
-
-impl<'a> Interner<'a> {
-    fn id(&mut self, value: Option<&'a str>) -> u32 {
-        let Some(value) = value else { return NONE };
-        if let Some((last, id)) = self.last
-            // Values decoded from one dictionary page share their bytes: same pointer, same
-            // string, no comparison needed.
-            && ((last.as_ptr() == value.as_ptr() && last.len() == value.len()) || last == value)
-        {
-            return id;
-        }
-        let next = self.names.len() as u32;
-        let id = *self.ids.entry(value).or_insert(next);
-        if id == next {
-            self.names.push(value);
-        }
-        self.last = Some((value, id));
-        id
-    }
-
-    fn name(&self, id: u32) -> Option<String> {
-        self.names.get(id as usize).map(|s| (*s).to_owned())
-    }
-}
 
 /// What [`reduce`] finds among the kept rows.
 pub struct Reduced {
@@ -69,26 +30,6 @@ struct Accumulator {
     failures: FxHashMap<u32, u64>,
 }
 
-fn ints<'f>(frame: &'f DataFrame, name: &str) -> Result<&'f Int64Chunked> {
-    frame.column(name).explain(name)?.i64().explain(name)
-}
-
-fn texts<'f>(frame: &'f DataFrame, name: &str) -> Result<&'f StringChunked> {
-    frame.column(name).explain(name)?.str().explain(name)
-}
-
-fn flags<'f>(frame: &'f DataFrame, name: &str) -> Result<&'f BooleanChunked> {
-    frame.column(name).explain(name)?.bool().explain(name)
-}
-
-/// A column's values, chunk by chunk, each chunk walked by its Arrow array's own iterator (no
-/// copy into one chunk, none of the chunked array's per-value bookkeeping).
-macro_rules! values {
-    ($column:expr) => {
-        $column.downcast_iter().flat_map(|array| array.iter())
-    };
-}
-
 /// The operation family of a function (`C_SignUpdate` → `C_Sign`); itself for the others.
 fn family(func: &str) -> &str {
     ["Init", "Update", "Final"]
@@ -97,12 +38,12 @@ fn family(func: &str) -> &str {
         .unwrap_or(func)
 }
 
-fn ranked(interner: &Interner<'_>, counts: &[u64]) -> Vec<String> {
+fn ranked(names: &Names, counts: &[u64]) -> Vec<String> {
     let mut order: Vec<(u64, &str)> = counts
         .iter()
         .enumerate()
         .filter(|(_, n)| **n > 0)
-        .map(|(id, n)| (*n, interner.names[id]))
+        .filter_map(|(id, n)| Some((*n, names.name(id as u32)?)))
         .collect();
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
     order.into_iter().map(|(_, s)| s.to_owned()).collect()
@@ -118,9 +59,11 @@ fn median(sorted: &[i64]) -> f64 {
     }
 }
 
-fn finish(accumulator: Accumulator, rv_names: &Interner<'_>) -> Group {
+fn finish(accumulator: Accumulator, rv_names: &Names) -> Group {
     let mut samples = accumulator.samples;
-    samples.sort_unstable();
+    // Radix sorts: on 10 M samples a few passes over the bytes that differ, where a comparison
+    // sort took most of a second.
+    radsort::sort_by_key(&mut samples, |s| (s.0, s.1));
     let mut client_medians = Vec::new();
     let mut durations: Vec<i64> = Vec::with_capacity(samples.len());
     let mut start = 0;
@@ -132,7 +75,7 @@ fn finish(accumulator: Accumulator, rv_names: &Interner<'_>) -> Group {
         client_medians.push(median(&durations[first..]));
         start = end;
     }
-    durations.sort_unstable();
+    radsort::sort(&mut durations);
     client_medians.sort_unstable_by(f64::total_cmp);
     Group {
         calls: accumulator.calls,
@@ -144,169 +87,136 @@ fn finish(accumulator: Accumulator, rv_names: &Interner<'_>) -> Group {
             .failures
             .into_iter()
             .map(|(rv, n)| {
-                let name = rv_names.name(rv).unwrap_or_else(|| "(unknown)".to_owned());
+                let name = rv_names.name(rv).unwrap_or("(unknown)").to_owned();
                 (name, n)
             })
             .collect(),
     }
 }
 
-/// Reduces `frame` (the side's columns and [`KEEP`]).
-pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
-    let height = frame.height();
-    if height == 0 {
-        return Ok(Reduced {
-            groups: BTreeMap::new(),
-            providers: Vec::new(),
-            modules: Vec::new(),
-            clients: 0,
-            calls: 0,
-            timed: 0,
-        });
-    }
-    let (client_col, func_col, mech_col) = (
-        texts(frame, "client_id")?,
-        texts(frame, "func")?,
-        texts(frame, "mechanism")?,
-    );
-    let (op_col, session_col, seq_col) = (
-        ints(frame, "op_id")?,
-        ints(frame, "session")?,
-        ints(frame, "seq")?,
-    );
-    let (mut clients, mut funcs, mut mechs) = (
-        Interner::default(),
-        Interner::default(),
-        Interner::default(),
-    );
-    let mut client = Vec::with_capacity(height);
-    let mut func = Vec::with_capacity(height);
-    let mut mech = Vec::with_capacity(height);
+/// Gives rows without a mechanism their operation's: by `(client, op_id)`, or for clients that
+/// have no `op_id`s (pkcs11-spy imports) from the last `C_XInit` of the same family on the same
+/// session, in `seq` order.
+pub fn resolve_mechanisms(rows: &mut Rows) {
     let mut by_op: FxHashMap<(u32, i64), u32> = FxHashMap::default();
-    let mut has_op_ids = false;
-    for ((c, f), (m, op)) in values!(client_col)
-        .zip(values!(func_col))
-        .zip(values!(mech_col).zip(values!(op_col)))
-    {
-        let op = op.copied();
-        let (c, m) = (clients.id(c), mechs.id(m));
-        client.push(c);
-        func.push(funcs.id(f));
-        mech.push(m);
-        if let Some(op) = op {
-            has_op_ids = true;
-            if m != NONE {
-                by_op.entry((c, op)).or_insert(m);
-            }
-        }
-    }
-    // Each row's mechanism: its own, else its operation's.
-    if has_op_ids {
-        for (row, op) in values!(op_col).enumerate() {
-            if mech[row] == NONE
-                && let Some(&op) = op
-            {
-                mech[row] = by_op.get(&(client[row], op)).copied().unwrap_or(NONE);
-            }
-        }
-    } else {
-        let families: Vec<u32> = {
-            let mut names = Interner::default();
-            funcs
-                .names
-                .iter()
-                .map(|f| names.id(Some(family(f))))
-                .collect()
-        };
-        let inits: Vec<bool> = funcs.names.iter().map(|f| f.ends_with("Init")).collect();
-        let sessions: Vec<Option<i64>> = values!(session_col).map(|v| v.copied()).collect();
-        let seqs: Vec<Option<i64>> = values!(seq_col).map(|v| v.copied()).collect();
-        let mut order: Vec<u32> = (0..height as u32).collect();
-        order.sort_unstable_by_key(|&row| (client[row as usize], seqs[row as usize], row));
-        let mut open: FxHashMap<(u32, i64, u32), u32> = FxHashMap::default();
-        for row in order {
-            let row = row as usize;
-            let Some(session) = sessions[row] else {
+    let mut has_ops = vec![false; rows.clients.len()];
+    for chunk in &rows.chunks {
+        for row in 0..chunk.len() {
+            let (client, op) = (chunk.client[row], chunk.op[row]);
+            if op == NULL {
                 continue;
-            };
-            let key = (client[row], session, families[func[row] as usize]);
-            if inits[func[row] as usize] && mech[row] != NONE {
-                open.insert(key, mech[row]);
-            } else if mech[row] == NONE {
-                mech[row] = open.get(&key).copied().unwrap_or(NONE);
+            }
+            if let Some(flag) = has_ops.get_mut(client as usize) {
+                *flag = true;
+            }
+            if chunk.mech[row] != NONE {
+                by_op.entry((client, op)).or_insert(chunk.mech[row]);
             }
         }
     }
+    let mut rest: Vec<(u32, i64, u32, u32)> = Vec::new();
+    for (index, chunk) in rows.chunks.iter_mut().enumerate() {
+        for row in 0..chunk.len() {
+            let client = chunk.client[row];
+            if has_ops.get(client as usize).copied().unwrap_or(false) {
+                if chunk.mech[row] == NONE && chunk.op[row] != NULL {
+                    let key = (client, chunk.op[row]);
+                    chunk.mech[row] = by_op.get(&key).copied().unwrap_or(NONE);
+                }
+            } else if chunk.session[row] != NULL {
+                rest.push((client, chunk.seq[row], index as u32, row as u32));
+            }
+        }
+    }
+    if rest.is_empty() {
+        return;
+    }
+    let mut families = Names::default();
+    let family_of: Vec<u32> = (0..rows.funcs.len() as u32)
+        .map(|f| families.id(family(rows.funcs.name(f).unwrap_or(""))))
+        .collect();
+    let inits: Vec<bool> = (0..rows.funcs.len() as u32)
+        .map(|f| {
+            rows.funcs
+                .name(f)
+                .is_some_and(|name| name.ends_with("Init"))
+        })
+        .collect();
+    rest.sort_unstable();
+    let mut open: FxHashMap<(u32, i64, u32), u32> = FxHashMap::default();
+    for (client, _, index, row) in rest {
+        let chunk = &mut rows.chunks[index as usize];
+        let row = row as usize;
+        let func = chunk.func[row] as usize;
+        let Some(&family) = family_of.get(func) else {
+            continue;
+        };
+        let key = (client, chunk.session[row], family);
+        if inits[func] && chunk.mech[row] != NONE {
+            open.insert(key, chunk.mech[row]);
+        } else if chunk.mech[row] == NONE {
+            chunk.mech[row] = open.get(&key).copied().unwrap_or(NONE);
+        }
+    }
+}
 
-    let (keep, returned) = (
-        flags(frame, super::reduce::KEEP)?,
-        flags(frame, "returned")?,
+/// Reduces the kept rows of `rows` (of one `--by` group, when given) after
+/// [`resolve_mechanisms`].
+pub fn reduce(rows: &Rows, group: Option<u32>) -> Reduced {
+    let (mut provider_counts, mut module_counts) = (
+        vec![0u64; rows.providers.len()],
+        vec![0u64; rows.modules.len()],
     );
-    let (rv_col, dur_col) = (ints(frame, "rv")?, ints(frame, "dur_ns")?);
-    let (rv_name_col, provider_col, module_col) = (
-        texts(frame, "rv_name")?,
-        texts(frame, "provider")?,
-        texts(frame, "module")?,
-    );
-    let (mut rv_names, mut providers, mut modules) = (
-        Interner::default(),
-        Interner::default(),
-        Interner::default(),
-    );
-    let (mut provider_counts, mut module_counts) = (Vec::new(), Vec::new());
-    let mut seen_client = vec![false; clients.names.len()];
-    let width = mechs.names.len() + 1;
-    let mut slots: Vec<Option<usize>> = vec![None; funcs.names.len() * width];
+    let mut seen_client = vec![false; rows.clients.len()];
+    let width = rows.mechs.len() + 1;
+    let mut slots: Vec<Option<usize>> = vec![None; rows.funcs.len() * width];
     let mut accumulators: Vec<(u32, u32, Accumulator)> = Vec::new();
     let (mut calls, mut timed) = (0u64, 0u64);
-    let columns = values!(keep)
-        .zip(values!(returned))
-        .zip(values!(rv_col).zip(values!(dur_col)))
-        .zip(values!(rv_name_col))
-        .zip(values!(provider_col).zip(values!(module_col)));
-    for (row, ((((kept, returned), (rv, dur)), rv_name), (provider, module))) in columns.enumerate()
-    {
-        if kept != Some(true) {
-            continue;
-        }
-        calls += 1;
-        seen_client[client[row] as usize] = true;
-        for (interner, counts, value) in [
-            (&mut providers, &mut provider_counts, provider),
-            (&mut modules, &mut module_counts, module),
-        ] {
-            let id = interner.id(value);
-            if id != NONE {
-                if counts.len() <= id as usize {
-                    counts.resize(id as usize + 1, 0u64);
-                }
-                counts[id as usize] += 1;
+    for chunk in &rows.chunks {
+        for row in 0..chunk.len() {
+            let flags = chunk.flags[row];
+            if flags & KEEP == 0 || group.is_some_and(|g| chunk.group.get(row) != Some(&g)) {
+                continue;
             }
-        }
-        let m = if mech[row] == NONE {
-            width - 1
-        } else {
-            mech[row] as usize
-        };
-        let slot = &mut slots[func[row] as usize * width + m];
-        let index = *slot.get_or_insert_with(|| {
-            accumulators.push((func[row], mech[row], Accumulator::default()));
-            accumulators.len() - 1
-        });
-        let accumulator = &mut accumulators[index].2;
-        accumulator.calls += 1;
-        let failed = rv.is_some_and(|rv| *rv != 0);
-        if failed {
-            accumulator.failed += 1;
-            *accumulator
-                .failures
-                .entry(rv_names.id(rv_name))
-                .or_default() += 1;
-        }
-        if let Some(&dur) = dur {
-            timed += 1;
-            if !failed && returned == Some(true) {
-                accumulator.samples.push((client[row], dur));
+            calls += 1;
+            let client = chunk.client[row];
+            if let Some(seen) = seen_client.get_mut(client as usize) {
+                *seen = true;
+            }
+            for (counts, id) in [
+                (&mut provider_counts, chunk.provider[row]),
+                (&mut module_counts, chunk.module[row]),
+            ] {
+                if let Some(count) = counts.get_mut(id as usize) {
+                    *count += 1;
+                }
+            }
+            let (func, mech) = (chunk.func[row], chunk.mech[row]);
+            let m = if mech == NONE {
+                width - 1
+            } else {
+                mech as usize
+            };
+            let Some(slot) = slots.get_mut(func as usize * width + m) else {
+                continue;
+            };
+            let index = *slot.get_or_insert_with(|| {
+                accumulators.push((func, mech, Accumulator::default()));
+                accumulators.len() - 1
+            });
+            let accumulator = &mut accumulators[index].2;
+            accumulator.calls += 1;
+            let failed = flags & FAILED != 0;
+            if failed {
+                accumulator.failed += 1;
+                *accumulator.failures.entry(chunk.rv_name[row]).or_default() += 1;
+            }
+            let dur = chunk.dur[row];
+            if dur != NULL {
+                timed += 1;
+                if !failed && flags & RETURNED != 0 {
+                    accumulator.samples.push((client, dur));
+                }
             }
         }
     }
@@ -314,18 +224,18 @@ pub fn reduce(frame: &DataFrame) -> Result<Reduced> {
         .into_iter()
         .map(|(f, m, accumulator)| {
             let key = Key {
-                func: funcs.name(f).unwrap_or_default(),
-                mechanism: mechs.name(m),
+                func: rows.funcs.name(f).unwrap_or_default().to_owned(),
+                mechanism: rows.mechs.name(m).map(str::to_owned),
             };
-            (key, finish(accumulator, &rv_names))
+            (key, finish(accumulator, &rows.rv_names))
         })
         .collect();
-    Ok(Reduced {
+    Reduced {
         groups,
-        providers: ranked(&providers, &provider_counts),
-        modules: ranked(&modules, &module_counts),
+        providers: ranked(&rows.providers, &provider_counts),
+        modules: ranked(&rows.modules, &module_counts),
         clients: seen_client.iter().filter(|s| **s).count() as u64,
         calls,
         timed,
-    })
+    }
 }

@@ -6,11 +6,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
-use polars::prelude::*;
+use rustc_hash::FxHashMap;
 
-use super::reduce::KEEP;
-use crate::Explain;
-use crate::columns::strings;
+use super::scan::{KEEP, NULL, Rows};
 
 /// What a row of the comparison is keyed by: `C_Sign` with `CKM_ECDSA` is not `C_Sign` with
 /// `CKM_SHA256_RSA_PKCS`. The mechanism of `C_Sign`/`C_Encrypt`/… rows is the one of their
@@ -181,50 +179,21 @@ impl Side {
     }
 }
 
-const COLUMNS: &[&str] = &[
-    "client_id",
-    "session",
-    "seq",
-    "start",
-    "func",
-    "mechanism",
-    "op_id",
-    "rv",
-    "rv_name",
-    "returned",
-    "dur_ns",
-    "provider",
-    "module",
-    KEEP,
-];
-
-/// The columns a side reads, without the shim's own calls (`internal`): they are not the
-/// application's workload.
-fn selected(calls: LazyFrame) -> LazyFrame {
-    calls
-        .filter(col("internal").not())
-        .select(COLUMNS.iter().map(|c| col(*c)).collect::<Vec<_>>())
-}
-
-/// Reduces the calls of one side: `calls` carries every row of its clients (the filters' verdict
-/// in [`KEEP`]), so an operation's `C_XInit` names the mechanism of its `C_Sign` even under
-/// `--func C_Sign`.
-pub fn from_calls(name: String, calls: LazyFrame, want_scripts: bool) -> Result<Side> {
-    let frame = selected(calls).collect().explain("cannot read the calls")?;
-    let reduced = super::reduce::reduce(&frame)?;
+/// Reduces the calls of one side (of one `--by` group of it, when given): `rows` carries every
+/// row of its clients, the filters' verdict in a flag, so an operation's `C_XInit` names the
+/// mechanism of its `C_Sign` even under `--func C_Sign`.
+pub fn from_rows(
+    name: String,
+    rows: &Rows,
+    group: Option<u32>,
+    want_scripts: bool,
+) -> Result<Side> {
+    let reduced = super::reduce::reduce(rows, group);
     if reduced.calls == 0 {
         bail!("{name}: no calls (after filters)");
     }
-    let scripts = if want_scripts && reduced.calls as usize <= SCRIPT_LIMIT {
-        let kept = frame
-            .lazy()
-            .filter(col(KEEP))
-            .collect()
-            .explain("cannot read the calls")?;
-        Some(scripts(&kept)?)
-    } else {
-        None
-    };
+    let scripts =
+        (want_scripts && reduced.calls as usize <= SCRIPT_LIMIT).then(|| scripts(rows, group));
     Ok(Side {
         name,
         providers: reduced.providers,
@@ -242,45 +211,55 @@ pub fn from_calls(name: String, calls: LazyFrame, want_scripts: bool) -> Result<
     })
 }
 
-/// Per-client call scripts, clients ordered by their first call.
-fn scripts(frame: &DataFrame) -> Result<Vec<Script>> {
-    let sorted = frame
-        .clone()
-        .lazy()
-        .with_column(
-            col("start")
-                .min()
-                .over([col("client_id")])
-                .explain("client start")?
-                .alias("client_start"),
-        )
-        .sort(
-            ["client_start", "client_id", "seq"],
-            SortMultipleOptions::default().with_nulls_last(true),
-        )
-        .collect()
-        .explain("cannot order the calls")?;
-    let clients = strings(&sorted, "client_id")?;
-    let funcs = strings(&sorted, "func")?;
-    let rvs = strings(&sorted, "rv_name")?;
-    let seqs = sorted.column("seq").explain("seq")?;
-    let seqs = seqs.cast(&DataType::Int64).explain("seq")?;
-    let seqs = seqs.i64().explain("seq")?;
+/// Per-client call scripts of the kept rows, clients ordered by their first call (then by
+/// name), each client's calls by `seq`; unknown times and sequence numbers last.
+fn scripts(rows: &Rows, group: Option<u32>) -> Vec<Script> {
+    let last = |v: i64| if v == NULL { (1, 0) } else { (0, v) };
+    let mut kept: Vec<(u32, u32)> = Vec::new();
+    let mut first: FxHashMap<u32, (u8, i64)> = FxHashMap::default();
+    for (index, chunk) in rows.chunks.iter().enumerate() {
+        for row in 0..chunk.len() {
+            if chunk.flags[row] & KEEP == 0
+                || group.is_some_and(|g| chunk.group.get(row) != Some(&g))
+            {
+                continue;
+            }
+            kept.push((index as u32, row as u32));
+            let start = last(chunk.start[row]);
+            let earliest = first.entry(chunk.client[row]).or_insert(start);
+            *earliest = (*earliest).min(start);
+        }
+    }
+    let name = |client: u32| rows.clients.name(client).unwrap_or("");
+    kept.sort_by(|&(ia, ra), &(ib, rb)| {
+        let (a, b) = (&rows.chunks[ia as usize], &rows.chunks[ib as usize]);
+        let (ca, cb) = (a.client[ra as usize], b.client[rb as usize]);
+        (first.get(&ca), name(ca), last(a.seq[ra as usize])).cmp(&(
+            first.get(&cb),
+            name(cb),
+            last(b.seq[rb as usize]),
+        ))
+    });
     let mut scripts: Vec<Script> = Vec::new();
-    for (row, seq) in seqs.iter().enumerate() {
-        let client = clients[row].clone().unwrap_or_default();
+    for (index, row) in kept {
+        let (chunk, row) = (&rows.chunks[index as usize], row as usize);
+        let client = name(chunk.client[row]);
         if scripts.last().is_none_or(|s| s.client != client) {
             scripts.push(Script {
-                client: client.clone(),
+                client: client.to_owned(),
                 calls: Vec::new(),
             });
         }
         if let Some(script) = scripts.last_mut() {
-            let func = funcs[row].clone().unwrap_or_default();
-            script
-                .calls
-                .push((func, rvs[row].clone(), seq.unwrap_or(-1)));
+            let func = rows.funcs.name(chunk.func[row]).unwrap_or("").to_owned();
+            let rv = rows.rv_names.name(chunk.rv_name[row]).map(str::to_owned);
+            let seq = if chunk.seq[row] == NULL {
+                -1
+            } else {
+                chunk.seq[row]
+            };
+            script.calls.push((func, rv, seq));
         }
     }
-    Ok(scripts)
+    scripts
 }

@@ -94,12 +94,21 @@ fn scan(files: Vec<PathBuf>) -> Result<LazyFrame> {
         .explain("cannot scan Parquet files")
 }
 
-/// Loads every input into one `calls` frame (and `clients` when datasets provide it).
-pub fn load(
+/// The files behind the inputs: `calls` and `clients` Parquet files, logs imported into
+/// temporary ones.
+pub struct Located {
+    pub calls: Vec<PathBuf>,
+    pub clients: Vec<PathBuf>,
+    /// Keeps imported logs' temporary Parquet files alive while they are read.
+    pub scratch: Vec<tempfile::TempDir>,
+}
+
+/// Finds (and for logs, imports) every input's files.
+pub fn locate(
     inputs: &[PathBuf],
     format: Option<InputFormat>,
     options: &ImportOptions,
-) -> Result<Loaded> {
+) -> Result<Located> {
     if inputs.is_empty() {
         bail!("no input: give Parquet files, dataset folders or logs");
     }
@@ -150,14 +159,28 @@ pub fn load(
                 .join(", ")
         );
     }
-    let clients = if clients_files.is_empty() {
+    Ok(Located {
+        calls: calls_files,
+        clients: clients_files,
+        scratch,
+    })
+}
+
+/// Loads every input into one `calls` frame (and `clients` when datasets provide it).
+pub fn load(
+    inputs: &[PathBuf],
+    format: Option<InputFormat>,
+    options: &ImportOptions,
+) -> Result<Loaded> {
+    let located = locate(inputs, format, options)?;
+    let clients = if located.clients.is_empty() {
         None
     } else {
-        Some(scan(clients_files)?)
+        Some(scan(located.clients)?)
     };
     Ok(Loaded {
-        calls: scan(calls_files)?,
+        calls: scan(located.calls)?,
         clients,
-        _scratch: scratch,
+        _scratch: located.scratch,
     })
 }

@@ -8,6 +8,7 @@
 //! - [`rows`]: a row of each table as producers hand it over; [`builders`] turn rows into batches.
 //! - [`sink`]: the rolling Parquet writer (temporary name, fsync, rename: files appear complete).
 //! - [`layout`]: partition paths, file names, and the walk that finds a dataset's files.
+//! - [`parallel`]: a work-taking map over files, for readers that decode or hash many.
 //! - [`time`]: UTC calendar arithmetic for partition dates and RFC 3339 stamps.
 //!
 //! Depends on `p11trace-record` (what a call is) and arrow/parquet; must never depend on polars,
@@ -15,6 +16,7 @@
 
 pub mod builders;
 pub mod layout;
+pub mod parallel;
 pub mod rows;
 pub mod schema;
 pub mod sink;
