@@ -219,6 +219,9 @@ impl Handshake {
                 wire::PROTOCOL_VERSION
             ));
         }
+        if !hello.plausible() {
+            return Err("implausible counters in the hello".into());
+        }
         Ok(Registration {
             key: self.key,
             peer: self.peer,

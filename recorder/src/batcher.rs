@@ -189,7 +189,7 @@ impl State {
         if let Some((key, carried, counters)) = event.progress()
             && let Some(client) = self.clients.get_mut(&key)
         {
-            client.received += carried;
+            client.received = client.received.saturating_add(carried);
             client.counters.fold(counters);
         }
         match event {
@@ -235,7 +235,9 @@ impl State {
             _ => None,
         };
         let lost_before = matching.map_or(0, |(previous, entry)| {
-            previous.sent.saturating_sub(entry.received + entry.lost)
+            previous
+                .sent
+                .saturating_sub(entry.received.saturating_add(entry.lost))
         });
         let dropped_base = match matching {
             Some((_, entry)) => entry.dropped_end,
@@ -316,7 +318,7 @@ impl State {
         // the connection broke, or refused by a full write-ahead log.
         let lost_here = client.counters.sent.saturating_sub(client.received);
         let dropped = client.counters.dropped.saturating_sub(client.dropped_base);
-        let lost = client.lost_before + lost_here;
+        let lost = client.lost_before.saturating_add(lost_here);
         let already_written = self.written.as_ref().is_some_and(|w| {
             w.clients
                 .contains(&(meta.client_id.clone(), i64::from(meta.connection)))
@@ -344,11 +346,11 @@ impl State {
                     redaction: meta.redaction.as_str(),
                     connected_at_us: meta.connected_at_us,
                     disconnected_at_us: Some(at_us),
-                    records: client.received as i64,
-                    seq_start: meta.seq_start as i64,
-                    seq_end: Some(client.counters.seq_high as i64),
-                    dropped: dropped as i64,
-                    lost: lost as i64,
+                    records: clamp(client.received),
+                    seq_start: clamp(meta.seq_start),
+                    seq_end: Some(clamp(client.counters.seq_high)),
+                    dropped: clamp(dropped),
+                    lost: clamp(lost),
                     disconnect_reason: Some(reason),
                 });
             self.pending_rows += 1;
@@ -425,4 +427,10 @@ pub fn replay(
     });
     let _ = jobs.send(Job::Shutdown);
     state.ledger
+}
+
+/// A counter as an `Int64` column value: peers' counters are checked against
+/// `wire::MAX_COUNTER` on arrival, so this only guards sums of them.
+fn clamp(counter: u64) -> i64 {
+    i64::try_from(counter).unwrap_or(i64::MAX)
 }

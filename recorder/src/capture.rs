@@ -227,6 +227,7 @@ impl Loop {
         match wire::decode(&payload) {
             Ok(Message::Batch(batch)) => {
                 let valid = batch.records.len() <= MAX_BATCH_RECORDS
+                    && batch.plausible()
                     && batch
                         .records
                         .iter()
@@ -254,6 +255,9 @@ impl Loop {
                 dropped,
                 sent,
             }) => {
+                if !wire::plausible(&[seq_high, dropped, sent]) {
+                    return self.protocol_error(id, "implausible counters in the goodbye");
+                }
                 if let Some(client) = self.clients.get_mut(&id) {
                     client.goodbye = Some(reason);
                 }

@@ -134,7 +134,7 @@ impl OpenConnections {
                 if let Some((key, carried, counters)) = event.progress()
                     && let Some(open) = self.0.get_mut(&key)
                 {
-                    open.received += carried;
+                    open.received = open.received.saturating_add(carried);
                     open.counters.fold(counters);
                 }
             }

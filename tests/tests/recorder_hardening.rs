@@ -1,6 +1,6 @@
 //! Faults an independent review found in the recorder, each proven fixed against the real
 //! recorder process with real shimmed clients: a second recorder started on a live dataset, and
-//! a dataset written under a permissive umask. (RELIABILITY.md lists each fault, its promise and
+//! a dataset written under a permissive umask, a peer whose counters overflow. (RELIABILITY.md lists each fault, its promise and
 //! the test.)
 
 use std::os::unix::fs::PermissionsExt;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use p11trace_tests::*;
 
 fn every_entry(root: &Path) -> Result<Vec<PathBuf>> {
@@ -100,5 +100,44 @@ fn a_dataset_is_private_to_its_user_whatever_the_umask() -> Result<()> {
             path.display()
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_peer_whose_counters_would_overflow_is_dropped_and_its_rows_stay_sane() -> Result<()> {
+    let token = Token::new("counters")?;
+    let mut recorder = Recorder::start(&[])?;
+    let clients = spawn_clients(&token, &recorder.socket, 2, &["paced", "1500", "1"])?;
+    let rogue = run(
+        Command::new(target_dir().join("rogue"))
+            .arg(&recorder.socket)
+            .arg("counters"),
+        Duration::from_secs(30),
+    )?;
+    ensure!(rogue.status.success(), "rogue: {}", text(&rogue.stderr));
+    let reports = clients
+        .into_iter()
+        .map(report)
+        .collect::<Result<Vec<_>>>()?;
+    // On the old recorder the second connection's lost count (2^64 − 2 + 5) overflowed: the
+    // batcher panicked (debug) and the recorder failed; in release it wrapped, and the third
+    // connection's 2^64 − 1 became -1 in `seq_end`.
+    let (status, stderr) = recorder.stop()?;
+    ensure!(status.success(), "the recorder failed: {stderr}");
+    check_invariant(&recorder.dataset, &reports)?;
+    let errors = recorder
+        .summary()
+        .context("summary line")?
+        .get("protocol_errors");
+    ensure!(
+        errors >= 2,
+        "the implausible hello and batch must be refused, got {errors}: {stderr}"
+    );
+    let bad = count_of(&format!(
+        "SELECT count(*) AS n FROM {} WHERE records < 0 OR seq_start < 0 OR seq_end < 0 \
+         OR dropped < 0 OR lost < 0 OR lost > 1000000",
+        table(&recorder.dataset, "clients")
+    ))?;
+    ensure!(bad == 0, "{bad} client rows with nonsense counters");
     Ok(())
 }

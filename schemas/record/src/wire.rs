@@ -215,6 +215,32 @@ pub enum Message {
     },
 }
 
+/// The largest counter (`seq`, `sent`, `dropped`, …) a peer may report: every counter becomes an
+/// `Int64` column, and sums of two stay within `u64`.
+pub const MAX_COUNTER: u64 = i64::MAX as u64;
+
+/// Whether every counter a peer reported is at most [`MAX_COUNTER`]: a larger one is nonsense
+/// (no client makes 2^63 calls), and the recorder drops the peer rather than wrap or overflow.
+pub fn plausible(counters: &[u64]) -> bool {
+    counters.iter().all(|&c| c <= MAX_COUNTER)
+}
+
+impl Hello {
+    /// [`plausible`] for the counters a hello carries.
+    pub fn plausible(&self) -> bool {
+        let previous = self.previous.map_or(0, |p| p.sent);
+        plausible(&[self.seq_start, self.dropped, previous])
+    }
+}
+
+impl Batch {
+    /// [`plausible`] for the batch's counters and its records' sequence numbers.
+    pub fn plausible(&self) -> bool {
+        plausible(&[self.seq_high, self.dropped, self.sent])
+            && self.records.iter().all(|r| r.seq <= MAX_COUNTER)
+    }
+}
+
 /// A batch of call records, with the client's counters at the time it was cut.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {

@@ -8,6 +8,9 @@
 //! - `undecodable`  — a valid handshake, then a message that is not bincode;
 //! - `oversized`    — a valid handshake, then a 3 MiB message;
 //! - `flood N`      — a valid handshake, then N bogus batches as fast as possible.
+//! - `counters`     — an honest first connection that reports one record sent and delivers
+//!   none, then a second that claims 2^64 − 1 records sent on the first, and batches and a
+//!   goodbye with counters past `i64::MAX` (sums of which overflow).
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -20,11 +23,19 @@ use serde_bytes::ByteBuf;
 type Bootstrap = wire::Bootstrap<IpcBytesReceiver>;
 
 fn hello(token: [u8; 16]) -> Vec<u8> {
+    hello_on(token, 0, None)
+}
+
+fn hello_on(
+    token: [u8; 16],
+    connection: u32,
+    previous: Option<wire::PreviousConnection>,
+) -> Vec<u8> {
     let hello = Hello {
         protocol_version: wire::PROTOCOL_VERSION,
         token,
         client_id: "rogue".into(),
-        connection: 0,
+        connection,
         pid: i64::from(std::process::id()),
         ppid: 0,
         host: "rogue".into(),
@@ -35,7 +46,7 @@ fn hello(token: [u8; 16]) -> Vec<u8> {
         redaction: Redaction::Default,
         seq_start: 0,
         dropped: 0,
-        previous: None,
+        previous,
     };
     wire::codec()
         .serialize(&Message::Hello(hello))
@@ -44,15 +55,25 @@ fn hello(token: [u8; 16]) -> Vec<u8> {
 
 /// A handshake, honest except (maybe) for the token. Returns the data channel and the stream.
 fn handshake(socket: &str, honest: bool) -> (IpcBytesSender, UnixStream) {
+    handshake_with(socket, |token| {
+        hello(if honest { token } else { [0x5a; 16] })
+    })
+}
+
+/// A handshake whose hello `make` builds from the welcome's token.
+fn handshake_with(
+    socket: &str,
+    make: impl FnOnce([u8; 16]) -> Vec<u8>,
+) -> (IpcBytesSender, UnixStream) {
     let mut stream = UnixStream::connect(socket).expect("connect");
     let welcome = wire::read_welcome(&mut stream).expect("welcome");
-    let token = if honest { welcome.token } else { [0x5a; 16] };
+    let token = welcome.token;
     let bootstrap: IpcSender<Bootstrap> =
         IpcSender::connect(welcome.server_name).expect("one-shot");
     let (data, receiver) = ipc::bytes_channel().expect("channel");
     bootstrap
         .send(Bootstrap {
-            hello: ByteBuf::from(hello(token)),
+            hello: ByteBuf::from(make(token)),
             data: receiver,
         })
         .expect("bootstrap");
@@ -103,9 +124,55 @@ fn main() {
                 }
             }
         }
+        "counters" => counters(socket),
         other => {
             eprintln!("unknown kind {other}");
             std::process::exit(2);
         }
+    }
+}
+
+fn message(message: &Message) -> Vec<u8> {
+    frame(&wire::codec().serialize(message).expect("encode"))
+}
+
+fn batch(seq_high: u64, sent: u64) -> Vec<u8> {
+    message(&Message::Batch(wire::Batch {
+        records: Vec::new(),
+        seq_high,
+        dropped: 0,
+        sent,
+    }))
+}
+
+fn counters(socket: &str) {
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(300));
+    {
+        let (data, _stream) = handshake_with(socket, |token| hello_on(token, 0, None));
+        let _ = data.send(&batch(1, 1));
+        pause();
+    }
+    pause();
+    let previous = wire::PreviousConnection {
+        connection: 0,
+        sent: u64::MAX,
+    };
+    {
+        let (data, _stream) = handshake_with(socket, |token| hello_on(token, 1, Some(previous)));
+        let _ = data.send(&batch(5, 5));
+        pause();
+    }
+    pause();
+    {
+        let (data, _stream) = handshake_with(socket, |token| hello_on(token, 2, None));
+        let _ = data.send(&batch(u64::MAX, u64::MAX));
+        let goodbye = Message::Goodbye {
+            reason: wire::GoodbyeReason::Exit,
+            seq_high: u64::MAX,
+            dropped: u64::MAX,
+            sent: u64::MAX,
+        };
+        let _ = data.send(&message(&goodbye));
+        pause();
     }
 }
