@@ -20,7 +20,7 @@ mod output;
 pub mod spy;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -111,6 +111,10 @@ fn progress_bar(total: u64, enabled: bool) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+/// The longest line read (16 MiB: an observe event with a large template, far beyond any
+/// pkcs11-spy line, whose hex dumps wrap at 16 bytes).
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
 /// A line-oriented log format.
 pub trait LineParser {
     /// One physical line (newline removed), numbered from 1.
@@ -131,13 +135,24 @@ fn read_lines(
     let (mut number, mut bytes) = (0u64, 0u64);
     loop {
         line.clear();
+        // At most one byte past the limit is read: a longer line is refused, not buffered.
         let got = reader
+            .by_ref()
+            .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut line)
             .with_context(|| format!("cannot read {}", input.display()))?;
         if got == 0 {
             break;
         }
         number += 1;
+        if got > MAX_LINE_BYTES && line.last() != Some(&b'\n') {
+            bail!(
+                "{}:{number}: a line longer than {} MiB (not a pkcs11-spy log or observe \
+                 JSON lines?); nothing was written",
+                input.display(),
+                MAX_LINE_BYTES >> 20
+            );
+        }
         bytes += got as u64;
         if let Some(bar) = bar
             && number.is_multiple_of(65_536)

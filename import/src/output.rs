@@ -88,9 +88,30 @@ impl Output {
                 let (builder, sink) = *file;
                 close(builder, sink)
             }
+            // Every partition complete before any is in place: a failure leaves no partial
+            // import looking complete (the sealed files go with their temporary names, and
+            // the ones already placed, all new names, are taken back).
             Output::Dataset { layout, parts, .. } => {
-                for (builder, sink) in parts.into_values() {
-                    close(builder, sink)?;
+                let mut sealed = Vec::with_capacity(parts.len());
+                for (mut builder, mut sink) in parts.into_values() {
+                    if !builder.is_empty() {
+                        sink.write(&builder.finish())?;
+                    }
+                    sealed.push(sink.seal()?);
+                }
+                let mut placed = Vec::with_capacity(sealed.len());
+                for file in sealed {
+                    let target = file.final_path().to_owned();
+                    match file.place() {
+                        Ok(path) => placed.push(path),
+                        Err(error) => {
+                            for path in &placed {
+                                let _ = std::fs::remove_file(path);
+                            }
+                            return Err(error)
+                                .with_context(|| format!("cannot write {}", target.display()));
+                        }
+                    }
                 }
                 let _ = std::fs::remove_dir(layout.temp());
                 Ok(())

@@ -100,8 +100,12 @@ pub(super) struct Stamp {
 
 pub(super) fn stamp(line: &str) -> Option<Stamp> {
     if let Some(rest) = line.strip_prefix("P:") {
-        let (pid, rest) = rest.split_once("; T:")?;
-        let (tid, time) = rest.split_once(' ')?;
+        // Each field is bounded (a pid's digits, a thread id's 40 characters): a line full of
+        // `P:` is scanned in linear time, not once more from every `P:` in it.
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let (pid, rest) = (&rest[..digits], rest[digits..].strip_prefix("; T:")?);
+        let space = rest.bytes().take(40).position(|b| b == b' ')?;
+        let (tid, time) = (&rest[..space], &rest[space + 1..]);
         // Unix prints the thread id in decimal after a literal "0x"; Windows prints it bare.
         let tid = tid.strip_prefix("0x").unwrap_or(tid);
         return Some(Stamp {
@@ -152,7 +156,13 @@ pub(super) fn parse_number(text: &str) -> Option<u64> {
         return u64::from_str_radix(hex, 16).ok();
     }
     if let Some(negative) = text.strip_prefix('-') {
-        return negative.parse::<i64>().ok().map(|v| (-v) as u64);
+        // Two's complement, as C prints an unsigned value cast to a signed one; `i64::MIN`
+        // has no positive counterpart to negate (`--9223372036854775808`).
+        return negative
+            .parse::<i64>()
+            .ok()
+            .and_then(i64::checked_neg)
+            .map(|v| v as u64);
     }
     text.parse().ok()
 }

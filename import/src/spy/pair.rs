@@ -23,6 +23,10 @@ struct Segment {
     clients: HashMap<Option<i64>, Rc<SourceClient>>,
 }
 
+/// The most records open (called, not yet returned) at once: pkcs11-spy interleaves the calls
+/// of concurrent threads, a handful at a time.
+pub const MAX_OPEN: usize = 1024;
+
 pub struct SpyParser<'a> {
     file: &'a str,
     clock: &'a mut Clock,
@@ -120,6 +124,20 @@ impl<'a> SpyParser<'a> {
             return;
         }
         if let Some((_, func)) = header(line) {
+            // Bounded: a log whose `Returned:` lines never match would otherwise hold every
+            // record open, and every continuation line would search them all.
+            if self.open.len() >= MAX_OPEN
+                && let Some(oldest) = self.open.pop_front()
+            {
+                let message = format!(
+                    "more than {MAX_OPEN} calls open at once: {} (line {}) is taken as never \
+                     returned",
+                    oldest.func, oldest.line
+                );
+                self.problems.report(self.file, number, &message);
+                self.unreturned += 1;
+                self.emit(oldest, None, emit);
+            }
             self.open.push_back(Open::new(number, func));
             return;
         }

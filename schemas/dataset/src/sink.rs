@@ -117,7 +117,18 @@ impl ParquetSink {
 
     /// [`finish`](Self::finish), calling `hook("before-rename")` once the temporary file is
     /// complete and durable and `hook("after-rename")` once it is in place (crash injection).
-    pub fn finish_with(mut self, hook: impl Fn(&str)) -> io::Result<PathBuf> {
+    pub fn finish_with(self, hook: impl Fn(&str)) -> io::Result<PathBuf> {
+        let sealed = self.seal()?;
+        hook("before-rename");
+        let path = sealed.place()?;
+        hook("after-rename");
+        Ok(path)
+    }
+
+    /// The first half of [`finish`](Self::finish): the temporary file complete and durable, not
+    /// yet in place. A writer of several files seals them all before placing any, so a failure
+    /// leaves none of them looking complete.
+    pub fn seal(mut self) -> io::Result<Sealed> {
         let writer = self
             .writer
             .take()
@@ -136,11 +147,32 @@ impl ParquetSink {
             let _ = fs::remove_file(&self.temp_path);
             return Err(error);
         }
-        hook("before-rename");
-        // Into place without replacing anything (a link fails if the name is taken), then the
-        // temporary name goes: a crash in between leaves a duplicate under `.tmp/`, never a loss.
+        Ok(Sealed {
+            temp_path: std::mem::take(&mut self.temp_path),
+            final_path: std::mem::take(&mut self.final_path),
+            placed: false,
+        })
+    }
+}
+
+/// A sealed sink's file: complete under its temporary name (removed if dropped unplaced).
+#[derive(Debug)]
+pub struct Sealed {
+    temp_path: PathBuf,
+    final_path: PathBuf,
+    placed: bool,
+}
+
+impl Sealed {
+    /// Where [`place`](Self::place) puts it.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Into place without replacing anything (a link fails if the name is taken), then the
+    /// temporary name goes: a crash in between leaves a duplicate under `.tmp/`, never a loss.
+    pub fn place(mut self) -> io::Result<PathBuf> {
         if let Err(error) = fs::hard_link(&self.temp_path, &self.final_path) {
-            let _ = fs::remove_file(&self.temp_path);
             return Err(io::Error::new(
                 error.kind(),
                 format!(
@@ -149,6 +181,7 @@ impl ParquetSink {
                 ),
             ));
         }
+        self.placed = true;
         fs::remove_file(&self.temp_path)?;
         let parent = self
             .final_path
@@ -156,8 +189,15 @@ impl ParquetSink {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         File::open(parent)?.sync_all()?;
-        hook("after-rename");
         Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.temp_path);
+        }
     }
 }
 
