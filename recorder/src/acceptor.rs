@@ -109,10 +109,16 @@ impl Acceptor {
         let watcher = {
             let control = self.control.clone();
             let stop = self.stop.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("rendezvous-watch".into())
-                .spawn(move || watch(watch_rx, control, stop))
-                .expect("spawn the rendezvous watcher")
+                .spawn(move || watch(watch_rx, control, stop));
+            match spawned {
+                Ok(watcher) => watcher,
+                Err(error) => {
+                    eprintln!("p11trace-recorder: cannot start the rendezvous watcher: {error}");
+                    return;
+                }
+            }
         };
         // Keys must not repeat across restarts on one dataset (the log outlives a process): a
         // random high half, a counter low half.

@@ -2,6 +2,8 @@
 //! cleanup, like `kill -9`) the n-th time (default: the first) execution reaches `<point>`:
 //! `after-wal-append`, `before-rename`, `after-rename` or `before-wal-truncate`. The crash tests
 //! use it to prove that a restart loses nothing and duplicates nothing at each of those points.
+//! `P11TRACE_RECORDER_CRASH_AT=acceptor` instead panics the acceptor actor as it starts (a dead
+//! actor must stop the recorder, not leave it running deaf).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ pub const POINTS: &[&str] = &[
     "before-rename",
     "after-rename",
     "before-wal-truncate",
+    "acceptor",
 ];
 
 impl Crash {
@@ -43,6 +46,15 @@ impl Crash {
         {
             eprintln!("p11trace-recorder: crash injected at {point} (P11TRACE_RECORDER_CRASH_AT)");
             std::process::abort();
+        }
+    }
+
+    /// Panics here (the actor's thread dies, the process lives) if this is the configured point.
+    pub fn fail_at(&self, point: &str) {
+        if let Some((name, _)) = &self.point
+            && name == point
+        {
+            panic!("failure injected at {point} (P11TRACE_RECORDER_CRASH_AT)");
         }
     }
 }

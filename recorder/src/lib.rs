@@ -144,6 +144,7 @@ pub fn run(options: Options) -> Result<Summary> {
     )
     .context("cannot start the write-ahead log")?;
     let crash = crash::Crash::from_env();
+    let acceptor_crash = crash.clone();
 
     let (control_tx, control_rx) =
         ipc::channel::<Control>().context("cannot create the control channel")?;
@@ -209,6 +210,7 @@ pub fn run(options: Options) -> Result<Summary> {
         once: options.once,
     };
     let capture = spawn("capture").spawn(move || capture.run())?;
+    let acceptor_control = control_tx.clone();
     let acceptor = Acceptor {
         listener,
         control: control_tx,
@@ -217,7 +219,25 @@ pub fn run(options: Options) -> Result<Summary> {
         stop: stop.clone(),
         stats: stats.clone(),
     };
-    let acceptor = spawn("acceptor").spawn(move || acceptor.run())?;
+    // An acceptor that ends before a stop was asked for (a panic, a thread it could not start)
+    // would leave the recorder running with nobody able to connect: it stops the recorder
+    // instead, which drains what it has and exits 1.
+    let acceptor = {
+        let stop = stop.clone();
+        let crash = acceptor_crash;
+        spawn("acceptor").spawn(move || {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crash.fail_at("acceptor");
+                acceptor.run();
+            }));
+            let failed = ran.is_err() || !stop.load(Ordering::Acquire);
+            if failed {
+                eprintln!("p11trace-recorder: the acceptor stopped; shutting down");
+                let _ = acceptor_control.send(Control::Shutdown);
+            }
+            failed
+        })?
+    };
     let reporter = (options.stats_every > 0).then(|| {
         let stats = stats.clone();
         let stop = stop.clone();
@@ -232,7 +252,7 @@ pub fn run(options: Options) -> Result<Summary> {
         .map_err(|_| anyhow::anyhow!("the capture actor panicked"))?;
     stop.store(true, Ordering::Release);
     wake_acceptor(&socket);
-    let _ = acceptor.join();
+    let acceptor_failed = acceptor.join().unwrap_or(true);
     let _ = std::fs::remove_file(&socket);
     let mut ledger = batcher
         .join()
@@ -252,6 +272,12 @@ pub fn run(options: Options) -> Result<Summary> {
     ledger
         .save(&dataset.wal())
         .context("cannot save the ledger")?;
+    if acceptor_failed {
+        anyhow::bail!(
+            "the acceptor actor stopped: no client could connect any more (what was received \
+             is written)"
+        );
+    }
     let line = format!(
         "stopped: clients={} records={} files={} dropped={} lost={} dropped_by_recorder={} rejected={} protocol_errors={}",
         Stats::get(&stats.clients_connected),

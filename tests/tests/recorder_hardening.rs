@@ -1,6 +1,6 @@
 //! Faults an independent review found in the recorder, each proven fixed against the real
 //! recorder process with real shimmed clients: a second recorder started on a live dataset, and
-//! a dataset written under a permissive umask, a peer whose counters overflow. (RELIABILITY.md lists each fault, its promise and
+//! a dataset written under a permissive umask, a peer whose counters overflow, an actor that dies. (RELIABILITY.md lists each fault, its promise and
 //! the test.)
 
 use std::os::unix::fs::PermissionsExt;
@@ -139,5 +139,28 @@ fn a_peer_whose_counters_would_overflow_is_dropped_and_its_rows_stay_sane() -> R
         table(&recorder.dataset, "clients")
     ))?;
     ensure!(bad == 0, "{bad} client rows with nonsense counters");
+    Ok(())
+}
+
+#[test]
+fn a_dead_acceptor_stops_the_recorder_with_a_clear_error() -> Result<()> {
+    let dir = temp();
+    let output = run(
+        Command::new(recorder_bin())
+            .arg("--dataset")
+            .arg(dir.path().join("ds"))
+            .arg("--socket")
+            .arg(dir.path().join("sock").join("r.sock"))
+            .env("P11TRACE_RECORDER_CRASH_AT", "acceptor"),
+        Duration::from_secs(15),
+    )?;
+    // The old recorder swallowed the acceptor's end and kept running, accepting no one (this
+    // timed out).
+    let stderr = text(&output.stderr);
+    ensure!(
+        output.status.code() == Some(1) && stderr.contains("the acceptor actor stopped"),
+        "a recorder whose acceptor died must exit 1 saying so: {:?} {stderr}",
+        output.status
+    );
     Ok(())
 }
