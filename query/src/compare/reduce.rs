@@ -98,8 +98,11 @@ fn finish(accumulator: Accumulator, rv_names: &Names) -> Group {
 /// have no `op_id`s (pkcs11-spy imports) from the last `C_XInit` of the same family on the same
 /// session, in `seq` order.
 pub fn resolve_mechanisms(rows: &mut Rows) {
+    // An operation's calls follow one another (`C_SignInit`, then its `C_Sign`): the last
+    // operation is checked before the map is hashed.
     let mut by_op: FxHashMap<(u32, i64), u32> = FxHashMap::default();
     let mut has_ops = vec![false; rows.clients.len()];
+    let mut last_inserted = None;
     for chunk in &rows.chunks {
         for row in 0..chunk.len() {
             let (client, op) = (chunk.client[row], chunk.op[row]);
@@ -109,11 +112,13 @@ pub fn resolve_mechanisms(rows: &mut Rows) {
             if let Some(flag) = has_ops.get_mut(client as usize) {
                 *flag = true;
             }
-            if chunk.mech[row] != NONE {
+            if chunk.mech[row] != NONE && last_inserted != Some((client, op)) {
                 by_op.entry((client, op)).or_insert(chunk.mech[row]);
+                last_inserted = Some((client, op));
             }
         }
     }
+    let mut last_found: Option<((u32, i64), u32)> = None;
     let mut rest: Vec<(u32, i64, u32, u32)> = Vec::new();
     for (index, chunk) in rows.chunks.iter_mut().enumerate() {
         for row in 0..chunk.len() {
@@ -121,7 +126,14 @@ pub fn resolve_mechanisms(rows: &mut Rows) {
             if has_ops.get(client as usize).copied().unwrap_or(false) {
                 if chunk.mech[row] == NONE && chunk.op[row] != NULL {
                     let key = (client, chunk.op[row]);
-                    chunk.mech[row] = by_op.get(&key).copied().unwrap_or(NONE);
+                    chunk.mech[row] = match last_found {
+                        Some((last, mech)) if last == key => mech,
+                        _ => {
+                            let mech = by_op.get(&key).copied().unwrap_or(NONE);
+                            last_found = Some((key, mech));
+                            mech
+                        }
+                    };
                 }
             } else if chunk.session[row] != NULL {
                 rest.push((client, chunk.seq[row], index as u32, row as u32));

@@ -87,6 +87,24 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    fn with_capacity(rows: usize, grouped: bool) -> Chunk {
+        Chunk {
+            client: Vec::with_capacity(rows),
+            func: Vec::with_capacity(rows),
+            mech: Vec::with_capacity(rows),
+            rv_name: Vec::with_capacity(rows),
+            provider: Vec::with_capacity(rows),
+            module: Vec::with_capacity(rows),
+            group: Vec::with_capacity(if grouped { rows } else { 0 }),
+            op: Vec::with_capacity(rows),
+            session: Vec::with_capacity(rows),
+            seq: Vec::with_capacity(rows),
+            start: Vec::with_capacity(rows),
+            dur: Vec::with_capacity(rows),
+            flags: Vec::with_capacity(rows),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.func.len()
     }
@@ -259,7 +277,6 @@ impl Plan<'_> {
     }
 }
 
-/// The columns read, in this order.
 /// The columns read: six strings, seven integers, two flags, then `run_id` (for `--run-id`) and
 /// the `--by` column.
 const COLUMNS: [&str; 17] = [
@@ -317,14 +334,7 @@ fn read_file(
     let file = open()?;
     let plain = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(not_parquet)?;
     let group = plan.group_column();
-    let mut strings = vec![
-        "client_id",
-        "func",
-        "mechanism",
-        "rv_name",
-        "provider",
-        "module",
-    ];
+    let mut strings = COLUMNS[..6].to_vec();
     strings.extend(["run_id", "process", "host"]);
     let schema = Arc::new(hinted(plain.schema(), &strings));
     let options = ArrowReaderOptions::new().with_schema(schema.clone());
@@ -365,7 +375,10 @@ fn read_file(
     let mut group_mapper = Mapper::new(&shared.groups);
     let run_names = Mutex::new(Names::default());
     let mut run_mapper = Mapper::new(&run_names);
-    let mut chunk = Chunk::default();
+    // Sized once from the footer: growing ten vectors by doubling copied them and faulted in
+    // fresh pages (`perf`: 43 % of a `diff` in the kernel's page clearing).
+    let rows_in_file = usize::try_from(plain.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let mut chunk = Chunk::with_capacity(rows_in_file, group.is_some());
     let mut providers = FxHashSet::default();
     let mut strs: [Vec<u32>; 6] = Default::default();
     let (mut group_ids, mut run_ids) = (Vec::new(), Vec::new());
