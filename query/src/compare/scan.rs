@@ -446,9 +446,9 @@ fn read_file(
                 && plan.criteria.keeps_rv(some(rv[row]));
             let failed = rv[row] != NULL && rv[row] != 0;
             chunk.flags.push(
-                u8::from(kept) * KEEP
-                    | u8::from(returned[row]) * RETURNED
-                    | u8::from(failed) * FAILED,
+                (u8::from(kept) * KEEP)
+                    | (u8::from(returned[row]) * RETURNED)
+                    | (u8::from(failed) * FAILED),
             );
             chunk.client.push(client[row]);
             chunk.func.push(func[row]);
