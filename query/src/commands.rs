@@ -196,6 +196,7 @@ fn compare_sides(args: &CompareArgs) -> Result<(Vec<Side>, usize)> {
         &args.input,
         &args.filters,
         Some(by),
+        true,
     )?;
     let groups = compare::split(&rows);
     if groups.len() < 2 {

@@ -7,9 +7,11 @@ pub mod align;
 pub mod analysis_json;
 pub mod diff;
 pub mod drift;
+pub mod mechanisms;
 pub mod reduce;
 pub mod render;
 pub mod report;
+pub mod rows;
 pub mod scan;
 pub mod side;
 
@@ -22,7 +24,7 @@ use rustc_hash::FxHashMap;
 use crate::cli::{By, Filters, InputArgs};
 use crate::filters::Criteria;
 use crate::input;
-use scan::Rows;
+use rows::Rows;
 use side::Side;
 
 /// An `analyze --format json` report rather than calls (its first key is `analysis_version`).
@@ -37,11 +39,13 @@ pub fn is_analysis_json(path: &Path) -> bool {
 
 /// The calls of `inputs` read for a comparison (split `--by` a column when given), each row
 /// marked with the filters' verdict, and every operation's mechanism resolved.
+/// `ordered`: keep start times (for the scripts; `--by` always does).
 pub fn load_rows(
     inputs: &[PathBuf],
     input_args: &InputArgs,
     filters: &Filters,
     by: Option<By>,
+    ordered: bool,
 ) -> Result<Rows> {
     let located = input::locate(
         inputs,
@@ -49,13 +53,29 @@ pub fn load_rows(
         &input_args.import_options(),
     )?;
     let criteria = Criteria::parse(filters)?;
+    // Scripts are kept up to `SCRIPT_LIMIT` calls: without a filter, a side whose files hold
+    // more rows than twice that cannot qualify, and its start times need not be held.
+    let unfiltered = filters.funcs.is_empty()
+        && filters.pids.is_empty()
+        && filters.since.is_none()
+        && filters.until.is_none()
+        && filters.rvs.is_empty()
+        && !filters.failed
+        && filters.run_id.is_none();
+    let ordered = by.is_some()
+        || (ordered && {
+            let mut total = 0u64;
+            for file in &located.calls {
+                total = total.saturating_add(scan::footer_rows(file)?);
+            }
+            !unfiltered || total <= 2 * side::SCRIPT_LIMIT as u64
+        });
     let plan = scan::Plan {
         criteria: &criteria,
         by,
+        ordered,
     };
-    let mut rows = scan::read(&located.calls, &plan)?;
-    reduce::resolve_mechanisms(&mut rows);
-    Ok(rows)
+    scan::read(&located.calls, &plan)
 }
 
 /// One side from one input path: calls (any input `analyze` reads) or an analysis JSON report.
@@ -73,9 +93,22 @@ pub fn load_side(
     let mut side = if is_analysis_json(path) {
         analysis_json::from_analysis_json(shown.clone(), path)?
     } else {
-        let rows = load_rows(&[path.to_owned()], input_args, filters, None)
-            .with_context(|| format!("cannot read {shown}"))?;
-        side::from_rows(shown.clone(), &rows, None, want_scripts)?
+        let read = |ordered| {
+            load_rows(&[path.to_owned()], input_args, filters, None, ordered)
+                .with_context(|| format!("cannot read {shown}"))
+        };
+        let rows = read(want_scripts)?;
+        let side = side::from_rows(shown.clone(), &rows, None, want_scripts)?;
+        if side.scripts.is_none()
+            && want_scripts
+            && !rows.ordered
+            && side.calls as usize <= side::SCRIPT_LIMIT
+        {
+            // Mostly the shim's own calls, which the footers count: read again, in order.
+            side::from_rows(shown.clone(), &read(true)?, None, true)?
+        } else {
+            side
+        }
     };
     side.name = match name {
         Some(name) => name.to_owned(),
@@ -90,7 +123,7 @@ pub fn split(rows: &Rows) -> Vec<(String, u32)> {
     let mut first: FxHashMap<u32, (u8, i64)> = FxHashMap::default();
     for chunk in &rows.chunks {
         for (&group, &start) in chunk.group.iter().zip(&chunk.start) {
-            let start = if start == scan::NULL {
+            let start = if start == rows::NULL {
                 (1, 0)
             } else {
                 (0, start)

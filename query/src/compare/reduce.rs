@@ -1,14 +1,13 @@
-//! One pass in Rust over a side's rows ([`scan::Rows`]): each operation's mechanism resolved (by
-//! `op_id`, or for clients without them from the last `C_XInit` of the same family on the same
-//! session), then the rows the filters keep reduced per (function, mechanism) to counts, failing
-//! return codes, sorted latency samples and per-client medians. Every string is an interned id
-//! by now, so the work per row is a few integer operations.
+//! One pass in Rust over a side's rows ([`Rows`], their mechanisms resolved): the rows the
+//! filters keep reduced per (function, mechanism) to counts, failing return codes, sorted
+//! latency samples and per-client medians. Every string is an interned id by now, so the work
+//! per row is a few integer operations.
 
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use super::scan::{FAILED, KEEP, NONE, NULL, Names, RETURNED, Rows};
+use super::rows::{FAILED, KEEP, NONE, NULL, Names, RETURNED, Rows};
 use super::side::{Group, Key};
 
 /// What [`reduce`] finds among the kept rows.
@@ -28,14 +27,6 @@ struct Accumulator {
     /// (client, duration ns) of successful timed calls.
     samples: Vec<(u32, i64)>,
     failures: FxHashMap<u32, u64>,
-}
-
-/// The operation family of a function (`C_SignUpdate` → `C_Sign`); itself for the others.
-fn family(func: &str) -> &str {
-    ["Init", "Update", "Final"]
-        .iter()
-        .find_map(|suffix| func.strip_suffix(suffix))
-        .unwrap_or(func)
 }
 
 fn ranked(names: &Names, counts: &[u64]) -> Vec<String> {
@@ -94,91 +85,16 @@ fn finish(accumulator: Accumulator, rv_names: &Names) -> Group {
     }
 }
 
-/// Gives rows without a mechanism their operation's: by `(client, op_id)`, or for clients that
-/// have no `op_id`s (pkcs11-spy imports) from the last `C_XInit` of the same family on the same
-/// session, in `seq` order.
-pub fn resolve_mechanisms(rows: &mut Rows) {
-    // An operation's calls follow one another (`C_SignInit`, then its `C_Sign`): the last
-    // operation is checked before the map is hashed.
-    let mut by_op: FxHashMap<(u32, i64), u32> = FxHashMap::default();
-    let mut has_ops = vec![false; rows.clients.len()];
-    let mut last_inserted = None;
-    for chunk in &rows.chunks {
-        for row in 0..chunk.len() {
-            let (client, op) = (chunk.client[row], chunk.op[row]);
-            if op == NULL {
-                continue;
-            }
-            if let Some(flag) = has_ops.get_mut(client as usize) {
-                *flag = true;
-            }
-            if chunk.mech[row] != NONE && last_inserted != Some((client, op)) {
-                by_op.entry((client, op)).or_insert(chunk.mech[row]);
-                last_inserted = Some((client, op));
-            }
-        }
-    }
-    let mut last_found: Option<((u32, i64), u32)> = None;
-    let mut rest: Vec<(u32, i64, u32, u32)> = Vec::new();
-    for (index, chunk) in rows.chunks.iter_mut().enumerate() {
-        for row in 0..chunk.len() {
-            let client = chunk.client[row];
-            if has_ops.get(client as usize).copied().unwrap_or(false) {
-                if chunk.mech[row] == NONE && chunk.op[row] != NULL {
-                    let key = (client, chunk.op[row]);
-                    chunk.mech[row] = match last_found {
-                        Some((last, mech)) if last == key => mech,
-                        _ => {
-                            let mech = by_op.get(&key).copied().unwrap_or(NONE);
-                            last_found = Some((key, mech));
-                            mech
-                        }
-                    };
-                }
-            } else if chunk.session[row] != NULL {
-                rest.push((client, chunk.seq[row], index as u32, row as u32));
-            }
-        }
-    }
-    if rest.is_empty() {
-        return;
-    }
-    let mut families = Names::default();
-    let family_of: Vec<u32> = (0..rows.funcs.len() as u32)
-        .map(|f| families.id(family(rows.funcs.name(f).unwrap_or(""))))
-        .collect();
-    let inits: Vec<bool> = (0..rows.funcs.len() as u32)
-        .map(|f| {
-            rows.funcs
-                .name(f)
-                .is_some_and(|name| name.ends_with("Init"))
-        })
-        .collect();
-    rest.sort_unstable();
-    let mut open: FxHashMap<(u32, i64, u32), u32> = FxHashMap::default();
-    for (client, _, index, row) in rest {
-        let chunk = &mut rows.chunks[index as usize];
-        let row = row as usize;
-        let func = chunk.func[row] as usize;
-        let Some(&family) = family_of.get(func) else {
-            continue;
-        };
-        let key = (client, chunk.session[row], family);
-        if inits[func] && chunk.mech[row] != NONE {
-            open.insert(key, chunk.mech[row]);
-        } else if chunk.mech[row] == NONE {
-            chunk.mech[row] = open.get(&key).copied().unwrap_or(NONE);
-        }
-    }
-}
-
-/// Reduces the kept rows of `rows` (of one `--by` group, when given) after
-/// [`resolve_mechanisms`].
+/// Reduces the kept rows of `rows` (of one `--by` group, when given).
 pub fn reduce(rows: &Rows, group: Option<u32>) -> Reduced {
-    let (mut provider_counts, mut module_counts) = (
-        vec![0u64; rows.providers.len()],
-        vec![0u64; rows.modules.len()],
-    );
+    // Counted as the files were read, or here per row (`--by`, which keeps them per row).
+    let (mut provider_counts, mut module_counts) = match group {
+        None => rows.counts(),
+        Some(_) => (
+            vec![0u64; rows.providers.len()],
+            vec![0u64; rows.modules.len()],
+        ),
+    };
     let mut seen_client = vec![false; rows.clients.len()];
     let width = rows.mechs.len() + 1;
     let mut slots: Vec<Option<usize>> = vec![None; rows.funcs.len() * width];
@@ -195,12 +111,15 @@ pub fn reduce(rows: &Rows, group: Option<u32>) -> Reduced {
             if let Some(seen) = seen_client.get_mut(client as usize) {
                 *seen = true;
             }
-            for (counts, id) in [
-                (&mut provider_counts, chunk.provider[row]),
-                (&mut module_counts, chunk.module[row]),
-            ] {
-                if let Some(count) = counts.get_mut(id as usize) {
-                    *count += 1;
+            if group.is_some() {
+                for (counts, ids) in [
+                    (&mut provider_counts, &chunk.provider),
+                    (&mut module_counts, &chunk.module),
+                ] {
+                    let id = ids.get(row).copied().unwrap_or(NONE);
+                    if let Some(count) = counts.get_mut(id as usize) {
+                        *count += 1;
+                    }
                 }
             }
             let (func, mech) = (chunk.func[row], chunk.mech[row]);

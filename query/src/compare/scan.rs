@@ -1,4 +1,4 @@
-//! A side's calls read straight from its Parquet files for `compare` and `diff` (arrow-rs, not
+//! A side's calls ([`Rows`]) read straight from its Parquet files for `compare` and `diff` (arrow-rs, not
 //! polars): the files decoded in parallel, the string columns kept as the files' own
 //! dictionaries (a batch's dictionary is mapped to interned ids once, then every row is an
 //! index lookup), the filters evaluated as rows are read (their verdict kept in [`KEEP`]: a
@@ -20,115 +20,14 @@ use parquet::arrow::arrow_reader::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::mechanisms;
+use super::rows::{Chunk, FAILED, KEEP, NONE, NULL, Names, RETURNED, Rows, count};
 use crate::cli::By;
 use crate::filters::Criteria;
 
-/// An interned string column's null.
-pub const NONE: u32 = u32::MAX;
-/// An integer column's null.
-pub const NULL: i64 = i64::MIN;
-/// Row flags: kept by the filters, returned, failed (`rv` ≠ `CKR_OK`).
-pub const KEEP: u8 = 1;
-pub const RETURNED: u8 = 2;
-pub const FAILED: u8 = 4;
-
-const BATCH_ROWS: usize = 64 * 1024;
-
-/// Strings interned to dense ids.
-#[derive(Debug, Default)]
-pub struct Names {
-    ids: FxHashMap<String, u32>,
-    names: Vec<String>,
-}
-
-impl Names {
-    pub fn id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = self.names.len() as u32;
-        self.ids.insert(name.to_owned(), id);
-        self.names.push(name.to_owned());
-        id
-    }
-
-    pub fn name(&self, id: u32) -> Option<&str> {
-        self.names.get(id as usize).map(String::as_str)
-    }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-}
-
-/// One file's rows (its non-internal calls), ids into [`Rows`]' names.
-#[derive(Debug, Default)]
-pub struct Chunk {
-    pub client: Vec<u32>,
-    pub func: Vec<u32>,
-    pub mech: Vec<u32>,
-    pub rv_name: Vec<u32>,
-    pub provider: Vec<u32>,
-    pub module: Vec<u32>,
-    /// The `--by` column's value (empty without `--by`; for `--by provider`, filled after the
-    /// read from the client's provider).
-    pub group: Vec<u32>,
-    pub op: Vec<i64>,
-    pub session: Vec<i64>,
-    pub seq: Vec<i64>,
-    /// µs since the epoch.
-    pub start: Vec<i64>,
-    pub dur: Vec<i64>,
-    pub flags: Vec<u8>,
-}
-
-impl Chunk {
-    fn with_capacity(rows: usize, grouped: bool) -> Chunk {
-        Chunk {
-            client: Vec::with_capacity(rows),
-            func: Vec::with_capacity(rows),
-            mech: Vec::with_capacity(rows),
-            rv_name: Vec::with_capacity(rows),
-            provider: Vec::with_capacity(rows),
-            module: Vec::with_capacity(rows),
-            group: Vec::with_capacity(if grouped { rows } else { 0 }),
-            op: Vec::with_capacity(rows),
-            session: Vec::with_capacity(rows),
-            seq: Vec::with_capacity(rows),
-            start: Vec::with_capacity(rows),
-            dur: Vec::with_capacity(rows),
-            flags: Vec::with_capacity(rows),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.func.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.func.is_empty()
-    }
-}
-
-/// A side's calls, file by file.
-#[derive(Debug, Default)]
-pub struct Rows {
-    pub chunks: Vec<Chunk>,
-    pub clients: Names,
-    pub funcs: Names,
-    pub mechs: Names,
-    pub rv_names: Names,
-    pub providers: Names,
-    pub modules: Names,
-    pub groups: Names,
-    /// (client, provider) pairs seen, internal calls included: a client's provider for
-    /// `--by provider`.
-    pub client_providers: FxHashSet<(u32, u32)>,
-}
+/// Rows per decoded batch: small enough that the reader's buffers are reused from one batch to
+/// the next rather than fresh pages each time.
+const BATCH_ROWS: usize = 16 * 1024;
 
 /// The interners the files read in parallel share (locked once per batch and column, and only
 /// when a batch brings a dictionary not seen before).
@@ -262,6 +161,8 @@ fn bools(column: Option<&ArrayRef>, rows: usize, default: bool) -> Result<Vec<bo
 pub struct Plan<'c> {
     pub criteria: &'c Criteria,
     pub by: Option<By>,
+    /// Keep start times (the scripts' order and `--by`'s group order need them).
+    pub ordered: bool,
 }
 
 impl Plan<'_> {
@@ -375,10 +276,9 @@ fn read_file(
     let mut group_mapper = Mapper::new(&shared.groups);
     let run_names = Mutex::new(Names::default());
     let mut run_mapper = Mapper::new(&run_names);
-    // Sized once from the footer: growing ten vectors by doubling copied them and faulted in
-    // fresh pages (`perf`: 43 % of a `diff` in the kernel's page clearing).
     let rows_in_file = usize::try_from(plain.metadata().file_metadata().num_rows()).unwrap_or(0);
-    let mut chunk = Chunk::with_capacity(rows_in_file, group.is_some());
+    let grouped = plan.by.is_some();
+    let mut chunk = Chunk::with_capacity(rows_in_file, grouped, plan.ordered);
     let mut providers = FxHashSet::default();
     let mut strs: [Vec<u32>; 6] = Default::default();
     let (mut group_ids, mut run_ids) = (Vec::new(), Vec::new());
@@ -454,26 +354,51 @@ fn read_file(
             chunk.func.push(func[row]);
             chunk.mech.push(mech[row]);
             chunk.rv_name.push(rv_name[row]);
-            chunk.provider.push(provider[row]);
-            chunk.module.push(module[row]);
+            if grouped {
+                chunk.provider.push(provider[row]);
+                chunk.module.push(module[row]);
+            } else if kept {
+                count(&mut chunk.provider_counts, provider[row]);
+                count(&mut chunk.module_counts, module[row]);
+            }
             chunk.op.push(op[row]);
             chunk.session.push(session[row]);
             chunk.seq.push(seq[row]);
-            chunk.start.push(start[row]);
+            if plan.ordered {
+                chunk.start.push(start[row]);
+            }
             chunk.dur.push(dur[row]);
             if group.is_some() {
                 chunk.group.push(group_ids[row]);
             }
         }
     }
+    let is_init: Vec<bool> = {
+        let funcs = lock(&shared.funcs);
+        (0..funcs.len() as u32)
+            .map(|f| funcs.name(f).is_some_and(|name| name.ends_with("Init")))
+            .collect()
+    };
+    mechanisms::resolve_chunk(&mut chunk, &is_init);
     Ok((chunk, providers))
+}
+
+/// Rows in a Parquet file's footer.
+pub fn footer_rows(path: &Path) -> Result<u64> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        .map_err(|e| anyhow!("{}: not a readable Parquet file: {e}", path.display()))?;
+    Ok(u64::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(0))
 }
 
 /// Reads `files` (decoded in parallel) into one side's rows.
 pub fn read(files: &[PathBuf], plan: &Plan<'_>) -> Result<Rows> {
     let shared = Shared::default();
     let results = p11trace_dataset::parallel::par_map(files, |path| read_file(path, plan, &shared));
-    let mut rows = Rows::default();
+    let mut rows = Rows {
+        ordered: plan.ordered,
+        ..Rows::default()
+    };
     for result in results {
         let (chunk, providers) = result?;
         rows.client_providers.extend(providers);
@@ -490,6 +415,7 @@ pub fn read(files: &[PathBuf], plan: &Plan<'_>) -> Result<Rows> {
     if plan.by == Some(By::Provider) {
         group_by_provider(&mut rows);
     }
+    mechanisms::resolve_across(&mut rows);
     Ok(rows)
 }
 

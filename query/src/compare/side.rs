@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use rustc_hash::FxHashMap;
 
-use super::scan::{KEEP, NULL, Rows};
+use super::rows::{KEEP, NULL, Rows};
 
 /// What a row of the comparison is keyed by: `C_Sign` with `CKM_ECDSA` is not `C_Sign` with
 /// `CKM_SHA256_RSA_PKCS`. The mechanism of `C_Sign`/`C_Encrypt`/… rows is the one of their
@@ -192,8 +192,8 @@ pub fn from_rows(
     if reduced.calls == 0 {
         bail!("{name}: no calls (after filters)");
     }
-    let scripts =
-        (want_scripts && reduced.calls as usize <= SCRIPT_LIMIT).then(|| scripts(rows, group));
+    let scripts = (want_scripts && rows.ordered && reduced.calls as usize <= SCRIPT_LIMIT)
+        .then(|| scripts(rows, group));
     Ok(Side {
         name,
         providers: reduced.providers,
