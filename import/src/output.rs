@@ -76,28 +76,26 @@ impl Output {
     }
 
     pub(crate) fn finish(self) -> Result<()> {
-        let close = |mut builder: CallsBuilder, mut sink: ParquetSink| -> Result<()> {
+        // The rows still in a builder written into its sink.
+        let flush = |mut builder: CallsBuilder, mut sink: ParquetSink| -> Result<ParquetSink> {
             if !builder.is_empty() {
                 sink.write(&builder.finish())?;
             }
-            sink.finish()?;
-            Ok(())
+            Ok(sink)
         };
         match self {
             Output::File(file) => {
                 let (builder, sink) = *file;
-                close(builder, sink)
+                flush(builder, sink)?.finish()?;
+                Ok(())
             }
             // Every partition complete before any is in place: a failure leaves no partial
             // import looking complete (the sealed files go with their temporary names, and
             // the ones already placed, all new names, are taken back).
             Output::Dataset { layout, parts, .. } => {
                 let mut sealed = Vec::with_capacity(parts.len());
-                for (mut builder, mut sink) in parts.into_values() {
-                    if !builder.is_empty() {
-                        sink.write(&builder.finish())?;
-                    }
-                    sealed.push(sink.seal()?);
+                for (builder, sink) in parts.into_values() {
+                    sealed.push(flush(builder, sink)?.seal()?);
                 }
                 let mut placed = Vec::with_capacity(sealed.len());
                 for file in sealed {

@@ -71,6 +71,17 @@ impl Criteria {
         })
     }
 
+    /// Whether no filter was given (every row is kept).
+    pub fn is_empty(&self) -> bool {
+        self.funcs.is_empty()
+            && self.pids.is_empty()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.rvs.is_empty()
+            && !self.failed
+            && self.run_id.is_none()
+    }
+
     /// Whether a row's start time (µs; `None` when unknown) passes `--since`/`--until`.
     pub fn keeps_start(&self, start: Option<i64>) -> bool {
         let after = self

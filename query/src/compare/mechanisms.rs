@@ -16,6 +16,13 @@ fn family(func: &str) -> &str {
         .unwrap_or(func)
 }
 
+/// Per function id, whether the function starts an operation (`C_SignInit`, `C_FindObjectsInit`).
+pub fn inits(funcs: &Names) -> Vec<bool> {
+    (0..funcs.len() as u32)
+        .map(|f| funcs.name(f).is_some_and(|name| name.ends_with("Init")))
+        .collect()
+}
+
 /// Resolves the rows of one file whose operation starts in it; the rest go to
 /// `chunk.unresolved`. `is_init[func]`: whether the function starts an operation.
 pub fn resolve_chunk(chunk: &mut Chunk, is_init: &[bool]) {
@@ -126,13 +133,7 @@ fn by_session(rows: &mut Rows) {
     let family_of: Vec<u32> = (0..rows.funcs.len() as u32)
         .map(|f| families.id(family(rows.funcs.name(f).unwrap_or(""))))
         .collect();
-    let inits: Vec<bool> = (0..rows.funcs.len() as u32)
-        .map(|f| {
-            rows.funcs
-                .name(f)
-                .is_some_and(|name| name.ends_with("Init"))
-        })
-        .collect();
+    let inits = inits(&rows.funcs);
     rest.sort_unstable();
     let mut open: FxHashMap<(u32, i64, u32), u32> = FxHashMap::default();
     for (client, _, index, row) in rest {

@@ -55,20 +55,13 @@ pub fn load_rows(
     let criteria = Criteria::parse(filters)?;
     // Scripts are kept up to `SCRIPT_LIMIT` calls: without a filter, a side whose files hold
     // more rows than twice that cannot qualify, and its start times need not be held.
-    let unfiltered = filters.funcs.is_empty()
-        && filters.pids.is_empty()
-        && filters.since.is_none()
-        && filters.until.is_none()
-        && filters.rvs.is_empty()
-        && !filters.failed
-        && filters.run_id.is_none();
     let ordered = by.is_some()
         || (ordered && {
             let mut total = 0u64;
             for file in &located.calls {
                 total = total.saturating_add(scan::footer_rows(file)?);
             }
-            !unfiltered || total <= 2 * side::SCRIPT_LIMIT as u64
+            !criteria.is_empty() || total <= 2 * side::SCRIPT_LIMIT as u64
         });
     let plan = scan::Plan {
         criteria: &criteria,

@@ -1,5 +1,5 @@
-//! A side's calls ([`Rows`]) read straight from its Parquet files for `compare` and `diff` (arrow-rs, not
-//! polars): the files decoded in parallel, the string columns kept as the files' own
+//! A side's calls ([`Rows`]) read straight from its Parquet files for `compare` and `diff`
+//! (arrow-rs, not polars): the files decoded in parallel, the string columns kept as the files' own
 //! dictionaries (a batch's dictionary is mapped to interned ids once, then every row is an
 //! index lookup), the filters evaluated as rows are read (their verdict kept in [`KEEP`]: a
 //! dropped `C_SignInit` still names its `C_Sign`'s mechanism), and only the few columns the
@@ -228,12 +228,10 @@ fn read_file(
     plan: &Plan<'_>,
     shared: &Shared,
 ) -> Result<(Chunk, FxHashSet<(u32, u32)>)> {
-    let open = || File::open(path).with_context(|| format!("cannot open {}", path.display()));
     let not_parquet = |e: parquet::errors::ParquetError| {
         anyhow!("{}: not a readable Parquet file: {e}", path.display())
     };
-    let file = open()?;
-    let plain = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(not_parquet)?;
+    let (file, plain) = footer(path)?;
     let group = plan.group_column();
     let mut strings = COLUMNS[..6].to_vec();
     strings.extend(["run_id", "process", "host"]);
@@ -373,21 +371,22 @@ fn read_file(
             }
         }
     }
-    let is_init: Vec<bool> = {
-        let funcs = lock(&shared.funcs);
-        (0..funcs.len() as u32)
-            .map(|f| funcs.name(f).is_some_and(|name| name.ends_with("Init")))
-            .collect()
-    };
+    let is_init = mechanisms::inits(&lock(&shared.funcs));
     mechanisms::resolve_chunk(&mut chunk, &is_init);
     Ok((chunk, providers))
 }
 
-/// Rows in a Parquet file's footer.
-pub fn footer_rows(path: &Path) -> Result<u64> {
+/// A Parquet file, opened, and its footer read.
+fn footer(path: &Path) -> Result<(File, ArrowReaderMetadata)> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
         .map_err(|e| anyhow!("{}: not a readable Parquet file: {e}", path.display()))?;
+    Ok((file, metadata))
+}
+
+/// Rows in a Parquet file's footer.
+pub fn footer_rows(path: &Path) -> Result<u64> {
+    let (_, metadata) = footer(path)?;
     Ok(u64::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(0))
 }
 
