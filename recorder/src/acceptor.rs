@@ -32,7 +32,6 @@ pub struct Peer {
 }
 
 /// A client that passed the handshake.
-#[derive(Serialize, Deserialize)]
 pub struct Registration {
     pub key: u64,
     pub peer: Peer,
@@ -40,8 +39,7 @@ pub struct Registration {
     pub data: IpcReceiver<ByteBuf>,
 }
 
-/// Messages to the capture actor's control channel (part of its receiver set).
-#[derive(Serialize, Deserialize)]
+/// Messages to the capture actor's control loop.
 pub enum Control {
     Register(Box<Registration>),
     /// The rendezvous stream of `key` reached end-of-file.
@@ -54,7 +52,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Acceptor {
     pub listener: UnixListener,
-    pub control: IpcSender<Control>,
+    pub control: Sender<Control>,
     pub run_id: String,
     pub label_key: [u8; 32],
     pub stop: Arc<AtomicBool>,
@@ -124,11 +122,21 @@ impl Acceptor {
         // random high half, a counter low half.
         let base = u64::from(u32::from_ne_bytes(random_bytes::<4>())) << 32;
         let next_key = Arc::new(AtomicU64::new(base | 1));
+        let mut backoff = Backoff::default();
         for stream in self.listener.incoming() {
             if self.stop.load(Ordering::Acquire) {
                 break;
             }
-            let Ok(stream) = stream else { continue };
+            let stream = match stream {
+                Ok(stream) => {
+                    backoff.reset();
+                    stream
+                }
+                Err(error) => {
+                    backoff.wait(&error);
+                    continue;
+                }
+            };
             let peer = match peer_credentials(&stream) {
                 Ok(peer) => peer,
                 Err(_) => continue,
@@ -151,10 +159,16 @@ impl Acceptor {
                 stats: self.stats.clone(),
                 watch: watch_tx.clone(),
             };
+            self.stats.handshakes.fetch_add(1, Ordering::AcqRel);
+            let stats = self.stats.clone();
             let spawned = std::thread::Builder::new()
                 .name("handshake".into())
-                .spawn(move || handshake.run());
+                .spawn(move || {
+                    handshake.run();
+                    stats.handshakes.fetch_sub(1, Ordering::AcqRel);
+                });
             if spawned.is_err() {
+                self.stats.handshakes.fetch_sub(1, Ordering::AcqRel);
                 self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -163,11 +177,44 @@ impl Acceptor {
     }
 }
 
+/// Waiting after a failed `accept`. Out of descriptors (`EMFILE`, `ENFILE`) or memory, `accept`
+/// fails at once for as long as the shortage lasts: retrying at once would spin a core. The
+/// connections wait in the listen backlog meanwhile (their shims time out and count).
+#[derive(Default)]
+struct Backoff {
+    delay: Option<Duration>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MOST: Duration = Duration::from_millis(500);
+
+    fn wait(&mut self, error: &io::Error) {
+        let delay = match self.delay {
+            None => {
+                eprintln!(
+                    "p11trace-recorder: cannot accept connections ({error}); retrying with backoff"
+                );
+                Self::FIRST
+            }
+            Some(delay) => (delay * 2).min(Self::MOST),
+        };
+        self.delay = Some(delay);
+        std::thread::sleep(delay);
+    }
+
+    fn reset(&mut self) {
+        if self.delay.take().is_some() {
+            eprintln!("p11trace-recorder: accepting connections again");
+        }
+    }
+}
+
 struct Handshake {
     stream: UnixStream,
     peer: Peer,
     key: u64,
-    control: IpcSender<Control>,
+    control: Sender<Control>,
     run_id: String,
     label_key: [u8; 32],
     stats: Arc<Stats>,
@@ -284,7 +331,7 @@ fn accept_within(
 /// Watches rendezvous streams; reports each end-of-file to the capture actor.
 fn watch(
     new_streams: Receiver<(u64, UnixStream)>,
-    control: IpcSender<Control>,
+    control: Sender<Control>,
     stop: Arc<AtomicBool>,
 ) {
     let mut streams: Vec<(u64, UnixStream)> = Vec::new();

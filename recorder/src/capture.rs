@@ -1,324 +1,262 @@
-//! Capture: one `IpcReceiverSet` select loop over every client's data channel and the control
-//! channel. It decodes and validates each message and turns it into [`Event`]s for the next actor.
+//! Capture: one reader thread per client data channel ([`reader`]), and this control loop, which
+//! registers the clients the acceptor hands over, passes on the end of their rendezvous streams,
+//! and ends everyone at shutdown. A client that stalls in the middle of a message (stopped by a
+//! signal or a debugger, or hostile) blocks only its own reader: the others keep arriving.
 //!
-//! Backpressure: sending an event blocks while the next actor's bounded channel is full; capture
-//! then stops reading, the clients' socket buffers fill, and each shim drops (and counts) what it
-//! cannot send. Nothing the recorder has read is ever dropped.
+//! Backpressure: sending an event blocks while the next actor's bounded channel is full; the
+//! readers then stop reading, the clients' socket buffers fill, and each shim drops (and counts)
+//! what it cannot send. Nothing the recorder has read is ever dropped.
+
+mod reader;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-use ipc_channel::ipc::{IpcReceiver, IpcReceiverSet, IpcSelectionResult};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use p11trace_dataset::DisconnectReason;
-use p11trace_record::Func;
-use p11trace_record::wire::{self, GoodbyeReason, Message};
-use serde_bytes::ByteBuf;
 
 use crate::acceptor::{Control, Registration};
-use crate::events::{Connection, Counters, Event, now_us};
+use crate::crash::Crash;
+use crate::events::{Connection, Event, now_us};
 use crate::stats::Stats;
 
-/// After a client's rendezvous stream closes, how long its data channel may stay open (a
-/// descriptor inherited by a child the shim could not close) before the connection is ended.
-const EOF_GRACE: Duration = Duration::from_secs(2);
-/// Longest drain after a shutdown request (a client that never stops sending cannot hold us).
+/// Longest drain after a shutdown request (a client that never stops sending, or one stalled in
+/// the middle of a message, cannot hold us).
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-/// Most records one batch may carry.
-const MAX_BATCH_RECORDS: usize = 65_536;
+/// How often the control loop looks at the clock when nothing arrives.
+const TICK: Duration = Duration::from_millis(100);
+/// Most clients connected at once: each has a reader thread (64 KiB of stack reserved, a few
+/// pages used). A client beyond it is refused visibly: its data channel is closed, so its shim
+/// sees the send fail and counts what it could not deliver.
+pub const MAX_CLIENTS: usize = 4096;
+const READER_STACK: usize = 64 * 1024;
 
 pub struct Capture {
-    pub control: IpcReceiver<Control>,
+    pub control: Receiver<Control>,
     pub events: Sender<Event>,
     pub run_id: String,
     pub stats: Arc<Stats>,
     pub once: bool,
+    pub crash: Crash,
 }
 
-struct Client {
-    key: u64,
-    pid: i64,
-    goodbye: Option<GoodbyeReason>,
-    eof_at: Option<Instant>,
-    /// Ended (goodbye+close, EOF grace, protocol error): later messages are ignored.
-    ended: bool,
-}
-
-impl Capture {
-    pub fn run(self) -> std::io::Result<()> {
-        let mut set = IpcReceiverSet::new()?;
-        let control_id = set.add(self.control)?;
-        let mut loop_state = Loop {
-            events: self.events,
-            run_id: self.run_id,
-            stats: self.stats,
-            clients: HashMap::new(),
-            by_key: HashMap::new(),
-            ever_connected: false,
-            shutdown_at: None,
-        };
-        loop {
-            match set.try_select_timeout(Duration::from_millis(100)) {
-                Ok(results) => {
-                    for result in results {
-                        match result {
-                            IpcSelectionResult::MessageReceived(id, message)
-                                if id == control_id =>
-                            {
-                                match message.to::<Control>() {
-                                    Ok(Control::Register(registration)) => {
-                                        loop_state.register(&mut set, *registration);
-                                    }
-                                    Ok(Control::Eof(key)) => loop_state.eof(key),
-                                    Ok(Control::Shutdown) => {
-                                        loop_state.shutdown_at.get_or_insert_with(Instant::now);
-                                    }
-                                    Err(_) => {}
-                                }
-                            }
-                            IpcSelectionResult::MessageReceived(id, message) => {
-                                loop_state.message(id, message.to::<ByteBuf>());
-                            }
-                            IpcSelectionResult::ChannelClosed(id) => loop_state.closed(id),
-                        }
-                    }
-                }
-                Err(ipc_channel::TrySelectError::Empty) => {
-                    if loop_state.shutdown_at.is_some() {
-                        break;
-                    }
-                }
-                Err(ipc_channel::TrySelectError::IoError(e)) => {
-                    eprintln!("p11trace-recorder: capture stopped: {e}");
-                    break;
-                }
-            }
-            loop_state.expire_eofs();
-            if self.once && loop_state.ever_connected && loop_state.live() == 0 {
-                loop_state.shutdown_at.get_or_insert_with(Instant::now);
-            }
-            if loop_state
-                .shutdown_at
-                .is_some_and(|at| at.elapsed() > SHUTDOWN_DRAIN)
-            {
-                break;
-            }
-        }
-        loop_state.finish();
-        Ok(())
-    }
-}
-
-struct Loop {
+/// What every reader shares with the control loop.
+struct Shared {
     events: Sender<Event>,
-    run_id: String,
     stats: Arc<Stats>,
-    clients: HashMap<u64, Client>,
-    by_key: HashMap<u64, u64>,
-    ever_connected: bool,
-    shutdown_at: Option<Instant>,
+    /// A shutdown was asked for: readers drain their channel and end.
+    stopping: AtomicBool,
+    /// Connections not ended yet.
+    live: AtomicUsize,
+    crash: Crash,
 }
 
-impl Loop {
-    fn emit(&self, event: Event) {
+impl Shared {
+    fn emit(&self, event: Event) -> bool {
         self.stats
             .capture_queue
             .store(self.events.len() as u64, Ordering::Relaxed);
         // The next actor only goes away when the whole recorder is stopping.
-        let _ = self.events.send(event);
+        self.events.send(event).is_ok()
     }
+}
 
-    fn live(&self) -> usize {
-        self.clients.values().filter(|c| !c.ended).count()
-    }
+/// One connection, as its reader and the control loop both see it.
+struct Link {
+    key: u64,
+    pid: i64,
+    /// Ended (goodbye and close, the EOF grace, a protocol error, shutdown): nothing more is
+    /// emitted for it. Held while emitting, so an end from the control loop and an event from the
+    /// reader never interleave.
+    ended: Mutex<bool>,
+    /// The client's rendezvous stream reached end-of-file.
+    eof: AtomicBool,
+    /// The reader thread has returned.
+    finished: AtomicBool,
+}
 
-    fn register(&mut self, set: &mut IpcReceiverSet, registration: Registration) {
-        let Registration {
-            key,
-            peer,
-            hello,
-            data,
-        } = registration;
-        let Ok(id) = set.add(data) else { return };
-        let connection = Connection {
-            key,
-            run_id: self.run_id.clone(),
-            client_id: hello.client_id,
-            connection: hello.connection,
-            pid: peer.pid,
-            uid: peer.uid,
-            ppid: hello.ppid,
-            host: hello.host,
-            process: hello.process,
-            exe: hello.exe,
-            module: hello.module,
-            shim_version: hello.shim_version,
-            protocol_version: hello.protocol_version,
-            redaction: hello.redaction,
-            connected_at_us: now_us(),
-            seq_start: hello.seq_start,
-            dropped_at_start: hello.dropped,
-            previous: hello.previous,
-        };
-        self.clients.insert(
-            id,
-            Client {
-                key,
-                pid: peer.pid,
-                goodbye: None,
-                eof_at: None,
-                ended: false,
-            },
-        );
-        self.by_key.insert(key, id);
-        self.ever_connected = true;
-        self.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
-        self.stats.clients_active.fetch_add(1, Ordering::Relaxed);
-        self.emit(Event::Connected(Box::new(connection)));
-    }
-
-    fn end(&mut self, id: u64, reason: DisconnectReason) {
-        let Some(client) = self.clients.get_mut(&id) else {
-            return;
-        };
-        if client.ended {
-            return;
+impl Link {
+    /// Emits `event` unless the connection has ended; `last` ends it. False when it had ended.
+    fn emit(&self, shared: &Shared, event: Event, last: bool) -> bool {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if *ended {
+            return false;
         }
-        client.ended = true;
-        let key = client.key;
-        self.stats.clients_active.fetch_sub(1, Ordering::Relaxed);
-        self.emit(Event::Disconnected {
-            key,
+        if last {
+            *ended = true;
+            shared.live.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.clients_active.fetch_sub(1, Ordering::Relaxed);
+        }
+        shared.emit(event);
+        true
+    }
+
+    fn end(&self, shared: &Shared, reason: DisconnectReason) -> bool {
+        let event = Event::Disconnected {
+            key: self.key,
             reason,
             at_us: now_us(),
+        };
+        self.emit(shared, event, true)
+    }
+}
+
+impl Capture {
+    pub fn run(self) -> std::io::Result<()> {
+        let shared = Arc::new(Shared {
+            events: self.events,
+            stats: self.stats,
+            stopping: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            crash: self.crash,
         });
-    }
-
-    fn protocol_error(&mut self, id: u64, what: &str) {
-        self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-        if let Some(client) = self.clients.get(&id)
-            && !client.ended
-        {
-            eprintln!(
-                "p11trace-recorder: dropped client pid {}: {what}",
-                client.pid
-            );
-        }
-        self.end(id, DisconnectReason::ProtocolError);
-    }
-
-    fn message(&mut self, id: u64, payload: Result<ByteBuf, ipc_channel::SerDeError>) {
-        let Some(client) = self.clients.get(&id) else {
-            return;
-        };
-        if client.ended {
-            return;
-        }
-        let key = client.key;
-        let payload = match payload {
-            Ok(payload) => payload,
-            Err(_) => return self.protocol_error(id, "undecodable frame"),
-        };
-        if payload.len() as u64 > wire::MAX_MESSAGE_BYTES {
-            return self.protocol_error(id, "oversized message");
-        }
-        match wire::decode(&payload) {
-            Ok(Message::Batch(batch)) => {
-                let valid = batch.records.len() <= MAX_BATCH_RECORDS
-                    && batch.plausible()
-                    && batch
-                        .records
-                        .iter()
-                        .all(|r| Func::from_code(r.func).is_some());
-                if !valid {
-                    return self.protocol_error(id, "invalid batch");
+        let mut links: HashMap<u64, Arc<Link>> = HashMap::new();
+        let mut ever_connected = false;
+        let mut shutdown_at: Option<Instant> = None;
+        loop {
+            // While stopping, what is queued is taken without waiting, so the loop can end as
+            // soon as nothing is left.
+            let wait = if shutdown_at.is_some() {
+                Duration::ZERO
+            } else {
+                TICK
+            };
+            let received = if wait.is_zero() {
+                self.control.try_recv().map_err(|e| match e {
+                    TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                })
+            } else {
+                self.control.recv_timeout(wait)
+            };
+            let drained = received.is_err();
+            match received {
+                Ok(Control::Register(registration)) => {
+                    if let Some(link) = register(&shared, *registration, &self.run_id, links.len())
+                    {
+                        ever_connected = true;
+                        links.insert(link.key, link);
+                    }
                 }
-                self.stats
-                    .records_received
-                    .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
-                self.emit(Event::Records {
-                    key,
-                    records: batch.records,
-                    counters: Counters {
-                        seq_high: batch.seq_high,
-                        dropped: batch.dropped,
-                        sent: batch.sent,
-                    },
-                });
+                Ok(Control::Eof(key)) => {
+                    if let Some(link) = links.get(&key) {
+                        link.eof.store(true, Ordering::Release);
+                    }
+                }
+                Ok(Control::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    shutdown_at.get_or_insert_with(Instant::now);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
             }
-            Ok(Message::Provider(provider)) => self.emit(Event::Provider { key, provider }),
-            Ok(Message::Goodbye {
-                reason,
-                seq_high,
-                dropped,
-                sent,
-            }) => {
-                if !wire::plausible(&[seq_high, dropped, sent]) {
-                    return self.protocol_error(id, "implausible counters in the goodbye");
-                }
-                if let Some(client) = self.clients.get_mut(&id) {
-                    client.goodbye = Some(reason);
-                }
-                self.emit(Event::Goodbye {
-                    key,
-                    reason,
-                    counters: Counters {
-                        seq_high,
-                        dropped,
-                        sent,
-                    },
-                });
+            links.retain(|_, link| !link.finished.load(Ordering::Acquire));
+            let live = shared.live.load(Ordering::Acquire);
+            if self.once && ever_connected && live == 0 {
+                shutdown_at.get_or_insert_with(Instant::now);
             }
-            Ok(Message::Hello(_)) => self.protocol_error(id, "second hello"),
-            Err(_) => self.protocol_error(id, "undecodable message"),
+            if let Some(at) = shutdown_at {
+                shared.stopping.store(true, Ordering::Release);
+                // Done when every client has ended and no handshake is left to register one.
+                let settled =
+                    drained && live == 0 && shared.stats.handshakes.load(Ordering::Acquire) == 0;
+                if settled || at.elapsed() > SHUTDOWN_DRAIN {
+                    break;
+                }
+                if drained {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         }
+        // Whoever is still reading (a client that never stops sending, or stalled in the middle
+        // of a message) ends here; what its reader gets later is not emitted.
+        for link in links.values() {
+            link.end(&shared, DisconnectReason::RecorderShutdown);
+        }
+        shared.emit(Event::Shutdown);
+        Ok(())
     }
+}
 
-    fn closed(&mut self, id: u64) {
-        self.end(id, self.ending(id));
-        if let Some(client) = self.clients.remove(&id) {
-            self.by_key.remove(&client.key);
+/// Starts the reader of a client that passed the handshake; `None` if it is refused (too many
+/// clients, or no thread for it), which drops its data channel: its shim sees the send fail.
+fn register(
+    shared: &Arc<Shared>,
+    registration: Registration,
+    run_id: &str,
+    connected: usize,
+) -> Option<Arc<Link>> {
+    let Registration {
+        key,
+        peer,
+        hello,
+        data,
+    } = registration;
+    if connected >= MAX_CLIENTS {
+        refuse(
+            shared,
+            peer.pid,
+            &format!("{MAX_CLIENTS} clients are connected"),
+        );
+        return None;
+    }
+    let connection = Connection {
+        key,
+        run_id: run_id.to_owned(),
+        client_id: hello.client_id,
+        connection: hello.connection,
+        pid: peer.pid,
+        uid: peer.uid,
+        ppid: hello.ppid,
+        host: hello.host,
+        process: hello.process,
+        exe: hello.exe,
+        module: hello.module,
+        shim_version: hello.shim_version,
+        protocol_version: hello.protocol_version,
+        redaction: hello.redaction,
+        connected_at_us: now_us(),
+        seq_start: hello.seq_start,
+        dropped_at_start: hello.dropped,
+        previous: hello.previous,
+    };
+    let link = Arc::new(Link {
+        key,
+        pid: peer.pid,
+        ended: Mutex::new(false),
+        eof: AtomicBool::new(false),
+        finished: AtomicBool::new(false),
+    });
+    let reader = reader::Reader {
+        link: link.clone(),
+        shared: shared.clone(),
+        data,
+        goodbye: None,
+    };
+    // Connected is emitted before the reader can emit anything of this connection, and counted
+    // live before it can end.
+    shared.live.fetch_add(1, Ordering::AcqRel);
+    shared
+        .stats
+        .clients_connected
+        .fetch_add(1, Ordering::Relaxed);
+    shared.stats.clients_active.fetch_add(1, Ordering::Relaxed);
+    shared.emit(Event::Connected(Box::new(connection)));
+    let spawned = std::thread::Builder::new()
+        .name(format!("client-{}", peer.pid))
+        .stack_size(READER_STACK)
+        .spawn(move || reader.run());
+    match spawned {
+        Ok(_) => Some(link),
+        Err(error) => {
+            refuse(shared, peer.pid, &format!("no reader thread: {error}"));
+            link.end(shared, DisconnectReason::ProtocolError);
+            None
         }
     }
+}
 
-    /// Why a client whose channel closed (or went silent after EOF) ended: its goodbye, if any.
-    fn ending(&self, id: u64) -> DisconnectReason {
-        match self.clients.get(&id).and_then(|c| c.goodbye) {
-            Some(GoodbyeReason::Finalize) => DisconnectReason::Finalize,
-            Some(GoodbyeReason::Exit) => DisconnectReason::Exit,
-            None => DisconnectReason::Eof,
-        }
-    }
-
-    fn eof(&mut self, key: u64) {
-        if let Some(client) = self
-            .by_key
-            .get(&key)
-            .and_then(|id| self.clients.get_mut(id))
-        {
-            client.eof_at.get_or_insert_with(Instant::now);
-        }
-    }
-
-    fn expire_eofs(&mut self) {
-        let expired: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| !c.ended && c.eof_at.is_some_and(|at| at.elapsed() > EOF_GRACE))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            self.end(id, self.ending(id));
-        }
-    }
-
-    fn finish(mut self) {
-        let open: Vec<u64> = self.clients.keys().copied().collect();
-        for id in open {
-            self.end(id, DisconnectReason::RecorderShutdown);
-        }
-        self.emit(Event::Shutdown);
-    }
+fn refuse(shared: &Shared, pid: i64, why: &str) {
+    shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+    eprintln!("p11trace-recorder: refused client pid {pid}: {why}");
 }

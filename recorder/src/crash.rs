@@ -4,6 +4,8 @@
 //! use it to prove that a restart loses nothing and duplicates nothing at each of those points.
 //! `P11TRACE_RECORDER_CRASH_AT=acceptor` instead panics the acceptor actor as it starts (a dead
 //! actor must stop the recorder, not leave it running deaf).
+//! `P11TRACE_RECORDER_CRASH_AT=slow-capture:<ms>` makes every client reader sleep `<ms>` after
+//! each message it receives (a recorder that falls behind its clients, without a crash).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +22,7 @@ pub const POINTS: &[&str] = &[
     "after-rename",
     "before-wal-truncate",
     "acceptor",
+    "slow-capture",
 ];
 
 impl Crash {
@@ -55,6 +58,15 @@ impl Crash {
             && name == point
         {
             panic!("failure injected at {point} (P11TRACE_RECORDER_CRASH_AT)");
+        }
+    }
+
+    /// Sleeps `<n>` milliseconds here if this is the configured point (`slow-capture:<n>`).
+    pub fn delay_at(&self, point: &str) {
+        if let Some((name, ms)) = &self.point
+            && name == point
+        {
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }
 }

@@ -7,10 +7,12 @@
 //! counters ([`stats`]):
 //!
 //! ```text
-//!  shims ─unix socket─▶ acceptor ─ipc control─▶ capture ─events─▶ wal ─logged─▶ batcher ─jobs─▶ writer ─▶ calls/…, clients/…
-//!        (SO_PEERCRED,  (one-shot server,        (IpcReceiverSet  (append,     (Arrow batches  (open file per
-//!         same uid)      token, EOF watch)        select, decode,  CRC, fsync   per table and   table+date, roll,
-//!                                                 validate)        policy)      date)           rename) ──covered──▶ wal
+//!  shims ─unix socket─▶ acceptor ─control─▶ capture ─events─▶ wal ─logged─▶ batcher ─jobs─▶ writer ─▶ calls/…, clients/…
+//!        (SO_PEERCRED,  (one-shot server,    (a reader     (append,     (Arrow batches  (open file per
+//!         same uid)      token, EOF watch)    thread per    CRC, fsync   per table and   table+date, roll,
+//!                                             client:       policy)      date)           rename) ──covered──▶ wal
+//!                                             decode,
+//!                                             validate)
 //! ```
 //!
 //! Backpressure: every channel is bounded (events 64, logged 64, jobs 16). When the writer
@@ -52,7 +54,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ipc_channel::ipc;
 
 use crate::acceptor::{Acceptor, Control};
 pub use crate::options::Options;
@@ -97,6 +98,24 @@ pub struct Summary {
     pub line: String,
 }
 
+/// Raises the soft limit on open descriptors to the hard limit: each client holds two (its
+/// rendezvous stream and data channel), and the default soft limit (1024) would refuse clients
+/// long before memory runs out. What is left of a shortage, the acceptor waits out.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Wakes the acceptor's blocking `accept` so it can see the stop flag.
 fn wake_acceptor(socket: &Path) {
     let _ = UnixStream::connect(socket);
@@ -108,6 +127,7 @@ pub fn run(options: Options) -> Result<Summary> {
     // labels, ids and executable paths.
     // SAFETY: umask(2) only sets this process's file-mode creation mask; it cannot fail.
     unsafe { libc::umask(0o077) };
+    raise_descriptor_limit();
     let _lock = dataset::lock(&options.dataset)?;
     let dataset = dataset::open(&options.dataset)?;
     let socket = options.socket.clone().unwrap_or_else(|| {
@@ -146,8 +166,7 @@ pub fn run(options: Options) -> Result<Summary> {
     let crash = crash::Crash::from_env();
     let acceptor_crash = crash.clone();
 
-    let (control_tx, control_rx) =
-        ipc::channel::<Control>().context("cannot create the control channel")?;
+    let (control_tx, control_rx) = crossbeam_channel::unbounded::<Control>();
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
     let (logged_tx, logged_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
     let (job_tx, job_rx) = crossbeam_channel::bounded(JOB_QUEUE);
@@ -198,7 +217,7 @@ pub fn run(options: Options) -> Result<Summary> {
         covered: covered_rx,
         wal,
         stats: stats.clone(),
-        crash,
+        crash: crash.clone(),
         stopping: stop.clone(),
     };
     let wal_actor = spawn("wal").spawn(move || wal_actor.run())?;
@@ -208,6 +227,7 @@ pub fn run(options: Options) -> Result<Summary> {
         run_id: run_id.clone(),
         stats: stats.clone(),
         once: options.once,
+        crash: crash.clone(),
     };
     let capture = spawn("capture").spawn(move || capture.run())?;
     let acceptor_control = control_tx.clone();

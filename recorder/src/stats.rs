@@ -23,6 +23,8 @@ pub struct Stats {
     pub rejected: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub capture_queue: AtomicU64,
+    /// Handshakes under way (a gauge): a shutdown waits for them to register their client.
+    pub handshakes: AtomicU64,
     pub write_queue: AtomicU64,
 }
 

@@ -8,6 +8,11 @@
 //! - `undecodable`  — a valid handshake, then a message that is not bincode;
 //! - `oversized`    — a valid handshake, then a 3 MiB message;
 //! - `flood N`      — a valid handshake, then N bogus batches as fast as possible.
+//! - `stall SECS`   — a valid handshake, then the first datagram of a message whose header
+//!   claims more bytes than it carries; holds the connection SECS seconds (a peer stopped in
+//!   the middle of a message);
+//! - `unchannelled` — a valid handshake, then the first fragment of a multi-fragment message
+//!   without the channel its other fragments would come on (ipc-channel's receiver unwraps it);
 //! - `counters`     — an honest first connection that reports one record sent and delivers
 //!   none, then a second that claims 2^64 − 1 records sent on the first, and batches and a
 //!   goodbye with counters past `i64::MAX` (sums of which overflow).
@@ -80,6 +85,72 @@ fn handshake_with(
     (data, stream)
 }
 
+/// The sockets open in this process (the listing's own descriptor is closed before they are
+/// checked).
+fn open_fds() -> Vec<i32> {
+    let listed: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    listed
+        .into_iter()
+        .filter(|&fd| {
+            // SAFETY: fstat writes into our zeroed stat buffer; a closed descriptor fails.
+            unsafe {
+                let mut stat: libc::stat = std::mem::zeroed();
+                libc::fstat(fd, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
+            }
+        })
+        .collect()
+}
+
+/// An honest handshake whose data channel is returned as its raw sending descriptor, to write
+/// datagrams ipc-channel would never send.
+fn handshake_raw(socket: &str) -> (i32, UnixStream) {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    let welcome = wire::read_welcome(&mut stream).expect("welcome");
+    let bootstrap: IpcSender<Bootstrap> =
+        IpcSender::connect(welcome.server_name).expect("one-shot");
+    let before = open_fds();
+    let (data, receiver) = ipc::bytes_channel().expect("channel");
+    let fresh: Vec<i32> = open_fds()
+        .into_iter()
+        .filter(|fd| !before.contains(fd))
+        .collect();
+    bootstrap
+        .send(Bootstrap {
+            hello: ByteBuf::from(hello(welcome.token)),
+            data: receiver,
+        })
+        .expect("bootstrap");
+    // The receiving end left with the bootstrap (and was closed here): what is still open of
+    // the channel's two descriptors is the sending end.
+    let after = open_fds();
+    let fd = *fresh
+        .iter()
+        .find(|fd| after.contains(fd))
+        .expect("the data channel's sending descriptor");
+    std::mem::forget(data);
+    (fd, stream)
+}
+
+/// One datagram with ipc-channel's first-fragment header: `fragment_size` (header included) and
+/// `total_size`, then eight bytes of payload.
+fn raw_fragment(fd: i32, fragment_size: usize, total_size: usize) {
+    let mut datagram = Vec::new();
+    datagram.extend_from_slice(&fragment_size.to_ne_bytes());
+    datagram.extend_from_slice(&total_size.to_ne_bytes());
+    datagram.extend_from_slice(&[0u8; 8]);
+    // SAFETY: sends our buffer on a descriptor this process owns.
+    let sent = unsafe { libc::send(fd, datagram.as_ptr().cast(), datagram.len(), 0) };
+    if sent != datagram.len() as isize {
+        panic!(
+            "send the crafted datagram on fd {fd}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// A frame as the shim builds it: a LEB128 length, then the payload.
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -123,6 +194,19 @@ fn main() {
                     break;
                 }
             }
+        }
+        "stall" => {
+            let secs: u64 = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(30);
+            let (data, _stream) = handshake_raw(socket);
+            // Claims a 4 KiB fragment, carries 8 bytes: the receiver waits for the rest.
+            raw_fragment(data, 4096, 8);
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+        }
+        "unchannelled" => {
+            let (data, _stream) = handshake_raw(socket);
+            // A complete first fragment of a 1 MiB message, with no fragment channel attached.
+            raw_fragment(data, 2 * size_of::<usize>() + 8, 1 << 20);
+            std::thread::sleep(std::time::Duration::from_secs(2));
         }
         "counters" => counters(socket),
         other => {
