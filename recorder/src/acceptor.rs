@@ -4,7 +4,7 @@
 //! message, and registers the client's data channel with the capture actor. The rendezvous stream
 //! is then watched: its end-of-file means the client is gone.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +37,8 @@ pub struct Registration {
     pub peer: Peer,
     pub hello: Hello,
     pub data: IpcReceiver<ByteBuf>,
+    /// Capture's answer: true once a reader waits on `data`.
+    pub registered: Sender<bool>,
 }
 
 /// Messages to the capture actor's control loop.
@@ -164,7 +166,20 @@ impl Acceptor {
             let spawned = std::thread::Builder::new()
                 .name("handshake".into())
                 .spawn(move || {
-                    handshake.run();
+                    // ipc-channel panics on a bootstrap whose data channel did not arrive (its
+                    // descriptor dropped by the kernel when we are out of them): that ends this
+                    // handshake only.
+                    let pid = handshake.peer.pid;
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        handshake.run();
+                    }));
+                    if ran.is_err() {
+                        stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "p11trace-recorder: dropped connection from pid {pid}: its bootstrap \
+                             could not be decoded"
+                        );
+                    }
                     stats.handshakes.fetch_sub(1, Ordering::AcqRel);
                 });
             if spawned.is_err() {
@@ -179,34 +194,39 @@ impl Acceptor {
 
 /// Waiting after a failed `accept`. Out of descriptors (`EMFILE`, `ENFILE`) or memory, `accept`
 /// fails at once for as long as the shortage lasts: retrying at once would spin a core. The
-/// connections wait in the listen backlog meanwhile (their shims time out and count).
+/// connections wait in the listen backlog meanwhile (their shims time out and count). Said on
+/// stderr the first time, then at most once a minute with the number of failures since.
 #[derive(Default)]
 struct Backoff {
     delay: Option<Duration>,
+    failures: u64,
+    said: Option<std::time::Instant>,
 }
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(5);
     const MOST: Duration = Duration::from_millis(500);
+    const SAY_EVERY: Duration = Duration::from_secs(60);
 
     fn wait(&mut self, error: &io::Error) {
-        let delay = match self.delay {
-            None => {
-                eprintln!(
-                    "p11trace-recorder: cannot accept connections ({error}); retrying with backoff"
-                );
-                Self::FIRST
-            }
-            Some(delay) => (delay * 2).min(Self::MOST),
-        };
+        self.failures += 1;
+        if self.said.is_none_or(|at| at.elapsed() >= Self::SAY_EVERY) {
+            eprintln!(
+                "p11trace-recorder: cannot accept connections ({error}; {} time(s) so far); \
+                 retrying with backoff",
+                self.failures
+            );
+            self.said = Some(std::time::Instant::now());
+        }
+        let delay = self
+            .delay
+            .map_or(Self::FIRST, |delay| (delay * 2).min(Self::MOST));
         self.delay = Some(delay);
         std::thread::sleep(delay);
     }
 
     fn reset(&mut self) {
-        if self.delay.take().is_some() {
-            eprintln!("p11trace-recorder: accepting connections again");
-        }
+        self.delay = None;
     }
 }
 
@@ -224,12 +244,14 @@ struct Handshake {
 impl Handshake {
     fn run(mut self) {
         match self.exchange() {
-            Ok(registration) => {
-                if self
+            Ok((registration, answer)) => {
+                let registered = self
                     .control
                     .send(Control::Register(Box::new(registration)))
                     .is_ok()
-                {
+                    && answer.recv_timeout(HANDSHAKE_TIMEOUT).unwrap_or(false);
+                // Refused: the stream closes unanswered, so the shim sees its connection fail.
+                if registered && self.stream.write_all(&[wire::REGISTERED]).is_ok() {
                     let _ = self.watch.send((self.key, self.stream));
                 }
             }
@@ -243,7 +265,7 @@ impl Handshake {
         }
     }
 
-    fn exchange(&mut self) -> Result<Registration, String> {
+    fn exchange(&mut self) -> Result<(Registration, Receiver<bool>), String> {
         let (server, server_name) =
             IpcOneShotServer::<Bootstrap>::new().map_err(|e| format!("one-shot server: {e}"))?;
         let token = random_bytes::<16>();
@@ -275,12 +297,15 @@ impl Handshake {
         if !hello.plausible() {
             return Err("implausible counters in the hello".into());
         }
-        Ok(Registration {
+        let (registered, answer) = crossbeam_channel::bounded(1);
+        let registration = Registration {
             key: self.key,
             peer: self.peer,
             hello,
             data: bootstrap.data,
-        })
+            registered,
+        };
+        Ok((registration, answer))
     }
 }
 

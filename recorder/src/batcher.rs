@@ -228,21 +228,29 @@ impl State {
 
     fn connected(&mut self, meta: Connection, received: u64, provider: Option<String>) {
         let known = self.ledger.entries.get(&meta.client_id).copied();
-        let matching = match (meta.previous, known) {
-            (Some(previous), Some(entry)) if previous.connection == entry.connection => {
-                Some((previous, entry))
-            }
-            _ => None,
-        };
-        let lost_before = matching.map_or(0, |(previous, entry)| {
-            previous
-                .sent
-                .saturating_sub(entry.received.saturating_add(entry.lost))
+        // The previous connection still open here (its end not yet seen) accounts for itself.
+        let previous_open = meta.previous.is_some_and(|previous| {
+            self.clients.values().any(|c| {
+                c.meta.client_id == meta.client_id && c.meta.connection == previous.connection
+            })
         });
-        let dropped_base = match matching {
-            Some((_, entry)) => entry.dropped_end,
-            None if meta.previous.is_none() => 0,
-            None => meta.dropped_at_start,
+        let (lost_before, dropped_base) = match (meta.previous, known) {
+            (None, _) => (0, 0),
+            (Some(_), _) if previous_open => (0, meta.dropped_at_start),
+            (Some(previous), Some(entry)) if previous.connection == entry.connection => (
+                previous
+                    .sent
+                    .saturating_sub(entry.received.saturating_add(entry.lost)),
+                entry.dropped_end,
+            ),
+            // A connection this dataset never registered (the handshake failed on our side
+            // after the client thought it done, e.g. out of descriptors): nothing it sent, and
+            // nothing the client reported on it, arrived here.
+            (Some(previous), Some(entry)) if previous.connection > entry.connection => {
+                (previous.sent, entry.dropped_end)
+            }
+            (Some(previous), None) => (previous.sent, 0),
+            (Some(_), Some(_)) => (0, meta.dropped_at_start),
         };
         let client = Client {
             provider,

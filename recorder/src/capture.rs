@@ -191,6 +191,7 @@ fn register(
         peer,
         hello,
         data,
+        registered,
     } = registration;
     if connected >= MAX_CLIENTS {
         refuse(
@@ -247,7 +248,11 @@ fn register(
         .stack_size(READER_STACK)
         .spawn(move || reader.run());
     match spawned {
-        Ok(_) => Some(link),
+        Ok(_) => {
+            // The handshake may have given up waiting: the client then sees no registration.
+            let _ = registered.send(true);
+            Some(link)
+        }
         Err(error) => {
             refuse(shared, peer.pid, &format!("no reader thread: {error}"));
             link.end(shared, DisconnectReason::ProtocolError);

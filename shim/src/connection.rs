@@ -103,6 +103,9 @@ impl Connection {
                 data: receiver,
             })
             .map_err(|e| handshake("bootstrap", &e))?;
+        // Nothing is sent before the recorder says it reads our channel: a registration it
+        // could not make is a failed connection (counted), not records sent into the void.
+        wire::read_registered(&mut stream).map_err(|e| handshake("registration", &e))?;
         Ok(Connection {
             stream,
             data,

@@ -122,3 +122,101 @@ fn recorder_has_active_clients(recorder: &mut Recorder) -> Result<bool> {
     let line = recorder.wait_for("active=", Duration::from_secs(5))?;
     Ok(!line.contains(" active=0 "))
 }
+
+/// A launcher that starts the recorder with `soft`/`hard` limits on open descriptors.
+fn limited_recorder(dir: &Path, soft: u32, hard: u32) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("limited-recorder");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\nulimit -Sn {soft} && ulimit -Hn {hard} && exec {} \"$@\"\n",
+            recorder_bin().display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))?;
+    Ok(script)
+}
+
+#[test]
+fn a_low_soft_descriptor_limit_is_raised_so_every_client_is_recorded() -> Result<()> {
+    let token = Token::new("nofile-soft")?;
+    let scripts = temp();
+    // 24 descriptors hold the recorder's own 8 and about 7 clients (two each, more while
+    // handshaking); the hard limit allows thousands. The old recorder ran with the soft limit:
+    // most of the 30 clients below were refused, and their calls were nowhere.
+    let launcher = limited_recorder(scripts.path(), 24, 4096)?;
+    let mut recorder = Launch::in_dir(temp()).bin(&launcher).start()?;
+    let clients = spawn_clients(&token, &recorder.socket, 30, &["paced", "60", "10"])?;
+    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    let (status, stderr) = recorder.stop()?;
+    ensure!(status.success(), "{stderr}");
+    every_call_is_a_row(&recorder.dataset, &reports)?;
+    Ok(())
+}
+
+#[test]
+fn out_of_descriptors_the_acceptor_backs_off_and_recovers() -> Result<()> {
+    let token = Token::new("nofile-hard")?;
+    let scripts = temp();
+    // Soft and hard 24: the crowd of 30 clients leaves the recorder out of descriptors for
+    // seconds. The old acceptor retried `accept` at once on EMFILE, spinning a core for as long
+    // as the shortage lasted.
+    let launcher = limited_recorder(scripts.path(), 24, 24)?;
+    let mut recorder = Launch::in_dir(temp()).bin(&launcher).start()?;
+    let crowd = spawn_clients(&token, &recorder.socket, 30, &["paced", "150", "20"])?;
+    let reports: Vec<Value> = crowd.into_iter().map(report).collect::<Result<_>>()?;
+    // Descriptors are free again: a client arriving now is recorded exactly.
+    let late = spawn_clients(&token, &recorder.socket, 1, &["burst", "50"])?;
+    let late: Vec<Value> = late.into_iter().map(report).collect::<Result<_>>()?;
+    let (status, stderr) = recorder.stop()?;
+    ensure!(status.success(), "{stderr}");
+    ensure!(
+        stderr.contains("cannot accept connections"),
+        "the shortage must have happened (and been said once): {stderr}"
+    );
+    let cost = recorder.cost().context("cost")?;
+    let share = cost.cpu.as_secs_f64() / cost.wall.as_secs_f64();
+    ensure!(
+        share < 0.4,
+        "the recorder used {:.0} % of a core over {:?} (a spinning acceptor uses ~100 %)",
+        share * 100.0,
+        cost.wall
+    );
+    // Out of descriptors, the writer may also have failed to create a file: those rows stay in
+    // the write-ahead log, and a restart writes them.
+    let (dir, dataset, socket) = recorder.into_parts();
+    let mut again = Launch::at(dir, dataset.clone(), socket).start()?;
+    let (status, stderr) = again.stop()?;
+    ensure!(status.success(), "the restart failed: {stderr}");
+    every_call_is_a_row(&dataset, &late)?;
+    // Whoever got in is accounted for exactly; who never did, the dataset cannot know of.
+    let tallies = tallies(&dataset)?;
+    let connected: Vec<Value> = reports
+        .into_iter()
+        .filter(|r| {
+            r["pid"]
+                .as_i64()
+                .is_some_and(|pid| tallies.contains_key(&pid))
+        })
+        .collect();
+    ensure!(!connected.is_empty(), "nobody of the crowd got in");
+    for report in &connected {
+        let pid = report["pid"].as_i64().context("pid")?;
+        let made = report["calls"].as_i64().context("calls")?;
+        let t = tallies.get(&pid).copied().unwrap_or_default();
+        // The shim's own `C_GetInfo` (one per process, `internal`) is in `dropped` when its
+        // record could not be delivered, and then is not a row: the one call the client does
+        // not count itself.
+        let internal_dropped = i64::from(t.dropped > 0 && t.internal == 0);
+        ensure!(
+            t.accounted() == made + internal_dropped || t.accounted() == made,
+            "pid {pid}: rows {} + dropped {} + lost {} != calls {made} (+ internal {})",
+            t.rows,
+            t.dropped,
+            t.lost,
+            t.internal
+        );
+    }
+    Ok(())
+}

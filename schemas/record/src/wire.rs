@@ -8,6 +8,10 @@
 //!    channel. Every message on that channel is one [`Message`] encoded with [`codec`] (bincode
 //!    1.3, fixed-width integers, size limit [`MAX_MESSAGE_BYTES`]) and framed by [`frame`]. The
 //!    first message is always [`Message::Hello`] echoing the token.
+//! 3. Once the recorder has registered the client (a reader waits on its channel), it writes the
+//!    one byte [`REGISTERED`] on the rendezvous stream. The shim sends nothing before it: a client
+//!    the recorder could not take (out of descriptors, too many clients) sees its connection
+//!    fail, and counts what it could not send, instead of sending into a channel nobody reads.
 //!
 //! Records carry codes, not names: the recorder renders names with [`crate::names`], so the shim
 //! does no string work on its hot path. Attribute types live in [`crate::attr`].
@@ -18,7 +22,24 @@ use serde::{Deserialize, Serialize};
 use crate::attr::Attr;
 
 /// Version of this protocol; a recorder refuses a `Hello` with another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The byte the recorder writes on the rendezvous stream once the client is registered (since
+/// protocol version 2).
+pub const REGISTERED: u8 = 0x06;
+
+/// Reads the recorder's [`REGISTERED`] byte (the stream's read timeout bounds the wait).
+pub fn read_registered(input: &mut impl std::io::Read) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    input.read_exact(&mut byte)?;
+    if byte[0] != REGISTERED {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("expected the registration byte, got {:#04x}", byte[0]),
+        ));
+    }
+    Ok(())
+}
 
 /// Largest encoded message either side accepts. Shims cut batches well below it.
 pub const MAX_MESSAGE_BYTES: u64 = 1 << 20;

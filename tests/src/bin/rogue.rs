@@ -82,7 +82,14 @@ fn handshake_with(
             data: receiver,
         })
         .expect("bootstrap");
+    registered(&mut stream);
     (data, stream)
+}
+
+/// Waits for the recorder's registration byte (protocol 2); a refused peer gets none.
+fn registered(stream: &mut UnixStream) {
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = wire::read_registered(stream);
 }
 
 /// The sockets open in this process (the listing's own descriptor is closed before they are
@@ -123,6 +130,7 @@ fn handshake_raw(socket: &str) -> (i32, UnixStream) {
             data: receiver,
         })
         .expect("bootstrap");
+    registered(&mut stream);
     // The receiving end left with the bootstrap (and was closed here): what is still open of
     // the channel's two descriptors is the sending end.
     let after = open_fds();
