@@ -288,3 +288,43 @@ fn once_exits_after_the_last_client_and_stats_lines_are_printed() -> Result<()> 
     }
     Ok(())
 }
+
+/// A log rotation that cannot write its new segment's checkpoint (a failure injected at
+/// `wal-rotate` for the first 20 attempts) must leave no segment that replays without knowing
+/// its connections. The recorder is crashed right after it first deletes covered segments (so
+/// replay starts at a segment made after the failures), restarted, and every record the clients
+/// made must be a row once, or counted. The old recorder left the new segment without its
+/// checkpoint and the replay dropped the records of the connections opened before it.
+#[test]
+fn a_failed_log_rotation_leaves_no_segment_that_replays_without_its_connections() -> Result<()> {
+    let token = Token::new("rotate")?;
+    let dir = temp();
+    let dataset = dir.path().join("ds");
+    let socket = dir.path().join("sock").join("r.sock");
+    // 64 KiB segments: a rotation every fraction of a second under this traffic.
+    let mut first = Launch::at(temp(), dataset.clone(), socket.clone())
+        .args(&["--roll-secs", "1"])
+        .env("P11TRACE_RECORDER_SEGMENT_BYTES", "65536")
+        .env(
+            "P11TRACE_RECORDER_CRASH_AT",
+            "wal-rotate:20,after-wal-truncate",
+        )
+        .start()?;
+    // Long-lived connections, all opened before the first rotation.
+    let clients: Vec<Child> = spawn_clients(&token, &socket, 3, &["paced", "4000", "2"])?;
+    let (status, stderr) = first.wait()?;
+    ensure!(
+        !status.success() && stderr.contains("crash injected at after-wal-truncate"),
+        "the recorder should have crashed after deleting covered segments: {status} {stderr}"
+    );
+    ensure!(
+        stderr.contains("failure injected at wal-rotate"),
+        "the rotation failure must be said: {stderr}"
+    );
+    let (keep, dataset, socket) = first.into_parts();
+    let mut second = Recorder::start_at(keep, dataset.clone(), socket, &[])?;
+    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    let (status, stderr) = second.stop()?;
+    ensure!(status.success() && stderr.contains("recovered"), "{stderr}");
+    check_invariant(&dataset, &reports)
+}
