@@ -262,9 +262,7 @@ impl State {
     /// Rows for the records of a batch (the client's counters are folded in by [`Self::apply`]).
     fn records(&mut self, lsn: Lsn, key: u64, records: &[CallRecord]) {
         let Some(client) = self.clients.get_mut(&key) else {
-            self.unknown_records = self
-                .unknown_records
-                .saturating_add(records.len() as u64);
+            self.unknown_records = self.unknown_records.saturating_add(records.len() as u64);
             return;
         };
         let meta = &client.meta;

@@ -29,8 +29,8 @@ use crate::events::{Counters, Event, Logged, Lsn, OpenConnection};
 use crate::stats::Stats;
 
 mod segment;
-use segment::{frame, remove_unfinished, segment_path, start_segment};
 pub use segment::{Segment, lsn, read_segment, segment_of, segments};
+use segment::{frame, remove_unfinished, segment_path, start_segment};
 
 /// A segment is closed once it passes this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -371,8 +371,8 @@ impl WalActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::OpenOptions;
     use p11trace_record::wire::CallRecord;
+    use std::fs::OpenOptions;
 
     #[test]
     fn appended_events_read_back_and_a_torn_tail_is_cut_off() {

@@ -83,8 +83,17 @@ pub(super) fn replace_file(dir: &Path, name: &str, contents: &[u8]) -> io::Resul
 /// Starts segment `segment` whole or not at all: written under a temporary name with its
 /// checkpoint frame, made durable, then renamed into place. On any failure nothing is left
 /// (a temporary file a crash leaves is removed at the next start, see [`remove_unfinished`]).
-pub(super) fn start_segment(dir: &Path, segment: u32, checkpoint: &[u8], fault: &Crash) -> io::Result<File> {
-    replace_file(dir, "next", format!("{}\n", u64::from(segment) + 1).as_bytes())?;
+pub(super) fn start_segment(
+    dir: &Path,
+    segment: u32,
+    checkpoint: &[u8],
+    fault: &Crash,
+) -> io::Result<File> {
+    replace_file(
+        dir,
+        "next",
+        format!("{}\n", u64::from(segment) + 1).as_bytes(),
+    )?;
     let path = segment_path(dir, segment);
     let temp = path.with_extension("wal.tmp");
     let _ = fs::remove_file(&temp);
@@ -169,4 +178,3 @@ pub fn read_segment(segment: u32, path: &Path) -> io::Result<Segment> {
     }
     Ok((events, None))
 }
-
