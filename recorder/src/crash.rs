@@ -51,6 +51,15 @@ impl Crash {
         }
     }
 
+    /// `point` configured as with `<point>:<nth>` (unit tests).
+    #[cfg(test)]
+    pub fn with(point: &str, nth: u64) -> Crash {
+        Crash {
+            points: vec![(point.to_owned(), nth)],
+            hits: Arc::new(vec![AtomicU64::new(0)]),
+        }
+    }
+
     /// How many times `point` has now been reached, and the configured n (None: not configured).
     fn hit(&self, point: &str) -> Option<(u64, u64)> {
         let index = self.points.iter().position(|(name, _)| name == point)?;

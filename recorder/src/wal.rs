@@ -420,4 +420,49 @@ mod tests {
         };
         assert!(wal.append(&goodbye).is_ok());
     }
+
+    #[test]
+    fn a_rotation_that_fails_leaves_no_segment_without_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), Duration::from_secs(1), u64::MAX).unwrap();
+        wal.segment_bytes = 64;
+        wal.fault = Crash::with("wal-rotate", 3);
+        let records = Event::Records {
+            key: 1,
+            records: vec![CallRecord::default()],
+            counters: Counters::default(),
+        };
+        let mut appended = Vec::new();
+        for _ in 0..8 {
+            appended.push(wal.append(&records).unwrap());
+        }
+        drop(wal);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.ends_with(".tmp")),
+            "leftovers: {names:?}"
+        );
+        let mut read = Vec::new();
+        let found = segments(dir.path()).unwrap();
+        // Three failed tries (the first segment grew on), then one rotation per append.
+        assert_eq!(found.len(), 5, "{names:?}");
+        for (number, path) in found {
+            let (events, torn) = read_segment(number, &path).unwrap();
+            assert!(torn.is_none());
+            assert!(
+                matches!(events.first(), Some((_, Event::Checkpoint(_)))),
+                "segment {number} does not start with its checkpoint"
+            );
+            read.extend(
+                events
+                    .iter()
+                    .filter(|(_, e)| matches!(e, Event::Records { .. }))
+                    .map(|(at, _)| *at),
+            );
+        }
+        assert_eq!(read, appended, "every appended event, once, in order");
+    }
 }
