@@ -128,6 +128,9 @@ struct State {
     applied_through: Lsn,
     days: DayCache,
     interfaces: HashMap<InterfaceVersion, String>,
+    /// Call records of connections this batcher never heard of (no `Connected` event and no
+    /// checkpoint naming them): they cannot become rows.
+    unknown_records: u64,
 }
 
 impl Batcher {
@@ -182,6 +185,7 @@ impl State {
             applied_through: 0,
             days: DayCache::default(),
             interfaces: HashMap::new(),
+            unknown_records: 0,
         }
     }
 
@@ -266,6 +270,7 @@ impl State {
     /// Rows for the records of a batch (the client's counters are folded in by [`Self::apply`]).
     fn records(&mut self, lsn: Lsn, key: u64, records: &[CallRecord]) {
         let Some(client) = self.clients.get_mut(&key) else {
+            self.unknown_records = self.unknown_records.saturating_add(records.len() as u64);
             return;
         };
         let meta = &client.meta;
@@ -413,13 +418,14 @@ impl State {
 }
 
 /// Replay: feeds logged events, then ends every connection left open as `recorder_crash`.
+/// Returns the ledger and how many call records belonged to connections the log never named.
 pub fn replay(
     events: impl Iterator<Item = Logged>,
     jobs: &Sender<Job>,
     stats: Arc<Stats>,
     ledger: Ledger,
     written: Written,
-) -> Ledger {
+) -> (Ledger, u64) {
     let mut state = State::new(stats, ledger, Some(written));
     for logged in events {
         state.apply(logged);
@@ -434,7 +440,7 @@ pub fn replay(
         applied_through: last,
     });
     let _ = jobs.send(Job::Shutdown);
-    state.ledger
+    (state.ledger, state.unknown_records)
 }
 
 /// A counter as an `Int64` column value: peers' counters are checked against

@@ -22,9 +22,10 @@
 //! failing), where incoming call records are refused, counted (`dropped_by_recorder`) and reported.
 //!
 //! Memory is bounded by the channel capacities — 128 events of at most one 1 MiB client message
-//! each (in practice ~48 KiB), 16 record batches of at most 64 Ki rows — plus one open Parquet row
-//! group (up to 1 Mi rows, encoded and compressed) per open file, plus the batcher's builders
-//! (at most 64 Ki rows between flushes).
+//! each (in practice ~48 KiB), 16 record batches of at most 64 Ki rows — plus each open Parquet
+//! file, encoded and compressed in memory (at most `writer::FILE_MAX_BYTES`), plus files that
+//! failed to be stored and wait to be stored again (at most `writer::PENDING_MAX_BYTES`), plus
+//! the batcher's builders (at most 64 Ki rows between flushes).
 //!
 //! Crash safety: see [`wal`] (what a crash or power cut can lose) and [`recovery`] (replay on
 //! start). Security: see [`acceptor`] and [`dataset`] — version 1 accepts clients of the

@@ -32,6 +32,9 @@ pub struct Recovered {
     pub segments: usize,
     pub events: usize,
     pub torn: Vec<String>,
+    /// Call records of connections no replayed segment names (their `Connected` event and
+    /// every checkpoint naming them deleted): never rows, and said.
+    pub unknown_records: u64,
 }
 
 /// The keys (`first` column, second column) of rows in files whose log range ends at or after
@@ -140,7 +143,7 @@ pub fn recover(
                     Vec::new()
                 }
             });
-    ledger = batcher::replay(
+    (ledger, recovered.unknown_records) = batcher::replay(
         events.map(|(lsn, event)| Logged { lsn, event }),
         &jobs_tx,
         stats.clone(),
@@ -148,6 +151,13 @@ pub fn recover(
         written,
     );
     drop(jobs_tx);
+    if recovered.unknown_records > 0 {
+        eprintln!(
+            "p11trace-recorder: {} logged call record(s) belong to connections no remaining log \
+             segment names; they cannot be replayed",
+            recovered.unknown_records
+        );
+    }
     if let Some(failure) = failure {
         anyhow::bail!("{failure}; the log is left in place");
     }

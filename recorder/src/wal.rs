@@ -4,7 +4,9 @@
 //! segment file in `DIR/.wal/` *before* it enters the batcher, with one `write(2)` per event, so a
 //! process crash (even `kill -9`) loses nothing the log holds. `fsync` runs every `--fsync-ms`
 //! (0: after every event): what a power cut can lose is bounded by that interval. Each segment
-//! starts with a checkpoint of the connections open at that moment, so it replays on its own.
+//! starts with a checkpoint of the connections open at that moment, so it replays on its own; a
+//! segment is started whole or not at all (`segment.rs`: written under a temporary name with its
+//! checkpoint, fsynced, renamed), and when it cannot be, the log writes on in the current one.
 //! The writer reports how far Parquet files cover the log; segments entirely below that are
 //! deleted. On start, uncovered segments are replayed (`recovery.rs`).
 //!
@@ -13,108 +15,35 @@
 //! still are, so every connection keeps its `clients` row.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bincode::Options;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::crash::Crash;
 use crate::events::{Counters, Event, Logged, Lsn, OpenConnection};
 use crate::stats::Stats;
 
+mod segment;
+pub use segment::{Segment, lsn, read_segment, segment_of, segments};
+use segment::{frame, remove_unfinished, segment_path, start_segment};
+
 /// A segment is closed once it passes this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
-/// Largest frame accepted when reading (a corrupt length must not allocate gigabytes).
-const MAX_FRAME: u32 = 256 << 20;
+/// Test-only: another segment size (the tests need rotations without writing 64 MiB).
+pub const SEGMENT_BYTES_ENV: &str = "P11TRACE_RECORDER_SEGMENT_BYTES";
 
-fn codec() -> impl Options + Copy {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .with_limit(u64::from(MAX_FRAME))
+fn segment_bytes() -> u64 {
+    std::env::var(SEGMENT_BYTES_ENV)
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(SEGMENT_BYTES)
 }
-
-pub fn lsn(segment: u32, offset: u64) -> Lsn {
-    (u64::from(segment) << 32) | offset
-}
-
-pub fn segment_of(lsn: Lsn) -> u32 {
-    (lsn >> 32) as u32
-}
-
-fn segment_path(dir: &Path, segment: u32) -> PathBuf {
-    dir.join(format!("seg-{segment:010}.wal"))
-}
-
-/// Segments present in `dir`, in order.
-pub fn segments(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if let Some(number) = name
-            .strip_prefix("seg-")
-            .and_then(|n| n.strip_suffix(".wal"))
-            .and_then(|n| n.parse().ok())
-        {
-            found.push((number, path));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-/// A segment's intact events, and why reading stopped early (if it did).
-pub type Segment = (Vec<(Lsn, Event)>, Option<String>);
-
-/// Every intact event of a segment. Reading stops at the first torn or corrupt frame (the
-/// process died while writing it: that event never reached the batcher).
-pub fn read_segment(segment: u32, path: &Path) -> io::Result<Segment> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    let mut events = Vec::new();
-    let mut offset = 0usize;
-    while offset < bytes.len() {
-        let header = bytes.get(offset..offset + 8);
-        let Some(header) = header else {
-            return Ok((events, Some(format!("torn frame header at byte {offset}"))));
-        };
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        if len > MAX_FRAME {
-            return Ok((
-                events,
-                Some(format!("impossible frame length {len} at byte {offset}")),
-            ));
-        }
-        let Some(payload) = bytes.get(offset + 8..offset + 8 + len as usize) else {
-            return Ok((events, Some(format!("torn frame at byte {offset}"))));
-        };
-        if crc32fast::hash(payload) != crc {
-            return Ok((events, Some(format!("checksum mismatch at byte {offset}"))));
-        }
-        match codec().deserialize::<Event>(payload) {
-            Ok(event) => events.push((lsn(segment, offset as u64), event)),
-            Err(e) => {
-                return Ok((
-                    events,
-                    Some(format!("undecodable frame at byte {offset}: {e}")),
-                ));
-            }
-        }
-        offset += 8 + len as usize;
-    }
-    Ok((events, None))
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("the write-ahead log is at its cap of {0} bytes")]
@@ -186,6 +115,10 @@ pub struct Wal {
     unsynced: bool,
     open: OpenConnections,
     buffer: Vec<u8>,
+    segment_bytes: u64,
+    fault: Crash,
+    /// A rotation failed and has not succeeded since (said once).
+    rotation_failing: bool,
 }
 
 impl Wal {
@@ -193,40 +126,36 @@ impl Wal {
     /// positions keep increasing across restarts.
     pub fn create(dir: &Path, fsync_every: Duration, max_bytes: u64) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
+        remove_unfinished(dir);
         let remembered = fs::read_to_string(dir.join("next"))
             .ok()
             .and_then(|n| n.trim().parse::<u32>().ok())
             .unwrap_or(1);
         let next = segments(dir)?
             .last()
-            .map_or(1, |(n, _)| n + 1)
+            .map_or(Some(1), |(n, _)| n.checked_add(1))
+            .ok_or_else(|| io::Error::other("log segment numbers are exhausted"))?
             .max(remembered);
-        let file = Self::new_segment(dir, next)?;
-        let mut wal = Wal {
+        let mut buffer = Vec::new();
+        frame(&mut buffer, &Event::Checkpoint(Vec::new()))?;
+        let file = start_segment(dir, next, &buffer, &Crash::default())?;
+        let offset = buffer.len() as u64;
+        Ok(Wal {
             dir: dir.to_owned(),
             segment: next,
             file,
-            offset: 0,
-            sizes: BTreeMap::from([(next, 0)]),
+            offset,
+            sizes: BTreeMap::from([(next, offset)]),
             max_bytes,
             fsync_every,
             last_sync: Instant::now(),
             unsynced: false,
             open: OpenConnections::default(),
-            buffer: Vec::new(),
-        };
-        wal.write(&Event::Checkpoint(Vec::new()))?;
-        Ok(wal)
-    }
-
-    fn new_segment(dir: &Path, segment: u32) -> io::Result<File> {
-        fs::write(dir.join("next"), format!("{}\n", segment + 1))?;
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(segment_path(dir, segment))?;
-        File::open(dir)?.sync_all()?;
-        Ok(file)
+            buffer,
+            segment_bytes: segment_bytes(),
+            fault: Crash::from_env(),
+            rotation_failing: false,
+        })
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -239,15 +168,7 @@ impl Wal {
     }
 
     fn write(&mut self, event: &Event) -> io::Result<Lsn> {
-        self.buffer.clear();
-        self.buffer.extend_from_slice(&[0; 8]);
-        codec()
-            .serialize_into(&mut self.buffer, event)
-            .map_err(io::Error::other)?;
-        let len = (self.buffer.len() - 8) as u32;
-        let crc = crc32fast::hash(&self.buffer[8..]);
-        self.buffer[..4].copy_from_slice(&len.to_le_bytes());
-        self.buffer[4..8].copy_from_slice(&crc.to_le_bytes());
+        frame(&mut self.buffer, event)?;
         let at = lsn(self.segment, self.offset);
         if let Err(error) = self.file.write_all(&self.buffer) {
             // Never leave a torn frame: replay stops at the first bad frame, so anything logged
@@ -270,23 +191,47 @@ impl Wal {
         if is_records && self.total_bytes() >= self.max_bytes {
             return Err(AppendError::Full(self.max_bytes));
         }
-        if self.offset >= SEGMENT_BYTES {
-            self.rotate()?;
+        if self.offset >= self.segment_bytes {
+            self.rotate();
         }
         let at = self.write(event)?;
         self.open.apply(event);
         Ok(at)
     }
 
-    fn rotate(&mut self) -> io::Result<()> {
-        self.sync()?;
-        self.segment += 1;
-        self.file = Self::new_segment(&self.dir, self.segment)?;
-        self.offset = 0;
-        self.sizes.insert(self.segment, 0);
-        let checkpoint = Event::Checkpoint(self.open.snapshot());
-        self.write(&checkpoint)?;
-        Ok(())
+    /// Moves on to a new segment, or — when it cannot be started whole — stays in this one and
+    /// tries again at the next append. Never a segment without its checkpoint: one would replay
+    /// without the connections opened before it and drop their records.
+    fn rotate(&mut self) {
+        let started = self.sync().and_then(|()| {
+            let number = self
+                .segment
+                .checked_add(1)
+                .ok_or_else(|| io::Error::other("log segment numbers are exhausted"))?;
+            frame(&mut self.buffer, &Event::Checkpoint(self.open.snapshot()))?;
+            let file = start_segment(&self.dir, number, &self.buffer, &self.fault)?;
+            Ok((number, file))
+        });
+        match started {
+            Ok((number, file)) => {
+                self.file = file;
+                self.segment = number;
+                self.offset = self.buffer.len() as u64;
+                self.sizes.insert(number, self.offset);
+                if std::mem::take(&mut self.rotation_failing) {
+                    eprintln!("p11trace-recorder: the write-ahead log started segment {number}");
+                }
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut self.rotation_failing, true) {
+                    eprintln!(
+                        "p11trace-recorder: cannot start a new write-ahead log segment: {error}; \
+                         writing on in segment {} and trying again",
+                        self.segment
+                    );
+                }
+            }
+        }
     }
 
     pub fn sync(&mut self) -> io::Result<()> {
@@ -372,8 +317,10 @@ impl WalActor {
                 recv(self.covered) -> covered => match covered {
                     Ok(covered) => {
                         self.crash.at("before-wal-truncate");
-                        if let Err(e) = self.wal.release_below(covered) {
-                            eprintln!("p11trace-recorder: cannot delete covered log segments: {e}");
+                        match self.wal.release_below(covered) {
+                            Ok(0) => {}
+                            Ok(_) => self.crash.at("after-wal-truncate"),
+                            Err(e) => eprintln!("p11trace-recorder: cannot delete covered log segments: {e}"),
                         }
                     }
                     Err(_) => return self.wal.sync(),
@@ -425,6 +372,7 @@ impl WalActor {
 mod tests {
     use super::*;
     use p11trace_record::wire::CallRecord;
+    use std::fs::OpenOptions;
 
     #[test]
     fn appended_events_read_back_and_a_torn_tail_is_cut_off() {
@@ -471,5 +419,50 @@ mod tests {
             provider: "x".into(),
         };
         assert!(wal.append(&goodbye).is_ok());
+    }
+
+    #[test]
+    fn a_rotation_that_fails_leaves_no_segment_without_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), Duration::from_secs(1), u64::MAX).unwrap();
+        wal.segment_bytes = 64;
+        wal.fault = Crash::with("wal-rotate", 3);
+        let records = Event::Records {
+            key: 1,
+            records: vec![CallRecord::default()],
+            counters: Counters::default(),
+        };
+        let mut appended = Vec::new();
+        for _ in 0..8 {
+            appended.push(wal.append(&records).unwrap());
+        }
+        drop(wal);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.ends_with(".tmp")),
+            "leftovers: {names:?}"
+        );
+        let mut read = Vec::new();
+        let found = segments(dir.path()).unwrap();
+        // Three failed tries (the first segment grew on), then one rotation per append.
+        assert_eq!(found.len(), 5, "{names:?}");
+        for (number, path) in found {
+            let (events, torn) = read_segment(number, &path).unwrap();
+            assert!(torn.is_none());
+            assert!(
+                matches!(events.first(), Some((_, Event::Checkpoint(_)))),
+                "segment {number} does not start with its checkpoint"
+            );
+            read.extend(
+                events
+                    .iter()
+                    .filter(|(_, e)| matches!(e, Event::Records { .. }))
+                    .map(|(at, _)| *at),
+            );
+        }
+        assert_eq!(read, appended, "every appended event, once, in order");
     }
 }

@@ -1,13 +1,19 @@
-//! Writer: appends record batches to one open Parquet file per table and date, and closes a file
-//! (fsync, rename from `DIR/.tmp/` into place) at `--roll-rows` rows or `--roll-secs` seconds,
-//! whichever comes first. A file exists under `calls/` or `clients/` only once it is complete.
+//! Writer: appends record batches to one open Parquet file per table and date, encoded in
+//! memory, and stores a file (fsync, link from `DIR/.tmp/` into place) at `--roll-rows` rows,
+//! `--roll-secs` seconds or [`FILE_MAX_BYTES`] encoded, whichever comes first. A file exists
+//! under `calls/` or `clients/` only once it is complete.
 //!
 //! Each file records in its key-value metadata the range of log positions its rows came from
 //! (`p11trace.wal_first`, `p11trace.wal_last`). After every flush the writer tells the log how far
-//! renamed files cover it; the log deletes segments below that. Rows of a file that failed to
-//! write (disk full) hold the coverage back, so the log keeps them for the next start.
+//! stored files cover it; the log deletes segments below that.
+//!
+//! A file that cannot be stored (disk full) is kept, complete and encoded, and stored again at
+//! every tick until it succeeds — exactly once: the same bytes under the same name. Until then
+//! its rows hold the coverage back (the log keeps them, for the next start if the recorder stops
+//! first). Files kept so are bounded by [`PENDING_MAX_BYTES`]; one more than that is let go and
+//! its rows stay in the log for the next start (the coverage then stays below them for the run).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use crossbeam_channel::{Receiver, Sender};
-use p11trace_dataset::{ParquetSink, calls_schema, clients_schema, writer_properties};
+use p11trace_dataset::sink::{MemorySink, store_with};
+use p11trace_dataset::{calls_schema, clients_schema, writer_properties};
 
 use crate::crash::Crash;
 use crate::events::Lsn;
@@ -39,6 +46,11 @@ pub enum Job {
     Shutdown,
 }
 
+/// A file is stored once it holds this much encoded data (the memory one open file may hold).
+pub const FILE_MAX_BYTES: usize = 128 << 20;
+/// Encoded files that failed to be stored, kept to try again, hold at most this much memory.
+pub const PENDING_MAX_BYTES: usize = 256 << 20;
+
 /// Metadata keys of the log range a file covers.
 pub const WAL_FIRST_KEY: &str = "p11trace.wal_first";
 pub const WAL_LAST_KEY: &str = "p11trace.wal_last";
@@ -57,17 +69,31 @@ pub struct Writer {
 
 struct OpenFile {
     table: Table,
-    sink: ParquetSink,
+    path: PathBuf,
+    sink: MemorySink,
     opened: Instant,
     lsn_min: Lsn,
     lsn_max: Lsn,
+}
+
+/// A complete file that could not be stored yet.
+struct Pending {
+    table: Table,
+    path: PathBuf,
+    bytes: Vec<u8>,
+    rows: u64,
+    lsn_min: Lsn,
 }
 
 #[derive(Default)]
 struct State {
     open: HashMap<(Table, String), OpenFile>,
     counter: u64,
-    /// Lowest log position of rows that failed to reach a file: coverage never passes it.
+    /// Oldest first; their rows hold the coverage back until they are stored.
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    /// Lowest log position of rows let go for this run (not encodable, or past
+    /// [`PENDING_MAX_BYTES`]): coverage never passes it; they are written at the next start.
     failed_floor: Option<Lsn>,
     reported: Lsn,
 }
@@ -90,6 +116,7 @@ impl Writer {
                     self.rows(&mut state, &started, table, date, &batch, lsn_min, lsn_max);
                 }
                 Job::Tick { applied_through } => {
+                    self.store_pending(&mut state);
                     let expired: Vec<_> = state
                         .open
                         .iter()
@@ -110,13 +137,16 @@ impl Writer {
         for file in open {
             self.close(&mut state, file);
         }
+        self.store_pending(&mut state);
         self.report_coverage(&mut state, Lsn::MAX);
-        match state.failed_floor {
-            Some(_) => Err(std::io::Error::other(
-                "some rows could not be written; they stay in the write-ahead log and will be written at the next start",
-            )),
-            None => Ok(()),
+        if state.failed_floor.is_some() || !state.pending.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "some rows could not be written ({} file(s) still failing); they stay in the \
+                 write-ahead log and will be written at the next start",
+                state.pending.len()
+            )));
         }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -143,10 +173,11 @@ impl Writer {
                 &[("p11trace.run_id".into(), self.run_id.clone())],
             );
             let path: PathBuf = self.dataset.part(table.name(), &key.1, &name);
-            match ParquetSink::create(&self.dataset.temp(), &path, schema, properties) {
+            match MemorySink::new(schema, properties) {
                 Ok(sink) => {
                     let file = OpenFile {
                         table,
+                        path,
                         sink,
                         opened: Instant::now(),
                         lsn_min,
@@ -158,7 +189,7 @@ impl Writer {
                     fail(
                         state,
                         lsn_min,
-                        format!("cannot create {}: {e}", path.display()),
+                        format!("cannot start {}: {e}", path.display()),
                     );
                     return;
                 }
@@ -175,50 +206,104 @@ impl Writer {
             fail(
                 state,
                 floor,
-                format!("cannot write {} rows: {e}", table.name()),
+                format!("cannot encode {} rows: {e}", table.name()),
             );
             return;
         }
-        if file.sink.rows() >= self.roll_rows
+        if (file.sink.rows() >= self.roll_rows || file.sink.memory_bytes() >= FILE_MAX_BYTES)
             && let Some(file) = state.open.remove(&key)
         {
             self.close(state, file);
         }
     }
 
+    /// Finishes `file` and stores it, or keeps it to store again.
     fn close(&self, state: &mut State, mut file: OpenFile) {
         let rows = file.sink.rows();
         file.sink
             .add_metadata(WAL_FIRST_KEY, file.lsn_min.to_string());
         file.sink
             .add_metadata(WAL_LAST_KEY, file.lsn_max.to_string());
-        let crash = &self.crash;
-        match file.sink.finish_with(|stage| crash.at(stage)) {
-            Ok(_) => {
-                if file.table == Table::Calls {
-                    self.stats
-                        .records_written
-                        .fetch_add(rows, Ordering::Relaxed);
-                }
-                self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        let bytes = match file.sink.finish() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let message = format!("cannot encode a {} file: {e}", file.table.name());
+                return fail(state, file.lsn_min, message);
             }
-            Err(e) => fail(
-                state,
-                file.lsn_min,
-                format!("cannot close a {} file: {e}", file.table.name()),
-            ),
+        };
+        let pending = Pending {
+            table: file.table,
+            path: file.path,
+            bytes,
+            rows,
+            lsn_min: file.lsn_min,
+        };
+        if let Err(e) = self.store(&pending) {
+            let size = pending.bytes.len();
+            if state.pending_bytes.saturating_add(size) > PENDING_MAX_BYTES {
+                let message = format!(
+                    "cannot close a {} file: {e}; {} bytes of files already wait to be written",
+                    pending.table.name(),
+                    state.pending_bytes
+                );
+                return fail(state, pending.lsn_min, message);
+            }
+            eprintln!(
+                "p11trace-recorder: cannot close a {} file: {e}; it is kept to be written again \
+                 (the rows stay in the write-ahead log meanwhile)",
+                pending.table.name()
+            );
+            state.pending_bytes += size;
+            state.pending.push_back(pending);
         }
     }
 
-    /// Everything below `candidate` is in renamed files, except rows still in open files or
-    /// rows that failed.
+    /// Stores a complete file in place and counts it.
+    fn store(&self, file: &Pending) -> std::io::Result<()> {
+        let crash = &self.crash;
+        store_with(&self.dataset.temp(), &file.path, &file.bytes, |stage| {
+            crash.at(stage)
+        })?;
+        if file.table == Table::Calls {
+            self.stats
+                .records_written
+                .fetch_add(file.rows, Ordering::Relaxed);
+        }
+        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Tries the kept files again, oldest first, until one fails.
+    fn store_pending(&self, state: &mut State) {
+        if state.pending.is_empty() {
+            return;
+        }
+        while let Some(file) = state.pending.front() {
+            if self.store(file).is_err() {
+                return;
+            }
+            let size = file.bytes.len();
+            state.pending.pop_front();
+            state.pending_bytes = state.pending_bytes.saturating_sub(size);
+        }
+        eprintln!("p11trace-recorder: the files that could not be written are written now");
+    }
+
+    /// Everything below `candidate` is in stored files, except rows still in open files, in
+    /// files waiting to be stored, or let go.
     fn report_coverage(&self, state: &mut State, candidate: Lsn) {
         let open_floor = state.open.values().map(|f| f.lsn_min).min();
-        let covered = [Some(candidate), open_floor, state.failed_floor]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(candidate);
+        let pending_floor = state.pending.iter().map(|f| f.lsn_min).min();
+        let covered = [
+            Some(candidate),
+            open_floor,
+            pending_floor,
+            state.failed_floor,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(candidate);
         if covered > state.reported
             && let Some(covered_tx) = &self.covered
         {
@@ -230,5 +315,7 @@ impl Writer {
 
 fn fail(state: &mut State, floor: Lsn, message: String) {
     state.failed_floor = Some(state.failed_floor.map_or(floor, |f| f.min(floor)));
-    eprintln!("p11trace-recorder: {message}; the rows stay in the write-ahead log");
+    eprintln!(
+        "p11trace-recorder: {message}; the rows stay in the write-ahead log for the next start"
+    );
 }

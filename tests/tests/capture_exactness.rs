@@ -3,12 +3,13 @@
 //! its log imported by `p11trace-query` agrees with the recording field by field — handles,
 //! mechanisms, templates, lengths — for pkcs11-tool and p11tool runs alike.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use p11trace_record::functions::{FUNCTIONS, Role};
 use p11trace_tests::*;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -247,8 +248,36 @@ fn fresh_spy_logs_of_pkcs11_tool_and_p11tool_match_the_shims_recording_call_for_
         ours.iter().any(|r| r["process"] == "p11tool")
             && ours.iter().any(|r| r["process"] == "pkcs11-tool")
     );
+    // The handle columns, each with the functions whose calls carry it as an input argument
+    // (from the function table, not from either side's data): the spy prints every input
+    // handle, so each recorded call of those functions must have that column compared.
+    let handles: Vec<(&str, BTreeSet<&str>)> = [
+        ("slot_id", Role::Slot),
+        ("session", Role::Session),
+        ("object", Role::Object),
+        ("object2", Role::Object2),
+    ]
+    .into_iter()
+    .map(|(column, role)| {
+        let takers = FUNCTIONS
+            .iter()
+            .filter(|f| f.args.iter().any(|arg| arg.role == role))
+            .map(|f| f.func.name())
+            .collect();
+        (column, takers)
+    })
+    .collect();
+    // Per handle column: recorded calls that carry it, and of those the ones compared.
+    let mut carried = vec![0usize; handles.len()];
+    let mut handles_compared = vec![0usize; handles.len()];
     let mut compared = 0;
     for (index, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        let func = a["func"].as_str().unwrap_or_default();
+        for (h, (_, takers)) in handles.iter().enumerate() {
+            if takers.contains(func) {
+                carried[h] += 1;
+            }
+        }
         for column in columns {
             // The spy does not print everything (a size query's output, the returned interface's
             // version): compare where it does.
@@ -266,8 +295,29 @@ fn fresh_spy_logs_of_pkcs11_tool_and_p11tool_match_the_shims_recording_call_for_
                 b[column]
             );
             compared += 1;
+            if let Some(h) = handles.iter().position(|(name, _)| *name == column)
+                && handles[h].1.contains(func)
+            {
+                handles_compared[h] += 1;
+            }
         }
     }
+    eprintln!("handle columns: carried {carried:?}, compared {handles_compared:?}");
+    for (h, (column, _)) in handles.iter().enumerate() {
+        ensure!(
+            handles_compared[h] == carried[h],
+            "{column}: compared on {} of the {} recorded calls that carry it (the importer or the \
+             recording left it empty)",
+            handles_compared[h],
+            carried[h]
+        );
+    }
+    // This workload carries slots, sessions and objects (no wrapping or derivation: object2 may
+    // be absent); an empty floor would prove nothing.
+    ensure!(
+        carried[..3].iter().all(|&n| n >= 10),
+        "too few calls carry handles: {carried:?}"
+    );
     ensure!(compared > 5000, "too little compared: {compared}");
     for secret in [USER_PIN.as_bytes(), b"Wrong-Pin-7777"] {
         ensure!(

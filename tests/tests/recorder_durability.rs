@@ -151,25 +151,53 @@ fn a_second_signal_exits_at_once_and_the_log_is_replayed_next_time() -> Result<(
     Ok(())
 }
 
-#[test]
-fn a_full_disk_is_a_clear_error_with_no_corrupt_file_and_nothing_lost() -> Result<()> {
-    let token = Token::new("diskfull")?;
-    let dir = temp();
+/// Runs `test` with a tmpfs of `size` mounted at `dir/small` (we are root in the test
+/// container), unmounted afterwards whatever the outcome.
+fn on_tmpfs(
+    dir: &tempfile::TempDir,
+    size: &str,
+    test: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let mount = dir.path().join("small");
     std::fs::create_dir(&mount)?;
     let mounted = run(
         Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}")])
             .arg("tmpfs")
             .arg(&mount),
         Duration::from_secs(30),
     )?;
     ensure!(
         mounted.status.success(),
-        "this test mounts a 4 MiB tmpfs and needs root: {}",
+        "this test mounts a {size} tmpfs and needs root: {}",
         text(&mounted.stderr)
     );
-    let result = (|| -> Result<()> {
+    let result = test(&mount);
+    let _ = run(Command::new("umount").arg(&mount), Duration::from_secs(30));
+    result
+}
+
+/// Bytes free on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Result<u64> {
+    let output = run(
+        Command::new("df")
+            .arg("--output=avail")
+            .arg("-B1")
+            .arg(path),
+        Duration::from_secs(10),
+    )?;
+    text(&output.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .context("df")
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_with_no_corrupt_file_and_nothing_lost() -> Result<()> {
+    let token = Token::new("diskfull")?;
+    let dir = temp();
+    on_tmpfs(&dir, "4m", |mount| {
         let dataset = mount.join("ds");
         let socket = dir.path().join("sock").join("r.sock");
         let mut recorder = Recorder::start_at(
@@ -180,21 +208,7 @@ fn a_full_disk_is_a_clear_error_with_no_corrupt_file_and_nothing_lost() -> Resul
         )?;
         // Leave little room: the first Parquet files fit, then the disk is full.
         let filler = mount.join("filler");
-        let free = |path: &Path| -> Result<u64> {
-            let output = run(
-                Command::new("df")
-                    .arg("--output=avail")
-                    .arg("-B1")
-                    .arg(path),
-                Duration::from_secs(10),
-            )?;
-            text(&output.stdout)
-                .lines()
-                .nth(1)
-                .and_then(|l| l.trim().parse().ok())
-                .context("df")
-        };
-        let available = free(&mount)?;
+        let available = free_bytes(mount)?;
         std::fs::write(
             &filler,
             vec![0u8; available.saturating_sub(300_000) as usize],
@@ -261,9 +275,7 @@ fn a_full_disk_is_a_clear_error_with_no_corrupt_file_and_nothing_lost() -> Resul
             );
         }
         Ok(())
-    })();
-    let _ = run(Command::new("umount").arg(&mount), Duration::from_secs(30));
-    result
+    })
 }
 
 #[test]
@@ -287,4 +299,158 @@ fn once_exits_after_the_last_client_and_stats_lines_are_printed() -> Result<()> 
         bail!("no summary line: {stderr}");
     }
     Ok(())
+}
+
+/// A log rotation that cannot write its new segment's checkpoint (a failure injected at
+/// `wal-rotate` for the first 20 attempts) must leave no segment that replays without knowing
+/// its connections. The recorder is crashed right after it first deletes covered segments (so
+/// replay starts at a segment made after the failures), restarted, and every record the clients
+/// made must be a row once, or counted. The old recorder left the new segment without its
+/// checkpoint and the replay dropped the records of the connections opened before it.
+#[test]
+fn a_failed_log_rotation_leaves_no_segment_that_replays_without_its_connections() -> Result<()> {
+    let token = Token::new("rotate")?;
+    let dir = temp();
+    let dataset = dir.path().join("ds");
+    let socket = dir.path().join("sock").join("r.sock");
+    // 64 KiB segments: a rotation every fraction of a second under this traffic.
+    let mut first = Launch::at(temp(), dataset.clone(), socket.clone())
+        .args(&["--roll-secs", "1"])
+        .env("P11TRACE_RECORDER_SEGMENT_BYTES", "65536")
+        .env(
+            "P11TRACE_RECORDER_CRASH_AT",
+            "wal-rotate:20,after-wal-truncate",
+        )
+        .start()?;
+    // Long-lived connections, all opened before the first rotation.
+    let clients: Vec<Child> = spawn_clients(&token, &socket, 3, &["paced", "4000", "2"])?;
+    let (status, stderr) = first.wait()?;
+    ensure!(
+        !status.success() && stderr.contains("crash injected at after-wal-truncate"),
+        "the recorder should have crashed after deleting covered segments: {status} {stderr}"
+    );
+    ensure!(
+        stderr.contains("failure injected at wal-rotate"),
+        "the rotation failure must be said: {stderr}"
+    );
+    let (keep, dataset, socket) = first.into_parts();
+    let mut second = Recorder::start_at(keep, dataset.clone(), socket, &[])?;
+    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    let (status, stderr) = second.stop()?;
+    ensure!(status.success() && stderr.contains("recovered"), "{stderr}");
+    check_invariant(&dataset, &reports)
+}
+
+/// Fills the filesystem holding `path` to its last byte with the file `path`.
+fn fill(path: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for chunk in [64 * 1024, 4096, 512] {
+        let bytes = vec![0u8; chunk];
+        loop {
+            match file.write(&bytes) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => return Err(e).context("filling the disk"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One transient write failure must not pin the write-ahead log for the rest of the run: the
+/// disk fills (Parquet files fail) and is freed again while clients keep calling, with no
+/// restart. The failed files' rows are written once, the log shrinks back to a few segments, and
+/// a client that starts after the recovery and logs more than `--wal-max-bytes` has every call
+/// recorded (nothing refused). The old recorder kept the failed rows' log range for the rest of
+/// the run: the log grew to its cap and refused records until a restart.
+#[test]
+fn a_disk_that_fills_and_frees_again_unpins_the_log_without_a_restart() -> Result<()> {
+    const SEGMENT: u64 = 64 * 1024;
+    let token = Token::new("diskfree")?;
+    let dir = temp();
+    on_tmpfs(&dir, "8m", |mount| {
+        let dataset = mount.join("ds");
+        let socket = dir.path().join("sock").join("r.sock");
+        let mut recorder = Launch::at(temp(), dataset.clone(), socket.clone())
+            .args(&["--roll-secs", "1", "--wal-max-bytes", "1000000"])
+            .args(&["--stats-every", "1"])
+            .env("P11TRACE_RECORDER_SEGMENT_BYTES", &SEGMENT.to_string())
+            .start()?;
+        let before: Vec<Child> = spawn_clients(&token, &socket, 2, &["paced", "3000", "2"])?;
+        recorder.wait_for("records=", Duration::from_secs(20))?;
+        // Full until a Parquet file has failed (the recorder deleting log segments can free a
+        // little room, so the disk is topped up again until then).
+        let filler = mount.join("filler");
+        let mut failed = false;
+        for _ in 0..10 {
+            fill(&filler)?;
+            if recorder
+                .wait_for(
+                    "the rows stay in the write-ahead log",
+                    Duration::from_secs(3),
+                )
+                .is_ok()
+            {
+                failed = true;
+                break;
+            }
+        }
+        ensure!(failed, "no Parquet write failed on the full disk");
+        std::fs::remove_file(&filler)?;
+        // After the recovery, a client logging well past the cap (~8,000 records).
+        let after = spawn_client(&token, &socket, &["paced", "8000", "1"])?;
+        let mut reports: Vec<Value> = before.into_iter().map(report).collect::<Result<_>>()?;
+        let late = report(after)?;
+        reports.push(late.clone());
+        // The log shrinks again to a few segments. Bound: coverage follows files closed every
+        // second and the batcher's 0.5 s flush; 20 s is generous on a loaded 2-core machine.
+        let bound = 4 * SEGMENT;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = u64::MAX;
+        while last > bound {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ensure!(
+                !left.is_zero(),
+                "the write-ahead log never shrank after the disk was freed: wal_bytes={last} > {bound}"
+            );
+            let line = recorder.wait_for("wal_bytes=", left).with_context(|| {
+                format!(
+                    "the write-ahead log never shrank after the disk was freed (wal_bytes={last})"
+                )
+            })?;
+            last = line
+                .split_whitespace()
+                .find_map(|pair| pair.strip_prefix("wal_bytes="))
+                .and_then(|n| n.parse().ok())
+                .context("a stats line without wal_bytes")?;
+        }
+        let (status, stderr) = recorder.stop()?;
+        ensure!(
+            status.success(),
+            "once the disk is free nothing may be left unwritten: {status} {stderr}"
+        );
+        ensure!(
+            stderr.contains("kept to be written again") && stderr.contains("written now"),
+            "the failed file must have been written by the running recorder: {stderr}"
+        );
+        check_invariant(&dataset, &reports)?;
+        // Nothing refused after the recovery: the late client lost and dropped nothing.
+        let pid = late["pid"].as_i64().context("pid")?;
+        let undelivered = duckdb(&format!(
+            "SELECT sum(dropped)::BIGINT AS dropped, sum(lost)::BIGINT AS lost FROM read_parquet('{}/clients/**/*.parquet') WHERE pid = {pid}",
+            dataset.display()
+        ))?;
+        ensure!(
+            undelivered
+                .first()
+                .is_some_and(|r| r["dropped"] == 0 && r["lost"] == 0),
+            "a client started after the disk was freed had records refused: {undelivered:?}"
+        );
+        Ok(())
+    })
 }

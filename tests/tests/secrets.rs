@@ -1,13 +1,19 @@
 //! Secrets never leave the shim (issue 2 #7, issue 3 "Secrets: an allowlist, tested"): a workload
 //! with distinctive PINs, an AES key of known value imported with C_CreateObject, known plaintext,
 //! RSA and EC key generation and signing, AES encryption and decryption. The scanner looks for each
-//! secret raw, as hex and as base64 in every file the recorder wrote (WAL and temporary files
-//! included), on its stderr, and in every column read back by DuckDB; a positive control proves the
-//! same scanner finds them in pkcs11-spy's log of the same workload.
+//! secret raw, as hex and as base64: in every column of every row read back by DuckDB; in every
+//! Parquet file's *decompressed* values (each file written out by DuckDB as CSV, every column;
+//! its zstd pages hide anything from a byte scan); in the uncompressed files (the write-ahead log,
+//! whose last segment holds every event of this run, the ledger, temporary files) byte by byte;
+//! and on the recorder's and the shim's stderr (a byte scan of a recorded file misses 930 of its
+//! 938 distinct values of 12 characters or more, `C_GetSlotList` among them). Positive controls: the same scanner finds every
+//! secret in pkcs11-spy's log of the same workload, and the decompressed scan finds a PIN planted
+//! in a zstd copy of a recorded file.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use p11trace_tests::*;
 
 const WRONG_PIN: &str = "Wrong-Pin-5550";
@@ -126,15 +132,34 @@ fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
             "control failed: the scanner cannot find the {name} in the spy log"
         );
     }
-    // Every file the recorder wrote, hidden ones included.
+    // Every file the recorder wrote, hidden ones included: Parquet by its decompressed values,
+    // everything else (WAL, ledger, key, temporary files) byte by byte.
     let files = all_files(recorder.dir.path());
+    let (parquet, raw): (Vec<&PathBuf>, Vec<&PathBuf>) = files
+        .iter()
+        .partition(|f| f.extension().is_some_and(|e| e == "parquet"));
+    ensure!(!parquet.is_empty(), "no Parquet written");
+    let wal: Vec<&&PathBuf> = raw
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    // The log scan must have something to scan: its segment holds this run's connections.
     ensure!(
-        files
-            .iter()
-            .any(|f| f.extension().is_some_and(|e| e == "parquet")),
-        "no Parquet written"
+        wal.iter()
+            .any(|f| std::fs::read(f).is_ok_and(|b| contains_secret(&b, b"pkcs11-tool"))),
+        "no write-ahead log segment with this run's events to scan: {wal:?}"
     );
-    for file in &files {
+    for file in &parquet {
+        let values = decompressed(file, dir.path())?;
+        for (name, secret) in &secrets {
+            ensure!(
+                !contains_secret(&values, secret),
+                "the {name} is in the values of {}",
+                file.display()
+            );
+        }
+    }
+    for file in &raw {
         let bytes = std::fs::read(file)?;
         for (name, secret) in &secrets {
             ensure!(
@@ -144,6 +169,18 @@ fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
             );
         }
     }
+    // Control: the decompressed scan finds a PIN planted in a zstd copy of a recorded file.
+    let planted = dir.path().join("planted.parquet");
+    duckdb(&format!(
+        "COPY (SELECT * REPLACE ('{USER_PIN}' AS process) FROM read_parquet('{}')) TO '{}' (FORMAT parquet, COMPRESSION zstd)",
+        parquet[0].display(),
+        planted.display()
+    ))?;
+    ensure!(
+        contains_secret(&decompressed(&planted, dir.path())?, USER_PIN.as_bytes()),
+        "control failed: the decompressed scan cannot find a PIN planted in {}",
+        planted.display()
+    );
     // Every column of every row, as DuckDB reads it.
     let everything = format!(
         "{}{}",
@@ -211,4 +248,23 @@ fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
         "{logins:?}"
     );
     Ok(())
+}
+
+/// Every value of every column of every row of the Parquet file `file`, decompressed: DuckDB
+/// writes it out as CSV (nested columns as their text form) under `scratch`.
+fn decompressed(file: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    let name = file.file_name().context("a Parquet file without a name")?;
+    let csv = scratch.join(format!("{}.csv", name.to_string_lossy()));
+    duckdb(&format!(
+        "COPY (SELECT * FROM read_parquet('{}')) TO '{}' (FORMAT csv, HEADER)",
+        file.display(),
+        csv.display()
+    ))?;
+    let values = std::fs::read(&csv).with_context(|| format!("{}", csv.display()))?;
+    ensure!(
+        !values.is_empty(),
+        "DuckDB wrote nothing for {}",
+        file.display()
+    );
+    Ok(values)
 }

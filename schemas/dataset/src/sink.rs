@@ -16,6 +16,9 @@ use parquet::schema::types::ColumnPath;
 
 use crate::schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
 
+mod memory;
+pub use memory::{MemorySink, store_with};
+
 /// Writer settings shared by every p11trace Parquet file: zstd, dictionaries for the repetitive
 /// string columns, delta encoding for the monotonic integer columns, and the schema version (plus
 /// `extra` entries) in the key-value metadata.
