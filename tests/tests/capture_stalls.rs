@@ -220,3 +220,80 @@ fn out_of_descriptors_the_acceptor_backs_off_and_recovers() -> Result<()> {
     }
     Ok(())
 }
+
+/// Threads of `pid` whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> Result<usize> {
+    let mut count = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = std::fs::read_to_string(task?.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+#[test]
+fn a_declared_terabyte_and_a_silent_bootstrap_are_refused_in_bounded_time() -> Result<()> {
+    let token = Token::new("declared")?;
+    let mut recorder = Recorder::start(&[])?;
+    // ipc-channel 0.23.1 reserved a message's declared size before reading it: 1 TiB aborted
+    // the recorder ("memory allocation of 1099511627776 bytes failed"). The patched copy in
+    // vendor/ipc-channel refuses sizes past 64 MiB before reserving anything.
+    let huge = run(
+        Command::new(target_dir().join("rogue"))
+            .arg(&recorder.socket)
+            .arg("huge"),
+        Duration::from_secs(30),
+    )?;
+    ensure!(huge.status.success(), "{}", text(&huge.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", recorder.pid()))?;
+    if state
+        .split(") ")
+        .nth(1)
+        .is_some_and(|rest| rest.starts_with('Z'))
+    {
+        let (status, stderr) = recorder.wait()?;
+        anyhow::bail!("a declared 1 TiB message killed the recorder: {status:?} {stderr}");
+    }
+    // A peer that connects to its one-shot server and says nothing: the old handshake thread
+    // waited for as long as the peer lived (20 s here); now the first message must come within
+    // 5 s.
+    let mut silent = rogue(&recorder.socket, &["silent-bootstrap"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = threads_named(recorder.pid(), "handshake")?;
+    // (its thread, and the one that unblocks an accept nobody makes, named after it)
+    ensure!(
+        waiting >= 1,
+        "the silent peer's handshake is under way: {waiting}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while threads_named(recorder.pid(), "handshake")? > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the silent peer's handshake was not timed out within 12 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        silent.try_wait()?.is_none(),
+        "the silent peer must still be there"
+    );
+    let clients = spawn_clients(&token, &recorder.socket, 2, &["burst", "200"])?;
+    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    let (status, stderr) = recorder.stop()?;
+    let _ = silent.kill();
+    let _ = silent.wait();
+    ensure!(status.success(), "the recorder failed: {stderr}");
+    every_call_is_a_row(&recorder.dataset, &reports)?;
+    ensure!(
+        recorder
+            .summary()
+            .context("summary")?
+            .get("protocol_errors")
+            >= 2,
+        "both rogues are protocol errors: {stderr}"
+    );
+    Ok(())
+}

@@ -13,6 +13,10 @@
 //!   the middle of a message);
 //! - `unchannelled` — a valid handshake, then the first fragment of a multi-fragment message
 //!   without the channel its other fragments would come on (ipc-channel's receiver unwraps it);
+//! - `huge`         — a valid handshake, then the first fragment of a message declaring 1 TiB,
+//!   with a fragment channel attached (ipc-channel 0.23.1 reserved the declared size at once);
+//! - `silent-bootstrap` — connects to the one-shot server the welcome names and never sends
+//!   its first message (holds it 20 s);
 //! - `counters`     — an honest first connection that reports one record sent and delivers
 //!   none, then a second that claims 2^64 − 1 records sent on the first, and batches and a
 //!   goodbye with counters past `i64::MAX` (sums of which overflow).
@@ -159,6 +163,47 @@ fn raw_fragment(fd: i32, fragment_size: usize, total_size: usize) {
     }
 }
 
+/// The first fragment of a message declaring 1 TiB, with a socket attached as its fragment
+/// channel (`SCM_RIGHTS`), as ipc-channel would send a real multi-fragment message.
+fn huge_fragment(fd: i32) {
+    let mut pair = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into our array.
+    let made =
+        unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, pair.as_mut_ptr()) };
+    assert_eq!(made, 0, "socketpair");
+    let header_size = 2 * size_of::<usize>() + 8;
+    let mut datagram = Vec::new();
+    datagram.extend_from_slice(&header_size.to_ne_bytes());
+    datagram.extend_from_slice(&(1usize << 40).to_ne_bytes());
+    datagram.extend_from_slice(&[0u8; 8]);
+    let mut iov = libc::iovec {
+        iov_base: datagram.as_mut_ptr().cast(),
+        iov_len: datagram.len(),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: a msghdr is plain data; zeroed is a valid empty one, filled in below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = space;
+    // SAFETY: the control buffer has room for one header and one descriptor (CMSG_SPACE), and
+    // sendmsg reads only our buffers.
+    let sent = unsafe {
+        let header = libc::CMSG_FIRSTHDR(&message);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<i32>(), pair[1]);
+        libc::sendmsg(fd, &message, 0)
+    };
+    if sent != datagram.len() as isize {
+        panic!("sendmsg: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// A frame as the shim builds it: a LEB128 length, then the payload.
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -215,6 +260,18 @@ fn main() {
             // A complete first fragment of a 1 MiB message, with no fragment channel attached.
             raw_fragment(data, 2 * size_of::<usize>() + 8, 1 << 20);
             std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+        "huge" => {
+            let (data, _stream) = handshake_raw(socket);
+            huge_fragment(data);
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+        "silent-bootstrap" => {
+            let mut stream = UnixStream::connect(socket).expect("connect");
+            let welcome = wire::read_welcome(&mut stream).expect("welcome");
+            let _bootstrap: IpcSender<Bootstrap> =
+                IpcSender::connect(welcome.server_name).expect("one-shot");
+            std::thread::sleep(std::time::Duration::from_secs(20));
         }
         "counters" => counters(socket),
         other => {

@@ -1024,7 +1024,15 @@ where
     OS_IPC_CHANNELS_FOR_DESERIALIZATION.with(|os_ipc_channels_for_deserialization| {
         // FIXME(pcwalton): This could panic if the data was corrupt and the index was out of
         // bounds. We should return an `Err` result instead.
-        Ok(os_ipc_channels_for_deserialization.borrow_mut()[index].to_sender())
+        // p11trace patch: an index the message's descriptors do not have (a descriptor the
+        // kernel dropped, or a forged message) is an error, not a panic.
+        let mut channels = os_ipc_channels_for_deserialization.borrow_mut();
+        match channels.get_mut(index) {
+            Some(channel) => Ok(channel.to_sender()),
+            None => Err(D::Error::custom(
+                "a channel the message does not carry",
+            )),
+        }
     })
 }
 
@@ -1053,6 +1061,14 @@ where
     OS_IPC_CHANNELS_FOR_DESERIALIZATION.with(|os_ipc_channels_for_deserialization| {
         // FIXME(pcwalton): This could panic if the data was corrupt and the index was out
         // of bounds. We should return an `Err` result instead.
-        Ok(os_ipc_channels_for_deserialization.borrow_mut()[index].to_receiver())
+        // p11trace patch: an index the message's descriptors do not have (a descriptor the
+        // kernel dropped, or a forged message) is an error, not a panic.
+        let mut channels = os_ipc_channels_for_deserialization.borrow_mut();
+        match channels.get_mut(index) {
+            Some(channel) => Ok(channel.to_receiver()),
+            None => Err(D::Error::custom(
+                "a channel the message does not carry",
+            )),
+        }
     })
 }

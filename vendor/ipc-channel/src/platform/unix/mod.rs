@@ -463,9 +463,14 @@ impl OsIpcSender {
     }
 
     pub fn connect(name: String) -> Result<OsIpcSender, UnixError> {
-        let name = CString::new(name).unwrap();
+        // p11trace patch: a name with a NUL byte (from a peer) is an error, not a panic.
+        let name = CString::new(name).map_err(|_| UnixError::Errno(libc::EINVAL))?;
         unsafe {
             let fd = libc::socket(libc::AF_UNIX, SOCK_SEQPACKET | SOCK_FLAGS, 0);
+            // p11trace patch: out of descriptors is an error, not a call on descriptor -1.
+            if fd < 0 {
+                return Err(UnixError::last());
+            }
             let (sockaddr, len) = new_sockaddr_un(name.as_ptr());
             if libc::connect(
                 fd,
@@ -698,11 +703,30 @@ impl Drop for OsIpcOneShotServer {
     }
 }
 
+/// p11trace patch: how long a one-shot server waits for the first message of the peer that
+/// connected to it.
+pub const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// p11trace patch: the largest message a receiver reassembles. The size is declared by the
+/// sender before any of the data arrives; a larger one is refused before memory is reserved
+/// for it (64 MiB: p11trace's largest message is 1 MiB).
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
 impl OsIpcOneShotServer {
     pub fn new() -> Result<(OsIpcOneShotServer, String), UnixError> {
         unsafe {
             let fd = libc::socket(libc::AF_UNIX, SOCK_SEQPACKET | SOCK_FLAGS, 0);
-            let temp_dir = Builder::new().tempdir()?;
+            // p11trace patch: out of descriptors is an error, not a bind on descriptor -1.
+            if fd < 0 {
+                return Err(UnixError::last());
+            }
+            let temp_dir = match Builder::new().tempdir() {
+                Ok(dir) => dir,
+                Err(error) => {
+                    libc::close(fd);
+                    return Err(error.into());
+                },
+            };
             let socket_path = temp_dir.path().join("socket");
             let path_string = socket_path.to_str().unwrap();
 
@@ -741,6 +765,25 @@ impl OsIpcOneShotServer {
                 return Err(UnixError::last());
             }
             make_socket_lingering(client_fd)?;
+            // p11trace patch: a peer that connects and never sends its first message would hold
+            // this thread (and its descriptors) for as long as it lives: its first message must
+            // come within ONE_SHOT_TIMEOUT.
+            let timeout = libc::timeval {
+                tv_sec: ONE_SHOT_TIMEOUT.as_secs() as libc::time_t,
+                tv_usec: 0,
+            };
+            if libc::setsockopt(
+                client_fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &timeout as *const _ as *const c_void,
+                mem::size_of::<libc::timeval>() as socklen_t,
+            ) < 0
+            {
+                let error = UnixError::last();
+                libc::close(client_fd);
+                return Err(error);
+            }
 
             let receiver = OsIpcReceiver::from_fd(client_fd);
             let ipc_message = receiver.recv()?;
@@ -1125,6 +1168,17 @@ fn recv(fd: c_int, blocking_mode: BlockingMode) -> Result<IpcMessage, UnixError>
             if bytes_read >= mem::size_of_val(&fragment_size) && bytes_read == fragment_size {
                 break;
             }
+            // p11trace patch: a first fragment that claims more than a fragment can hold is
+            // refused rather than waited for (the blocking wait below would never end).
+            if bytes_read >= mem::size_of_val(&fragment_size)
+                && (fragment_size < bytes_read
+                    || fragment_size
+                        > OsIpcSender::get_max_fragment_size()
+                            + mem::size_of_val(&fragment_size)
+                            + mem::size_of_val(&total_size))
+            {
+                return Err(UnixError::Errno(libc::EMSGSIZE));
+            }
 
             // Block on subsequent reads, to avoid returning mid-fragment
             blocking_mode = BlockingMode::Blocking;
@@ -1147,10 +1201,19 @@ fn recv(fd: c_int, blocking_mode: BlockingMode) -> Result<IpcMessage, UnixError>
     //
     // The initial fragment carries the receive end of a dedicated channel
     // through which all the remaining fragments will be coming in.
-    let dedicated_rx = channels.pop().unwrap().to_receiver();
+    // p11trace patch: the declared size is the peer's word: bounded before memory is reserved
+    // for it, and a multi-fragment message without its fragment channel is an error, not a
+    // panic.
+    let len = main_data_buffer.len();
+    if total_size < len || total_size > MAX_MESSAGE_SIZE {
+        return Err(UnixError::Errno(libc::EMSGSIZE));
+    }
+    let dedicated_rx = match channels.pop() {
+        Some(mut channel) => channel.to_receiver(),
+        None => return Err(UnixError::Errno(libc::EPROTO)),
+    };
 
     // Extend the buffer to hold the entire message, without initialising the memory.
-    let len = main_data_buffer.len();
     main_data_buffer.reserve_exact(total_size - len);
 
     // Receive followup fragments directly into the main buffer.
