@@ -183,8 +183,9 @@ fn out_of_descriptors_the_acceptor_backs_off_and_recovers() -> Result<()> {
         share * 100.0,
         cost.wall
     );
-    // Out of descriptors, the writer may also have failed to create a file: those rows stay in
-    // the write-ahead log, and a restart writes them.
+    // Out of descriptors, the writer may also have failed to store a file: it keeps it and
+    // stores it once it can, and whatever is left stays in the log for a restart, which must
+    // then add nothing twice.
     let (dir, dataset, socket) = recorder.into_parts();
     let mut again = Launch::at(dir, dataset.clone(), socket).start()?;
     let (status, stderr) = again.stop()?;
