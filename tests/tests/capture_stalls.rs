@@ -21,6 +21,35 @@ fn rogue(socket: &Path, args: &[&str]) -> Result<Child> {
         .spawn()?)
 }
 
+/// Stops the recorder while `rogue` still runs, then holds that it stopped cleanly, that every
+/// call of the honest clients is a row, and that at least `errors` protocol errors were counted.
+fn stop_beside_a_rogue(
+    recorder: &mut Recorder,
+    mut rogue: Child,
+    reports: &[Value],
+    errors: u64,
+) -> Result<()> {
+    let (status, stderr) = recorder.stop()?;
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+    ensure!(status.success(), "the recorder failed: {stderr}");
+    every_call_is_a_row(&recorder.dataset, reports)?;
+    let counted = recorder
+        .summary()
+        .context("summary")?
+        .get("protocol_errors");
+    ensure!(
+        counted >= errors,
+        "{errors} protocol error(s) expected, {counted} counted: {stderr}"
+    );
+    Ok(())
+}
+
+/// The reports of clients, once each has exited.
+fn reports(children: Vec<Child>) -> Result<Vec<Value>> {
+    children.into_iter().map(report).collect()
+}
+
 /// Every call of each client is a row: none dropped, none lost.
 fn every_call_is_a_row(dataset: &Path, reports: &[Value]) -> Result<()> {
     check_invariant(dataset, reports)?;
@@ -44,7 +73,7 @@ fn a_peer_stalled_mid_message_blocks_only_itself() -> Result<()> {
     let mut recorder = Recorder::start(&[])?;
     // Its first datagram claims 4 KiB and carries 8 bytes, then it holds still for 60 s: the
     // old single capture loop waited for the rest of that message and read nobody else.
-    let mut stalled = rogue(&recorder.socket, &["stall", "60"])?;
+    let stalled = rogue(&recorder.socket, &["stall", "60"])?;
     // A multi-fragment header without its fragment channel: ipc-channel's receiver panics on
     // it (the old capture actor died with it, and the recorder with the actor).
     let unchannelled = run(
@@ -60,7 +89,7 @@ fn a_peer_stalled_mid_message_blocks_only_itself() -> Result<()> {
     );
     let started = Instant::now();
     let clients = spawn_clients(&token, &recorder.socket, 3, &["paced", "800", "1"])?;
-    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    let reports = reports(clients)?;
     ensure!(
         started.elapsed() < Duration::from_secs(40),
         "the honest clients were held up: {:?}",
@@ -68,19 +97,7 @@ fn a_peer_stalled_mid_message_blocks_only_itself() -> Result<()> {
     );
     // Stopped while the stalled peer still holds its half message: the drain ends it (within
     // the 5 s shutdown drain) instead of waiting for it.
-    let (status, stderr) = recorder.stop()?;
-    let _ = stalled.kill();
-    let _ = stalled.wait();
-    ensure!(status.success(), "the recorder failed: {stderr}");
-    every_call_is_a_row(&recorder.dataset, &reports)?;
-    ensure!(
-        recorder
-            .summary()
-            .context("summary")?
-            .get("protocol_errors")
-            >= 1,
-        "the unchannelled message must be a protocol error: {stderr}"
-    );
+    stop_beside_a_rogue(&mut recorder, stalled, &reports, 1)?;
     let stalled_rows = count_of(&format!(
         "SELECT count(*) AS n FROM {} WHERE process = 'rogue' AND disconnect_reason = 'recorder_shutdown'",
         recorder.table("clients")
@@ -104,7 +121,7 @@ fn a_backlog_behind_a_slow_capture_is_drained_after_the_client_has_gone() -> Res
         .exit_timeout(Duration::from_secs(60))
         .start()?;
     let clients = spawn_clients(&token, &recorder.socket, 1, &["paced", "400", "2"])?;
-    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    let reports = reports(clients)?;
     // Capture is still reading the backlog; wait for the client's goodbye to be taken.
     let deadline = Instant::now() + Duration::from_secs(40);
     while Instant::now() < deadline && recorder_has_active_clients(&mut recorder)? {
@@ -123,10 +140,19 @@ fn recorder_has_active_clients(recorder: &mut Recorder) -> Result<bool> {
     Ok(!line.contains(" active=0 "))
 }
 
-/// A launcher that starts the recorder with `soft`/`hard` limits on open descriptors.
-fn limited_recorder(dir: &Path, soft: u32, hard: u32) -> Result<std::path::PathBuf> {
+/// A recorder started with `soft`/`hard` limits on open descriptors (by a launcher script in
+/// the returned folder, which must outlive it), and the reports of `count` clients started at
+/// once with `args`.
+fn crowd_under_limits(
+    token: &Token,
+    soft: u32,
+    hard: u32,
+    count: usize,
+    args: &[&str],
+) -> Result<(tempfile::TempDir, Recorder, Vec<Value>)> {
     use std::os::unix::fs::PermissionsExt;
-    let script = dir.join("limited-recorder");
+    let scripts = temp();
+    let script = scripts.path().join("limited-recorder");
     std::fs::write(
         &script,
         format!(
@@ -135,20 +161,19 @@ fn limited_recorder(dir: &Path, soft: u32, hard: u32) -> Result<std::path::PathB
         ),
     )?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))?;
-    Ok(script)
+    let recorder = Launch::in_dir(temp()).bin(&script).start()?;
+    let crowd = reports(spawn_clients(token, &recorder.socket, count, args)?)?;
+    Ok((scripts, recorder, crowd))
 }
 
 #[test]
 fn a_low_soft_descriptor_limit_is_raised_so_every_client_is_recorded() -> Result<()> {
     let token = Token::new("nofile-soft")?;
-    let scripts = temp();
     // 24 descriptors hold the recorder's own 8 and about 7 clients (two each, more while
     // handshaking); the hard limit allows thousands. The old recorder ran with the soft limit:
-    // most of the 30 clients below were refused, and their calls were nowhere.
-    let launcher = limited_recorder(scripts.path(), 24, 4096)?;
-    let mut recorder = Launch::in_dir(temp()).bin(&launcher).start()?;
-    let clients = spawn_clients(&token, &recorder.socket, 30, &["paced", "60", "10"])?;
-    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
+    // most of the 30 clients were refused, and their calls were nowhere.
+    let (_scripts, mut recorder, reports) =
+        crowd_under_limits(&token, 24, 4096, 30, &["paced", "60", "10"])?;
     let (status, stderr) = recorder.stop()?;
     ensure!(status.success(), "{stderr}");
     every_call_is_a_row(&recorder.dataset, &reports)?;
@@ -158,17 +183,14 @@ fn a_low_soft_descriptor_limit_is_raised_so_every_client_is_recorded() -> Result
 #[test]
 fn out_of_descriptors_the_acceptor_backs_off_and_recovers() -> Result<()> {
     let token = Token::new("nofile-hard")?;
-    let scripts = temp();
     // Soft and hard 24: the crowd of 30 clients leaves the recorder out of descriptors for
     // seconds. The old acceptor retried `accept` at once on EMFILE, spinning a core for as long
     // as the shortage lasted.
-    let launcher = limited_recorder(scripts.path(), 24, 24)?;
-    let mut recorder = Launch::in_dir(temp()).bin(&launcher).start()?;
-    let crowd = spawn_clients(&token, &recorder.socket, 30, &["paced", "150", "20"])?;
-    let reports: Vec<Value> = crowd.into_iter().map(report).collect::<Result<_>>()?;
+    let (_scripts, mut recorder, crowd) =
+        crowd_under_limits(&token, 24, 24, 30, &["paced", "150", "20"])?;
     // Descriptors are free again: a client arriving now is recorded exactly.
     let late = spawn_clients(&token, &recorder.socket, 1, &["burst", "50"])?;
-    let late: Vec<Value> = late.into_iter().map(report).collect::<Result<_>>()?;
+    let late = reports(late)?;
     let (status, stderr) = recorder.stop()?;
     ensure!(status.success(), "{stderr}");
     ensure!(
@@ -193,7 +215,7 @@ fn out_of_descriptors_the_acceptor_backs_off_and_recovers() -> Result<()> {
     every_call_is_a_row(&dataset, &late)?;
     // Whoever got in is accounted for exactly; who never did, the dataset cannot know of.
     let tallies = tallies(&dataset)?;
-    let connected: Vec<Value> = reports
+    let connected: Vec<Value> = crowd
         .into_iter()
         .filter(|r| {
             r["pid"]
@@ -282,19 +304,7 @@ fn a_declared_terabyte_and_a_silent_bootstrap_are_refused_in_bounded_time() -> R
         "the silent peer must still be there"
     );
     let clients = spawn_clients(&token, &recorder.socket, 2, &["burst", "200"])?;
-    let reports: Vec<Value> = clients.into_iter().map(report).collect::<Result<_>>()?;
-    let (status, stderr) = recorder.stop()?;
-    let _ = silent.kill();
-    let _ = silent.wait();
-    ensure!(status.success(), "the recorder failed: {stderr}");
-    every_call_is_a_row(&recorder.dataset, &reports)?;
-    ensure!(
-        recorder
-            .summary()
-            .context("summary")?
-            .get("protocol_errors")
-            >= 2,
-        "both rogues are protocol errors: {stderr}"
-    );
+    let reports = reports(clients)?;
+    stop_beside_a_rogue(&mut recorder, silent, &reports, 2)?;
     Ok(())
 }
