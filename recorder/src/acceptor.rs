@@ -37,8 +37,6 @@ pub struct Registration {
     pub peer: Peer,
     pub hello: Hello,
     pub data: IpcReceiver<ByteBuf>,
-    /// Capture's answer: true once a reader waits on `data`.
-    pub registered: Sender<bool>,
 }
 
 /// Messages to the capture actor's control loop.
@@ -244,14 +242,17 @@ struct Handshake {
 impl Handshake {
     fn run(mut self) {
         match self.exchange() {
-            Ok((registration, answer)) => {
-                let registered = self
-                    .control
-                    .send(Control::Register(Box::new(registration)))
-                    .is_ok()
-                    && answer.recv_timeout(HANDSHAKE_TIMEOUT).unwrap_or(false);
-                // Refused: the stream closes unanswered, so the shim sees its connection fail.
-                if registered && self.stream.write_all(&[wire::REGISTERED]).is_ok() {
+            Ok(registration) => {
+                // We hold the client's channel: say so before anything can hold us up (capture
+                // waits on the log, the log on the disk). A handshake that failed on our side
+                // (out of descriptors, say) closes the stream unanswered instead, so the shim
+                // sees its connection fail and counts what it could not send.
+                if self.stream.write_all(&[wire::REGISTERED]).is_ok()
+                    && self
+                        .control
+                        .send(Control::Register(Box::new(registration)))
+                        .is_ok()
+                {
                     let _ = self.watch.send((self.key, self.stream));
                 }
             }
@@ -265,7 +266,7 @@ impl Handshake {
         }
     }
 
-    fn exchange(&mut self) -> Result<(Registration, Receiver<bool>), String> {
+    fn exchange(&mut self) -> Result<Registration, String> {
         let (server, server_name) =
             IpcOneShotServer::<Bootstrap>::new().map_err(|e| format!("one-shot server: {e}"))?;
         let token = random_bytes::<16>();
@@ -297,15 +298,12 @@ impl Handshake {
         if !hello.plausible() {
             return Err("implausible counters in the hello".into());
         }
-        let (registered, answer) = crossbeam_channel::bounded(1);
-        let registration = Registration {
+        Ok(Registration {
             key: self.key,
             peer: self.peer,
             hello,
             data: bootstrap.data,
-            registered,
-        };
-        Ok((registration, answer))
+        })
     }
 }
 

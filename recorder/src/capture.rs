@@ -179,7 +179,8 @@ impl Capture {
 }
 
 /// Starts the reader of a client that passed the handshake; `None` if it is refused (too many
-/// clients, or no thread for it), which drops its data channel: its shim sees the send fail.
+/// clients, or no thread for it), which drops its data channel: its shim sees its sends fail,
+/// and its next connection's hello tells what it sent on this one (counted as lost).
 fn register(
     shared: &Arc<Shared>,
     registration: Registration,
@@ -191,7 +192,6 @@ fn register(
         peer,
         hello,
         data,
-        registered,
     } = registration;
     if connected >= MAX_CLIENTS {
         refuse(
@@ -248,11 +248,7 @@ fn register(
         .stack_size(READER_STACK)
         .spawn(move || reader.run());
     match spawned {
-        Ok(_) => {
-            // The handshake may have given up waiting: the client then sees no registration.
-            let _ = registered.send(true);
-            Some(link)
-        }
+        Ok(_) => Some(link),
         Err(error) => {
             refuse(shared, peer.pid, &format!("no reader thread: {error}"));
             link.end(shared, DisconnectReason::ProtocolError);

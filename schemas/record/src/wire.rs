@@ -8,9 +8,9 @@
 //!    channel. Every message on that channel is one [`Message`] encoded with [`codec`] (bincode
 //!    1.3, fixed-width integers, size limit [`MAX_MESSAGE_BYTES`]) and framed by [`frame`]. The
 //!    first message is always [`Message::Hello`] echoing the token.
-//! 3. Once the recorder has registered the client (a reader waits on its channel), it writes the
-//!    one byte [`REGISTERED`] on the rendezvous stream. The shim sends nothing before it: a client
-//!    the recorder could not take (out of descriptors, too many clients) sees its connection
+//! 3. Once the recorder holds the client's channel (the hello checked), it writes the one byte
+//!    [`REGISTERED`] on the rendezvous stream. The shim sends nothing before it: a client whose
+//!    handshake failed on the recorder's side (out of descriptors, say) sees its connection
 //!    fail, and counts what it could not send, instead of sending into a channel nobody reads.
 //!
 //! Records carry codes, not names: the recorder renders names with [`crate::names`], so the shim
@@ -24,8 +24,8 @@ use crate::attr::Attr;
 /// Version of this protocol; a recorder refuses a `Hello` with another version.
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// The byte the recorder writes on the rendezvous stream once the client is registered (since
-/// protocol version 2).
+/// The byte the recorder writes on the rendezvous stream once it holds the client's channel
+/// (since protocol version 2).
 pub const REGISTERED: u8 = 0x06;
 
 /// Reads the recorder's [`REGISTERED`] byte (the stream's read timeout bounds the wait).
