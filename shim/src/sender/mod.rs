@@ -2,27 +2,32 @@
 //! done from a calling thread when the host forbids threads (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`)
 //! or before the thread exists.
 //!
-//! Bounds (documented in the README): `C_Finalize` waits at most `finalize_wait` (default 1 s) for
-//! queued records to be sent; a process exiting without `C_Finalize` waits at most `exit_wait`
-//! (default 250 ms) in its `atexit` handler. A send waits at most [`THREAD_PATIENCE`] for room in
-//! the socket buffer, so a stalled recorder costs dropped (counted) records, never a hung host.
+//! Bounds (documented in the README): `C_Finalize` waits at most `finalize_wait` (default 1 s) in
+//! all for queued records to be sent, with or without a sender thread; a process exiting without
+//! `C_Finalize` waits at most `exit_wait` (default 250 ms) in its `atexit` handler. The sender
+//! thread's sends wait at most [`THREAD_PATIENCE`] each for room in the socket buffer; calling
+//! threads never wait (handshake included) except within those bounds. So a stalled recorder costs
+//! dropped (counted) records, never a hung host; in audit mode it costs refused calls instead (a
+//! batch that found no room is held and retried, never dropped, and calls are refused meanwhile).
 //!
 //! The sender sits below the client: what it needs from it is the [`Source`] trait, which
 //! `client::Client` implements.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::atomic::AtomicI32;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use p11trace_record::wire::{
-    self, Batch, CallRecord, GoodbyeReason, Hello, Message, PreviousConnection, Redaction,
-};
+use p11trace_record::wire::{CallRecord, GoodbyeReason, Redaction};
 
-use crate::connection::{ConnectError, Connection};
+use crate::connection::HANDSHAKE_TIMEOUT;
 use crate::diag::{Problem, report};
 use crate::identity::Identity;
+
+mod state;
+
+pub use state::{SenderState, Wait};
 
 /// How long the sender thread waits for room in the socket buffer before dropping a batch.
 pub const THREAD_PATIENCE: Duration = Duration::from_millis(500);
@@ -51,6 +56,11 @@ pub trait Source: Sync + 'static {
     fn provider(&self) -> (u64, Option<String>);
     /// Notes whether a recorder connection is up (audit mode admits calls only while it is).
     fn set_connected(&self, connected: bool);
+    /// Audit mode: batches that found no room are held and retried rather than dropped.
+    fn keeps_admitted(&self) -> bool;
+    /// Records taken from the queue but not yet handed to the socket (audit admission counts
+    /// them), and whether they wait for a stalled recorder (audit mode refuses calls meanwhile).
+    fn set_unsent(&self, records: usize, stalled: bool);
     fn sender_running(&self) -> bool;
     fn mark_sender_failed(&self);
     fn refresh_clock_offset(&self);
@@ -90,12 +100,16 @@ impl Flush {
     pub fn request<C: Source>(&self, client: &'static C, request: FlushRequest, wait: Duration) {
         let FlushRequest::Goodbye(reason) = request;
         if !client.sender_running() {
+            // From this thread: one deadline for connecting, every batch and the goodbye.
             let deadline = Instant::now() + wait;
-            let mut state = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+            // Another calling thread may be sending (audit mode's first connection): wait for it
+            // only until the deadline.
+            let Some(mut state) = lock_until(&self.sending, deadline) else {
+                return;
+            };
+            let wait = Wait::Until(deadline);
             state.pump(client, wait);
-            if Instant::now() < deadline {
-                state.goodbye(client, reason);
-            }
+            state.goodbye(client, reason, wait);
             return;
         }
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,226 +132,35 @@ impl Flush {
     }
 }
 
-/// The sending half: connection, reconnection backoff and buffers.
-pub struct SenderState {
-    connection: Option<Connection>,
-    connections: u32,
-    retry_at: Option<Instant>,
-    backoff: Duration,
-    batch: Vec<CallRecord>,
-    frame: Vec<u8>,
-    provider_sent: u64,
-    /// Records handed to the current connection's socket.
-    sent: u64,
-    /// The last connection's number and `sent`, for the next hello.
-    previous: Option<PreviousConnection>,
-}
-
-impl Default for SenderState {
-    fn default() -> Self {
-        SenderState {
-            connection: None,
-            connections: 0,
-            retry_at: None,
-            backoff: INITIAL_BACKOFF,
-            batch: Vec::new(),
-            frame: Vec::new(),
-            provider_sent: 0,
-            sent: 0,
-            previous: None,
+/// Locks `mutex`, waiting at most until `deadline`.
+fn lock_until<T>(mutex: &Mutex<T>, deadline: Instant) -> Option<MutexGuard<'_, T>> {
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) if Instant::now() >= deadline => return None,
+            Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }
 
-const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Rough encoded size of a record, to cut batches under [`wire::TARGET_BATCH_BYTES`].
-fn estimated_size(record: &CallRecord) -> usize {
-    let attrs = record.attrs.as_ref().map_or(0, |attrs| attrs.len() * 64);
-    let objects = record
-        .out_objects
-        .as_ref()
-        .map_or(0, |objects| objects.len() * 8);
-    let params = record.mech_params.as_ref().map_or(0, String::len);
-    180 + attrs + objects + params
-}
-
-impl SenderState {
-    fn connect<C: Source>(&mut self, client: &C) {
-        if self.retry_at.is_some_and(|at| Instant::now() < at) {
-            return;
-        }
-        let identity = client.identity();
-        let hello = Hello {
-            protocol_version: wire::PROTOCOL_VERSION,
-            token: [0; 16],
-            client_id: identity.client_id.clone(),
-            connection: self.connections,
-            pid: identity.pid,
-            ppid: identity.ppid,
-            host: identity.host.clone(),
-            process: identity.process.clone(),
-            exe: identity.exe.clone(),
-            module: client.module_path(),
-            shim_version: env!("CARGO_PKG_VERSION").to_owned(),
-            redaction: client.redaction(),
-            seq_start: client.seq_high(),
-            dropped: client.dropped(),
-            previous: self.previous,
-        };
-        match Connection::open(client.socket(), hello) {
-            Ok(connection) => {
-                for (slot, fd) in CONNECTION_FDS.iter().zip(connection.descriptors()) {
-                    slot.store(fd, Ordering::Release);
-                }
-                self.connection = Some(connection);
-                self.connections += 1;
-                self.retry_at = None;
-                self.backoff = INITIAL_BACKOFF;
-                self.provider_sent = 0;
-                self.sent = 0;
-                client.set_connected(true);
-            }
-            Err(error) => {
-                match error {
-                    ConnectError::Absent => {}
-                    ConnectError::Unsafe(message) => {
-                        report(Problem::SocketFolder, format_args!("{message}"))
-                    }
-                    ConnectError::Handshake(message) => {
-                        report(Problem::Handshake, format_args!("{message}"))
-                    }
-                }
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
-
-    fn disconnect<C: Source>(&mut self, client: &C) {
-        for slot in &CONNECTION_FDS {
-            slot.store(-1, Ordering::Release);
-        }
-        if self.connection.take().is_some() {
-            self.previous = Some(PreviousConnection {
-                connection: self.connections - 1,
-                sent: self.sent,
-            });
-        }
-        client.set_connected(false);
-    }
-
-    /// Sends one message; on failure other than a full buffer the connection is dropped.
-    fn send<C: Source>(&mut self, client: &C, message: &Message, patience: Duration) -> bool {
-        let Some(connection) = &self.connection else {
-            return false;
-        };
-        if wire::frame(message, &mut self.frame).is_err() {
-            return false;
-        }
-        match connection.send(&self.frame, patience) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            Err(_) => {
-                self.disconnect(client);
-                false
-            }
-        }
-    }
-
-    /// Moves every queued record towards the recorder. Records that cannot be delivered (no
-    /// recorder, send failed) are counted as dropped. Returns how many records were taken.
-    pub fn pump<C: Source>(&mut self, client: &C, patience: Duration) -> usize {
-        if self.connection.is_none() && client.queue_len() > 0 {
-            self.connect(client);
-        }
-        self.send_provider(client, patience);
-        let mut moved = 0;
-        loop {
-            self.batch.clear();
-            let mut bytes = 0;
-            while bytes < wire::TARGET_BATCH_BYTES {
-                let Some(record) = client.pop() else { break };
-                bytes += estimated_size(&record);
-                self.batch.push(record);
-            }
-            if self.batch.is_empty() {
-                return moved;
-            }
-            let count = self.batch.len();
-            moved += count;
-            if self.connection.is_none() {
-                client.count_dropped(count as u64);
-                continue;
-            }
-            if client.redaction() == Redaction::Labels
-                && let Some(connection) = &self.connection
-            {
-                let key = connection.label_key;
-                self.batch
-                    .iter_mut()
-                    .for_each(|record| crate::redact::hash_labels(record, &key));
-            }
-            let message = Message::Batch(Batch {
-                records: std::mem::take(&mut self.batch),
-                seq_high: client.seq_high(),
-                dropped: client.dropped(),
-                sent: self.sent,
-            });
-            if self.send(client, &message, patience) {
-                self.sent += count as u64;
-            } else {
-                client.count_dropped(count as u64);
-            }
-            if let Message::Batch(batch) = message {
-                self.batch = batch.records;
-            }
-        }
-    }
-
-    fn send_provider<C: Source>(&mut self, client: &C, patience: Duration) {
-        let (changes, provider) = client.provider();
-        if self.connection.is_some()
-            && changes != self.provider_sent
-            && let Some(provider) = provider
-            && self.send(client, &Message::Provider(provider), patience)
-        {
-            self.provider_sent = changes;
-        }
-    }
-
-    /// Says goodbye (with the final counters) and closes the connection.
-    fn goodbye<C: Source>(&mut self, client: &C, reason: GoodbyeReason) {
-        if self.connection.is_some() {
-            let message = Message::Goodbye {
-                reason,
-                seq_high: client.seq_high(),
-                dropped: client.dropped(),
-                sent: self.sent,
-            };
-            self.send(client, &message, THREAD_PATIENCE);
-            self.disconnect(client);
-            self.retry_at = None;
-        }
-    }
-}
-
-/// Sends from the calling thread without waiting for room (no sender thread yet, or none allowed).
+/// Sends from the calling thread without waiting for room or for a welcome (no sender thread
+/// yet, or none allowed).
 pub fn pump_inline<C: Source>(client: &'static C) {
     if let Ok(mut state) = client.flush().sending.try_lock() {
-        state.pump(client, Duration::ZERO);
+        state.pump(client, Wait::Each(Duration::ZERO));
     }
 }
 
-/// Audit mode: connect from the calling thread before the first call is admitted.
+/// Audit mode: connect from the calling thread before the first call is admitted (waiting at most
+/// the handshake's own timeout).
 pub fn connect_now<C: Source>(client: &'static C) {
     let mut state = client
         .flush()
         .sending
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    state.connect(client);
+    state.connect_until(client, Instant::now() + HANDSHAKE_TIMEOUT);
 }
 
 /// Starts the sender thread with every signal blocked (host signals must never land on it;
@@ -381,11 +204,11 @@ fn run<C: Source>(client: &'static C) {
             .asked;
         let moved = {
             let mut state = flush.sending.lock().unwrap_or_else(|p| p.into_inner());
-            let moved = state.pump(client, THREAD_PATIENCE);
+            let moved = state.pump(client, Wait::Each(THREAD_PATIENCE));
             let mut requests = flush.requests.lock().unwrap_or_else(|p| p.into_inner());
             if requests.completed < asked {
                 if let Some(reason) = requests.goodbye.take() {
-                    state.goodbye(client, reason);
+                    state.goodbye(client, reason, Wait::Each(THREAD_PATIENCE));
                 }
                 requests.completed = asked;
                 flush.done.notify_all();
