@@ -187,6 +187,7 @@ fn without_a_sender_thread_a_stalled_recorder_never_holds_the_host() -> Result<(
             .copied()
             .unwrap_or_default();
         let calls = number(report, "calls")?;
+        eprintln!("tally {t:?} accounted {} of {calls}", t.accounted());
         ensure!(
             t.accounted() <= calls,
             "more accounted than made: {t:?} vs {report}"

@@ -26,6 +26,7 @@
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use p11trace_tests::module::Module;
 use p11trace_tests::p11;
@@ -151,7 +152,7 @@ fn burst(module: &Module, calls: usize, pace_ms: u64, finalize: bool) -> serde_j
     for _ in 0..calls {
         module.session_info(session);
         if pace_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(pace_ms));
+            std::thread::sleep(Duration::from_millis(pace_ms));
         }
     }
     assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
@@ -191,14 +192,14 @@ static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Repeats `call` while it is refused (at most 30 s), counting the refusals.
 fn until_admitted(mut call: impl FnMut() -> CK_RV) -> CK_RV {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let rv = call();
-        if rv != CKR_GENERAL_ERROR || std::time::Instant::now() > deadline {
+        if rv != CKR_GENERAL_ERROR || Instant::now() > deadline {
             return rv;
         }
         REFUSED.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -216,9 +217,7 @@ fn refusable(module: &Module, millis: u64) -> serde_json::Value {
         )
     });
     assert_eq!(rv, CKR_OK, "C_GetSlotList");
-    let slot = slots[0];
-    let mut session: CK_SESSION_HANDLE = 0;
-    let flags = CKF_SERIAL_SESSION;
+    let (slot, flags, mut session) = (slots[0], CKF_SERIAL_SESSION, 0);
     let rv = until_admitted(|| {
         p11!(
             module,
@@ -226,8 +225,8 @@ fn refusable(module: &Module, millis: u64) -> serde_json::Value {
         )
     });
     assert_eq!(rv, CKR_OK, "C_OpenSession");
-    let end = std::time::Instant::now() + std::time::Duration::from_millis(millis);
-    while std::time::Instant::now() < end {
+    let end = Instant::now() + Duration::from_millis(millis);
+    while Instant::now() < end {
         // SAFETY: plain data.
         let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
         match p11!(module, C_GetSessionInfo(session, &mut info)) {
@@ -237,7 +236,7 @@ fn refusable(module: &Module, millis: u64) -> serde_json::Value {
             }
             other => panic!("C_GetSessionInfo: {other:#x}"),
         }
-        std::thread::sleep(std::time::Duration::from_micros(100));
+        std::thread::sleep(Duration::from_micros(100));
     }
     assert_eq!(
         until_admitted(|| p11!(module, C_CloseSession(session))),
@@ -253,22 +252,20 @@ fn refusable(module: &Module, millis: u64) -> serde_json::Value {
 
 fn no_threads_held(module: &Module, before: usize, after: usize) -> serde_json::Value {
     module.init_with(CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS);
-    let slot = module.first_token_slot();
-    let session = module.session(slot);
+    let session = module.session(module.first_token_slot());
     for _ in 0..before {
         module.session_info(session);
     }
     println!("ready");
-    let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
-    let mut longest = std::time::Duration::ZERO;
+    let _ = std::io::stdin().read_line(&mut String::new());
+    let mut longest = Duration::ZERO;
     for _ in 0..after {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         module.session_info(session);
         longest = longest.max(started.elapsed());
     }
     assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     let finalize = started.elapsed();
     json!({
@@ -291,8 +288,7 @@ fn labels(value: &[u8], count: usize) -> Vec<CK_ATTRIBUTE> {
 fn big_templates(module: &Module, calls: usize) -> serde_json::Value {
     module.init();
     let session = module.session(module.first_token_slot());
-    let text = [b'L'; 256];
-    let raw = [0xffu8; 256];
+    let (text, raw) = ([b'L'; 256], [0xffu8; 256]);
     let mut find = labels(&text, 256);
     let (mut public, mut private) = (labels(&raw, 256), labels(&raw, 256));
     let mut mechanism = CK_MECHANISM {
