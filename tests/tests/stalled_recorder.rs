@@ -126,6 +126,14 @@ impl Held {
     }
 }
 
+impl Drop for Held {
+    /// A client left behind by a failed test is killed, not orphaned.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Waits for a `--stats-every` line saying the recorder has received records.
 fn wait_for_records(recorder: &mut Recorder) -> Result<()> {
     loop {
