@@ -326,22 +326,19 @@ impl SenderState {
     }
 
     /// Says goodbye (with the final counters) and closes the connection. A batch still held
-    /// (audit mode) is given what is left of `wait` first; if it cannot go, its records are
-    /// counted as dropped, which the goodbye reports.
+    /// (audit mode) must go first. What cannot go within `wait` for lack of room (the held batch,
+    /// the goodbye) stays, with the connection, for the next flush: the one at exit.
     pub(super) fn goodbye<C: Source>(&mut self, client: &C, reason: GoodbyeReason, wait: Wait) {
-        if self.connection.is_some() {
-            if !self.send_held(client, wait) {
-                client.count_dropped(self.held as u64);
-                self.held = 0;
-                client.set_unsent(0, false);
-            }
-            let message = Message::Goodbye {
-                reason,
-                seq_high: client.seq_high(),
-                dropped: client.dropped(),
-                sent: self.sent,
-            };
-            self.send(client, &message, wait.patience());
+        if self.connection.is_none() || !self.send_held(client, wait) {
+            return;
+        }
+        let message = Message::Goodbye {
+            reason,
+            seq_high: client.seq_high(),
+            dropped: client.dropped(),
+            sent: self.sent,
+        };
+        if self.send(client, &message, wait.patience()) {
             self.disconnect(client);
             self.retry_at = None;
         }
