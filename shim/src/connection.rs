@@ -87,6 +87,11 @@ impl Handshake {
         })
     }
 
+    /// The rendezvous stream's descriptor (a forked child must close it).
+    pub fn descriptor(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
     /// Waits at most `wait` for the rest of the welcome; `Ok(None)` while it has not all come.
     /// A handshake older than [`HANDSHAKE_TIMEOUT`] fails.
     pub fn advance(

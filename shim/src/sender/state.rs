@@ -103,7 +103,11 @@ impl SenderState {
                 return;
             }
             match Handshake::start(client.socket()) {
-                Ok(handshake) => self.handshake = Some(handshake),
+                Ok(handshake) => {
+                    // Closed in forked children like a live connection's.
+                    CONNECTION_FDS[0].store(handshake.descriptor(), Ordering::Release);
+                    self.handshake = Some(handshake);
+                }
                 Err(error) => return self.failed(error),
             }
         }
@@ -114,6 +118,7 @@ impl SenderState {
             Ok(None) => return,
             Ok(Some(welcome)) => welcome,
             Err(error) => {
+                CONNECTION_FDS[0].store(-1, Ordering::Release);
                 self.handshake = None;
                 return self.failed(error);
             }
@@ -134,7 +139,10 @@ impl SenderState {
                 self.sent = 0;
                 client.set_connected(true);
             }
-            Err(error) => self.failed(error),
+            Err(error) => {
+                CONNECTION_FDS[0].store(-1, Ordering::Release);
+                self.failed(error)
+            }
         }
     }
 
