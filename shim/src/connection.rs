@@ -32,6 +32,8 @@ pub enum ConnectError {
     Unsafe(String),
     /// The recorder answered but the handshake failed.
     Handshake(String),
+    /// The welcome was read too late to trust the rest of the handshake: start a new one now.
+    Stale,
 }
 
 /// A live connection.
@@ -93,7 +95,8 @@ impl Handshake {
     }
 
     /// Waits at most `wait` for the rest of the welcome; `Ok(None)` while it has not all come.
-    /// A handshake older than [`HANDSHAKE_TIMEOUT`] fails.
+    /// A handshake older than [`HANDSHAKE_TIMEOUT`] fails, or is [`ConnectError::Stale`] if its
+    /// welcome did come.
     pub fn advance(
         &mut self,
         socket: &Path,
@@ -127,6 +130,11 @@ impl Handshake {
                 return Err(failed("welcome frame too large"));
             }
             if self.received.len() >= len as usize + 4 {
+                // Come in time, but read late (a thread-less host went idle meanwhile): the
+                // recorder may have given up on this handshake by now.
+                if self.started.elapsed() >= HANDSHAKE_TIMEOUT {
+                    return Err(ConnectError::Stale);
+                }
                 return wire::read_welcome(&mut self.received.as_slice())
                     .map(Some)
                     .map_err(|e| failed(&e.to_string()));

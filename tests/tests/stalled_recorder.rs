@@ -1,6 +1,8 @@
 //! A recorder that stops reading (SIGSTOP) while clients trace into it: audit mode loses no
 //! admitted call (each call either ran and is a row, or was refused), and a client without a
 //! sender thread never waits past `finalize_wait` in `C_Finalize`, nor long in any other call.
+//! And the other side of a handshake made in steps: a thread-less client that goes idle in the
+//! middle of one, for longer than the recorder waits for it, still delivers every record.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
@@ -84,12 +86,23 @@ struct Held {
 
 impl Held {
     fn start(token: &Token, socket: &std::path::Path, before: usize, after: usize) -> Result<Held> {
+        Held::start_with(token, socket, before, after, &[])
+    }
+
+    fn start_with(
+        token: &Token,
+        socket: &std::path::Path,
+        before: usize,
+        after: usize,
+        env: &[(&str, &str)],
+    ) -> Result<Held> {
         let mut command = token.client(
             &shim(),
             &["nothreads-held", &before.to_string(), &after.to_string()],
         );
         shim_to(&mut command, token.module(), socket)
             .env("P11TRACE_FINALIZE_WAIT_MS", "500")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -201,5 +214,32 @@ fn without_a_sender_thread_a_stalled_recorder_never_holds_the_host() -> Result<(
             "more accounted than made: {t:?} vs {report}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_thread_less_client_idle_in_the_middle_of_its_handshake_still_delivers_everything() -> Result<()>
+{
+    let token = Token::new("idle-handshake")?;
+    let mut recorder = Recorder::start(&[])?;
+    // With a 256-record queue, the calling thread starts its handshake when 128 records are
+    // queued: at the last of these 122 calls (6 records come before them).
+    let env = [("P11TRACE_QUEUE_CAPACITY", "256")];
+    let mut client = Held::start_with(&token, &recorder.socket, 122, 0, &env)?;
+    ensure!(client.line()? == "ready");
+    // Idle for longer than the recorder waits for a handshake to finish (5 s): scheduling, not an
+    // assertion.
+    std::thread::sleep(Duration::from_secs(6));
+    client.release()?;
+    let report = client.report()?;
+    recorder.stop()?;
+    let t = tallies(&recorder.dataset)?
+        .get(&number(&report, "pid")?)
+        .copied()
+        .unwrap_or_default();
+    ensure!(
+        t.rows - t.internal == number(&report, "calls")? && t.dropped == 0 && t.lost == 0,
+        "every record must arrive: {t:?} vs {report}"
+    );
     Ok(())
 }

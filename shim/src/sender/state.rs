@@ -120,6 +120,10 @@ impl SenderState {
             Err(error) => {
                 CONNECTION_FDS[0].store(-1, Ordering::Release);
                 self.handshake = None;
+                if matches!(error, ConnectError::Stale) {
+                    // A fresh handshake at once (this one cannot be stale again).
+                    return self.connect(client, wait);
+                }
                 return self.failed(error);
             }
         };
@@ -158,7 +162,7 @@ impl SenderState {
 
     fn failed(&mut self, error: ConnectError) {
         match error {
-            ConnectError::Absent => {}
+            ConnectError::Absent | ConnectError::Stale => {}
             ConnectError::Unsafe(message) => {
                 report(Problem::SocketFolder, format_args!("{message}"))
             }
