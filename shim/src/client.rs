@@ -61,6 +61,10 @@ pub struct Client {
     in_flight: AtomicUsize,
     /// Set by the sender: is a recorder connection up?
     connected: AtomicBool,
+    /// Set by the sender: records taken from the queue, not yet handed to the socket.
+    unsent: AtomicUsize,
+    /// Set by the sender (audit mode): a batch waits for a stalled recorder.
+    stalled: AtomicBool,
     clock_offset: AtomicI64,
     ops: Ops,
     /// The provider identity. Lock-free on purpose: a forked child reads its parent's copy, and a
@@ -180,6 +184,8 @@ impl Client {
             queue: ArrayQueue::new(config.queue_capacity),
             in_flight: AtomicUsize::new(0),
             connected: AtomicBool::new(false),
+            unsent: AtomicUsize::new(0),
+            stalled: AtomicBool::new(false),
             clock_offset: AtomicI64::new(clock::realtime_ns() - clock::monotonic_ns()),
             ops: Ops::default(),
             provider: AtomicPtr::new(std::ptr::null_mut()),
@@ -210,16 +216,35 @@ impl Client {
         &self.ops
     }
 
-    /// Whether a call may run now. Only audit mode ever says no: while no recorder is connected
-    /// or the queue could not take the record.
+    /// Whether a call may run now. Only audit mode ever says no: while no recorder is connected,
+    /// while a batch waits for a stalled recorder, or while the undelivered backlog (queued, being
+    /// recorded, taken by the sender but unsent) would pass the queue's capacity. Without a sender
+    /// thread, a refusal first gives the calling thread one non-blocking pump.
     #[inline(always)]
-    pub fn admit(&self) -> bool {
+    pub fn admit(&'static self) -> bool {
         if self.config.mode != Mode::Audit {
             return true;
         }
+        if self.try_admit() {
+            return true;
+        }
+        if self.sender_started.load(Ordering::Acquire) {
+            return false;
+        }
+        sender::pump_inline(self);
+        self.try_admit()
+    }
+
+    fn try_admit(&self) -> bool {
         let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let backlog = self
+            .queue
+            .len()
+            .saturating_add(in_flight)
+            .saturating_add(self.unsent.load(Ordering::Acquire));
         if self.connected.load(Ordering::Acquire)
-            && self.queue.len() + in_flight < self.queue.capacity()
+            && !self.stalled.load(Ordering::Acquire)
+            && backlog < self.queue.capacity()
         {
             return true;
         }
@@ -354,6 +379,15 @@ impl Source for Client {
 
     fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Release);
+    }
+
+    fn keeps_admitted(&self) -> bool {
+        self.config.mode == Mode::Audit
+    }
+
+    fn set_unsent(&self, records: usize, stalled: bool) {
+        self.unsent.store(records, Ordering::Release);
+        self.stalled.store(stalled, Ordering::Release);
     }
 
     fn sender_running(&self) -> bool {

@@ -1,20 +1,22 @@
-//! One connection to the recorder: rendezvous on its Unix socket, the ipc-channel handshake, and
-//! sends that never block for long.
+//! One connection to the recorder: rendezvous on its Unix socket, the ipc-channel handshake (in
+//! steps that each wait only as long as their caller allows), and sends that never block for
+//! long.
 //!
 //! The rendezvous is a plain `UnixStream` first (`IpcSender::connect` leaks a descriptor each time
 //! it fails, and a recorder that is not running makes it fail on every retry). The stream stays
 //! open for the connection's life: its end-of-file tells the recorder we are gone.
 
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{self, Read as _};
+use std::os::fd::{AsRawFd, FromRawFd as _, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bincode::Options as _;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use p11trace_record::socket::{self, socket_folder};
-use p11trace_record::wire::{self, Hello, Message};
+use p11trace_record::wire::{self, Hello, Message, Welcome};
 use serde_bytes::ByteBuf;
 
 /// First message on the one-shot server: the hello (a bincode [`Message::Hello`]) and the receiving
@@ -30,6 +32,8 @@ pub enum ConnectError {
     Unsafe(String),
     /// The recorder answered but the handshake failed.
     Handshake(String),
+    /// The welcome was read too late to trust the rest of the handshake: start a new one now.
+    Stale,
 }
 
 /// A live connection.
@@ -37,14 +41,14 @@ pub struct Connection {
     /// Kept open so the recorder sees our end-of-file when we go.
     stream: UnixStream,
     data: IpcBytesSender,
-    /// The data channel's descriptor, when found: made non-blocking so a stalled recorder can
-    /// never hold the sender forever, and closed in forked children.
-    data_fd: Option<RawFd>,
+    /// The data channel's descriptor: non-blocking, so a stalled recorder can never hold the
+    /// sender, and closed in forked children.
+    data_fd: RawFd,
     pub label_key: [u8; 32],
 }
 
 /// How long the handshake may take before the recorder counts as unreachable.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Refuses socket folders another user could have planted (the rule of
 /// [`p11trace_record::socket::check_folder`], which the recorder applies too).
@@ -58,24 +62,105 @@ pub fn check_folder(socket: &Path) -> Result<(), String> {
     }
 }
 
-impl Connection {
-    /// Connects and says hello. `hello.token` is filled from the recorder's welcome.
-    pub fn open(socket: &Path, mut hello: Hello) -> Result<Connection, ConnectError> {
+/// A connection being made: the rendezvous stream is connected (without blocking) and the
+/// recorder's welcome is awaited, a little at a time, so no caller ever waits on the recorder
+/// longer than it chose to.
+pub struct Handshake {
+    stream: UnixStream,
+    received: Vec<u8>,
+    started: Instant,
+}
+
+impl Handshake {
+    /// Connects the rendezvous stream without blocking.
+    pub fn start(socket: &Path) -> Result<Handshake, ConnectError> {
         check_folder(socket).map_err(ConnectError::Unsafe)?;
-        let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ConnectError::Absent,
+        let stream = connect_nonblocking(socket).map_err(|e| match e.kind() {
+            // No recorder, or one whose backlog is full (stalled): retry quietly later.
+            io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::WouldBlock => ConnectError::Absent,
             _ => ConnectError::Handshake(format!("cannot connect to {}: {e}", socket.display())),
         })?;
+        Ok(Handshake {
+            stream,
+            received: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The rendezvous stream's descriptor (a forked child must close it).
+    pub fn descriptor(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Waits at most `wait` for the rest of the welcome; `Ok(None)` while it has not all come.
+    /// A handshake older than [`HANDSHAKE_TIMEOUT`] fails, or is [`ConnectError::Stale`] if its
+    /// welcome did come.
+    pub fn advance(
+        &mut self,
+        socket: &Path,
+        wait: Duration,
+    ) -> Result<Option<Welcome>, ConnectError> {
+        let failed = |what: &str| {
+            ConnectError::Handshake(format!(
+                "handshake with recorder at {} failed (welcome): {what}",
+                socket.display()
+            ))
+        };
+        let left = HANDSHAKE_TIMEOUT.saturating_sub(self.started.elapsed());
+        if wait_readable(self.stream.as_raw_fd(), wait.min(left)) {
+            let mut chunk = [0u8; 1024];
+            loop {
+                match (&self.stream).read(&mut chunk) {
+                    Ok(0) => return Err(failed("the recorder closed the connection")),
+                    Ok(n) => self.received.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(failed(&e.to_string())),
+                }
+                if self.received.len() > 4 + wire::MAX_WELCOME_BYTES as usize {
+                    return Err(failed("welcome frame too large"));
+                }
+            }
+        }
+        if let Some(header) = self.received.first_chunk::<4>() {
+            let len = u32::from_le_bytes(*header);
+            if len > wire::MAX_WELCOME_BYTES {
+                return Err(failed("welcome frame too large"));
+            }
+            if self.received.len() >= len as usize + 4 {
+                // Come in time, but read late (a thread-less host went idle meanwhile): the
+                // recorder may have given up on this handshake by now.
+                if self.started.elapsed() >= HANDSHAKE_TIMEOUT {
+                    return Err(ConnectError::Stale);
+                }
+                return wire::read_welcome(&mut self.received.as_slice())
+                    .map(Some)
+                    .map_err(|e| failed(&e.to_string()));
+            }
+        }
+        if self.started.elapsed() >= HANDSHAKE_TIMEOUT {
+            return Err(failed(&format!("no welcome within {HANDSHAKE_TIMEOUT:?}")));
+        }
+        Ok(None)
+    }
+
+    /// The rest of the handshake, once the welcome is in: the data channel handed over with
+    /// `hello` (its `token` filled from the welcome). Nothing here waits on the recorder: the
+    /// one-shot server already listens and the bootstrap message is small.
+    pub fn finish(
+        self,
+        socket: &Path,
+        welcome: Welcome,
+        mut hello: Hello,
+    ) -> Result<Connection, ConnectError> {
         let handshake = |what: &str, e: &dyn std::fmt::Display| {
             ConnectError::Handshake(format!(
                 "handshake with recorder at {} failed ({what}): {e}",
                 socket.display()
             ))
         };
-        stream
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(|e| handshake("timeout", &e))?;
-        let welcome = wire::read_welcome(&mut stream).map_err(|e| handshake("welcome", &e))?;
         if welcome.protocol_version != wire::PROTOCOL_VERSION {
             return Err(handshake(
                 "protocol",
@@ -86,14 +171,20 @@ impl Connection {
                 ),
             ));
         }
+        // ipc-channel panics on a name holding NUL; the name comes from the peer.
+        if welcome.server_name.contains('\0') {
+            return Err(handshake("one-shot server", &"a name holding NUL"));
+        }
         hello.token = welcome.token;
         let bootstrap: IpcSender<Bootstrap> = IpcSender::connect(welcome.server_name)
             .map_err(|e| handshake("one-shot server", &e))?;
+        let before = descriptor_identities();
         let (data, receiver) = ipc::bytes_channel().map_err(|e| handshake("channel", &e))?;
-        let data_fd = find_sender_fd(&data, &receiver);
-        if let Some(fd) = data_fd {
-            set_nonblocking(fd);
-        }
+        // Without its descriptor the data channel would stay blocking: refuse the connection
+        // rather than risk a send that waits on a stalled recorder.
+        let data_fd = find_sender_fd(&data, &receiver, &before)
+            .ok_or_else(|| handshake("channel", &"cannot find the data channel's descriptor"))?;
+        set_nonblocking(data_fd).map_err(|e| handshake("non-blocking data channel", &e))?;
         let hello = wire::codec()
             .serialize(&Message::Hello(hello))
             .map_err(|e| handshake("hello", &e))?;
@@ -107,26 +198,25 @@ impl Connection {
         // could not make is a failed connection (counted), not records sent into the void.
         wire::read_registered(&mut stream).map_err(|e| handshake("registration", &e))?;
         Ok(Connection {
-            stream,
+            stream: self.stream,
             data,
             data_fd,
             label_key: welcome.label_key,
         })
     }
+}
 
+impl Connection {
     /// Sends one framed message, waiting at most `patience` for room in the socket buffer.
     /// `WouldBlock` means the recorder is not reading (stalled): the message was not sent but the
     /// connection may still be good.
     pub fn send(&self, framed: &[u8], patience: Duration) -> io::Result<()> {
-        let deadline = std::time::Instant::now() + patience;
+        let deadline = Instant::now() + patience;
         loop {
             match self.data.send(framed) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let Some(fd) = self.data_fd else {
-                        return Err(e);
-                    };
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() || !wait_writable(fd, left) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || !wait_writable(self.data_fd, left) {
                         return Err(e);
                     }
                 }
@@ -137,7 +227,7 @@ impl Connection {
 
     /// Descriptors a forked child must close (they belong to the parent's connection).
     pub fn descriptors(&self) -> [RawFd; 2] {
-        [self.stream.as_raw_fd(), self.data_fd.unwrap_or(-1)]
+        [self.stream.as_raw_fd(), self.data_fd]
     }
 }
 
@@ -153,26 +243,70 @@ pub fn warm_up_ipc() {
     }
 }
 
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor we own; failure leaves it blocking, which is still correct.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
-fn wait_writable(fd: RawFd, timeout: Duration) -> bool {
+/// A Unix stream connected to `path` without waiting: a listener whose backlog is full (a
+/// stalled recorder) answers `WouldBlock` instead of holding the caller.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: an all-zero sockaddr_un is a valid (empty) address.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long or holding NUL",
+        ));
+    }
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (slot, &byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = byte as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket that nothing else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `address` is a valid sockaddr_un, of which `len` bytes are used.
+    let connected =
+        unsafe { libc::connect(fd, (&raw const address).cast(), len as libc::socklen_t) };
+    if connected != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> bool {
     let mut poll = libc::pollfd {
         fd,
-        events: libc::POLLOUT,
+        events,
         revents: 0,
     };
     let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: polls one descriptor we own.
-    let ready = unsafe { libc::poll(&mut poll, 1, millis.max(1)) };
-    ready > 0 && poll.revents & libc::POLLOUT != 0
+    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+    ready > 0 && poll.revents & (events | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+fn wait_writable(fd: RawFd, timeout: Duration) -> bool {
+    // At least 1 ms: a zero timeout would spin the sender on a full socket.
+    poll_one(fd, libc::POLLOUT, timeout.max(Duration::from_millis(1)))
+}
+
+/// Whether `fd` has something to read (or hung up) within `timeout` (zero: just look).
+fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    poll_one(fd, libc::POLLIN, timeout)
 }
 
 /// Bytes queued in a socket's send buffer, if `fd` is a Unix SEQPACKET socket.
@@ -207,15 +341,37 @@ fn open_descriptors() -> Vec<RawFd> {
         .unwrap_or_default()
 }
 
-/// ipc-channel offers no accessor for a sender's descriptor. Find it: send a probe, and look for
-/// the one SEQPACKET socket whose send queue filled and then emptied when we read the probe.
-fn find_sender_fd(data: &IpcBytesSender, receiver: &IpcBytesReceiver) -> Option<RawFd> {
+/// The inode behind a descriptor (a reused descriptor number has another).
+fn inode(fd: RawFd) -> Option<u64> {
+    // SAFETY: an all-zero stat is a valid buffer for fstat to fill.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into `stat`; an invalid descriptor fails with EBADF.
+    (unsafe { libc::fstat(fd, &mut stat) } == 0).then_some(stat.st_ino)
+}
+
+/// Every open descriptor with its inode (the listing's own descriptor, closed by then, drops out).
+fn descriptor_identities() -> Vec<(RawFd, u64)> {
+    open_descriptors()
+        .into_iter()
+        .filter_map(|fd| Some((fd, inode(fd)?)))
+        .collect()
+}
+
+/// ipc-channel offers no accessor for a sender's descriptor. Find it: send a probe, and look, among
+/// the descriptors that were not open `before` the channel was made (same number, same inode), for the one SEQPACKET socket
+/// whose send queue filled and then emptied when we read the probe.
+fn find_sender_fd(
+    data: &IpcBytesSender,
+    receiver: &IpcBytesReceiver,
+    before: &[(RawFd, u64)],
+) -> Option<RawFd> {
     let mut probe = [0u8; 16];
     // SAFETY: getrandom writes into the buffer we own.
     unsafe { libc::getrandom(probe.as_mut_ptr().cast(), probe.len(), 0) };
     data.send(&probe).ok()?;
     let queued: Vec<(RawFd, i32)> = open_descriptors()
         .into_iter()
+        .filter(|&fd| inode(fd).is_some_and(|ino| !before.contains(&(fd, ino))))
         .filter_map(|fd| Some((fd, seqpacket_outq(fd)?)))
         .filter(|&(_, queued)| queued > 0)
         .collect();

@@ -15,7 +15,7 @@
 //! `entry` (exported functions) → `tables` (traced function lists, generated from the one
 //! function table in `p11trace_record`) → `trace` (hot path) → `roles`/`capture` (argument
 //! capture into the `Call` being recorded) → `client` (queue, fork generations) → `sender`
-//! (delivery) → `connection` (the recorder socket). `real` (the real module and its tables) is
+//! (delivery) → `batch` (messages cut to one ipc fragment) and `connection` (the recorder socket). `real` (the real module and its tables) is
 //! used by `entry`, `tables` and `trace`, and itself uses only leaves. Leaves, used by whoever
 //! needs them: `config`, `diag`, `ops`, `redact`, `clock`, `identity`. The C definitions come
 //! from the `p11trace-ffi` crate.
@@ -32,6 +32,7 @@
 // look redundant on x86-64 keep the record types target-independent.
 #![allow(clippy::unnecessary_cast)]
 
+mod batch;
 mod capture;
 mod client;
 mod clock;

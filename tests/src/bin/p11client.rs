@@ -14,12 +14,19 @@
 //! - `nothreads M`   — like `burst`, with `CKF_LIBRARY_CANT_CREATE_OS_THREADS`; reports how many
 //!   threads the process has before `C_Finalize`.
 //! - `interface-list` — `C_GetInterfaceList`, then the vendor interface's `ping`, if any.
+//! - `refusable MS`  — `C_GetSessionInfo` for MS milliseconds; a refused call (audit mode's
+//!   `CKR_GENERAL_ERROR`) is counted and the loop carries on. Reports `ran` and `refused`.
+//! - `nothreads-held K M` — like `nothreads`: K calls, then prints `ready` and waits for a line
+//!   on stdin, then M calls; reports the longest call and how long `C_Finalize` took.
+//! - `big-templates N` — N `C_FindObjectsInit` with 256 labels of 256 bytes, and N
+//!   `C_GenerateKeyPair` whose two templates hold 256 labels of 256 non-UTF-8 bytes each.
 
 #![allow(clippy::missing_safety_doc)]
 
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use p11trace_tests::module::Module;
 use p11trace_tests::p11;
@@ -145,7 +152,7 @@ fn burst(module: &Module, calls: usize, pace_ms: u64, finalize: bool) -> serde_j
     for _ in 0..calls {
         module.session_info(session);
         if pace_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(pace_ms));
+            std::thread::sleep(Duration::from_millis(pace_ms));
         }
     }
     assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
@@ -178,6 +185,144 @@ fn no_threads(module: &Module, calls: usize) -> serde_json::Value {
     let threads = thread_count();
     assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "threads_before_finalize": threads })
+}
+
+/// Refused calls: audit mode answers `CKR_GENERAL_ERROR` for a call it cannot record.
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Repeats `call` while it is refused (at most 30 s), counting the refusals.
+fn until_admitted(mut call: impl FnMut() -> CK_RV) -> CK_RV {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rv = call();
+        if rv != CKR_GENERAL_ERROR || Instant::now() > deadline {
+            return rv;
+        }
+        REFUSED.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn refusable(module: &Module, millis: u64) -> serde_json::Value {
+    assert_eq!(
+        until_admitted(|| module.initialize(CKF_OS_LOCKING_OK)),
+        CKR_OK
+    );
+    let mut slots: [CK_SLOT_ID; 16] = [0; 16];
+    let rv = until_admitted(|| {
+        let mut count = slots.len() as CK_ULONG;
+        p11!(
+            module,
+            C_GetSlotList(CK_TRUE as CK_BBOOL, slots.as_mut_ptr(), &mut count)
+        )
+    });
+    assert_eq!(rv, CKR_OK, "C_GetSlotList");
+    let (slot, flags, mut session) = (slots[0], CKF_SERIAL_SESSION, 0);
+    let rv = until_admitted(|| {
+        p11!(
+            module,
+            C_OpenSession(slot, flags, ptr::null_mut(), None, &mut session)
+        )
+    });
+    assert_eq!(rv, CKR_OK, "C_OpenSession");
+    let end = Instant::now() + Duration::from_millis(millis);
+    while Instant::now() < end {
+        // SAFETY: plain data.
+        let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+        match p11!(module, C_GetSessionInfo(session, &mut info)) {
+            CKR_OK => {}
+            CKR_GENERAL_ERROR => {
+                REFUSED.fetch_add(1, Ordering::Relaxed);
+            }
+            other => panic!("C_GetSessionInfo: {other:#x}"),
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert_eq!(
+        until_admitted(|| p11!(module, C_CloseSession(session))),
+        CKR_OK
+    );
+    assert_eq!(until_admitted(|| module.finalize()), CKR_OK);
+    let (calls, refused) = (
+        CALLS.load(Ordering::Relaxed),
+        REFUSED.load(Ordering::Relaxed),
+    );
+    json!({ "pid": std::process::id(), "calls": calls, "refused": refused, "ran": calls - refused })
+}
+
+fn no_threads_held(module: &Module, before: usize, after: usize) -> serde_json::Value {
+    module.init_with(CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS);
+    let session = module.session(module.first_token_slot());
+    for _ in 0..before {
+        module.session_info(session);
+    }
+    println!("ready");
+    let _ = std::io::stdin().read_line(&mut String::new());
+    let mut longest = Duration::ZERO;
+    for _ in 0..after {
+        let started = Instant::now();
+        module.session_info(session);
+        longest = longest.max(started.elapsed());
+    }
+    assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
+    let started = Instant::now();
+    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    let finalize = started.elapsed();
+    json!({
+        "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed),
+        "longest_call_ms": longest.as_millis() as u64, "finalize_ms": finalize.as_millis() as u64,
+    })
+}
+
+/// A template of `count` labels, each `value` (CKA_LABEL = 3).
+fn labels(value: &[u8], count: usize) -> Vec<CK_ATTRIBUTE> {
+    (0..count)
+        .map(|_| CK_ATTRIBUTE {
+            type_: 3,
+            pValue: value.as_ptr().cast_mut().cast(),
+            ulValueLen: value.len() as CK_ULONG,
+        })
+        .collect()
+}
+
+fn big_templates(module: &Module, calls: usize) -> serde_json::Value {
+    module.init();
+    let session = module.session(module.first_token_slot());
+    let (text, raw) = ([b'L'; 256], [0xffu8; 256]);
+    let mut find = labels(&text, 256);
+    let (mut public, mut private) = (labels(&raw, 256), labels(&raw, 256));
+    let mut mechanism = CK_MECHANISM {
+        mechanism: CKM_EC_KEY_PAIR_GEN,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    for _ in 0..calls {
+        let rv = p11!(
+            module,
+            C_FindObjectsInit(session, find.as_mut_ptr(), find.len() as CK_ULONG)
+        );
+        if rv == CKR_OK {
+            assert_eq!(p11!(module, C_FindObjectsFinal(session)), CKR_OK);
+        }
+        let (mut public_key, mut private_key) = (0, 0);
+        // A public session cannot make keys: the call fails, but its templates are recorded.
+        let _ = p11!(
+            module,
+            C_GenerateKeyPair(
+                session,
+                &mut mechanism,
+                public.as_mut_ptr(),
+                public.len() as CK_ULONG,
+                private.as_mut_ptr(),
+                private.len() as CK_ULONG,
+                &mut public_key,
+                &mut private_key,
+            )
+        );
+    }
+    assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
+    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed) })
 }
 
 /// A vendor interface's function list: a version and one `ping`.
@@ -347,6 +492,9 @@ fn main() {
         "interfaces" => interfaces(&module, args.get(3).map_or("", String::as_str)),
         "interface-list" => interface_list(&module),
         "nothreads" => no_threads(&module, number(3)),
+        "refusable" => refusable(&module, number(3) as u64),
+        "nothreads-held" => no_threads_held(&module, number(3), number(4)),
+        "big-templates" => big_templates(&module, number(3)),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
