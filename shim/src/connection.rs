@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd as _, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bincode::Options as _;
@@ -45,6 +46,10 @@ pub struct Connection {
     /// sender, and closed in forked children.
     data_fd: RawFd,
     pub label_key: [u8; 32],
+    /// The recorder's registration byte has come (protocol 2): until it does, nothing is sent.
+    registered: AtomicBool,
+    /// When a registration that has not come fails the connection.
+    registration_due: Instant,
 }
 
 /// How long the handshake may take before the recorder counts as unreachable.
@@ -194,14 +199,13 @@ impl Handshake {
                 data: receiver,
             })
             .map_err(|e| handshake("bootstrap", &e))?;
-        // Nothing is sent before the recorder says it reads our channel: a registration it
-        // could not make is a failed connection (counted), not records sent into the void.
-        wire::read_registered(&mut stream).map_err(|e| handshake("registration", &e))?;
         Ok(Connection {
             stream: self.stream,
             data,
             data_fd,
             label_key: welcome.label_key,
+            registered: AtomicBool::new(false),
+            registration_due: Instant::now() + HANDSHAKE_TIMEOUT,
         })
     }
 }
@@ -212,6 +216,7 @@ impl Connection {
     /// connection may still be good.
     pub fn send(&self, framed: &[u8], patience: Duration) -> io::Result<()> {
         let deadline = Instant::now() + patience;
+        self.await_registration(deadline)?;
         loop {
             match self.data.send(framed) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -221,6 +226,58 @@ impl Connection {
                     }
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// Nothing is sent before the recorder's registration byte: a handshake that failed on its
+    /// side (out of descriptors, say) closes the stream instead, and the connection fails here
+    /// (its records counted) rather than sending into a channel nobody reads. Waits at most
+    /// until `deadline` (`WouldBlock` then: the connection may still be good), and fails once
+    /// the byte is [`HANDSHAKE_TIMEOUT`] late.
+    fn await_registration(&self, deadline: Instant) -> io::Result<()> {
+        if self.registered.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        loop {
+            let mut byte = [0u8; 1];
+            match (&self.stream).read(&mut byte) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the recorder closed the connection without registering it",
+                    ));
+                }
+                Ok(_) if byte[0] == wire::REGISTERED => {
+                    self.registered.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("expected the registration byte, got {:#04x}", byte[0]),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let now = Instant::now();
+                    if now >= self.registration_due {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the recorder did not register the connection in time",
+                        ));
+                    }
+                    let left = deadline
+                        .min(self.registration_due)
+                        .saturating_duration_since(now);
+                    if left.is_zero() || !wait_readable(self.stream.as_raw_fd(), left) {
+                        if Instant::now() >= self.registration_due {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
     }
