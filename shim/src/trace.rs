@@ -91,6 +91,7 @@ pub fn record_call(
         size_query: false,
         init_flags: 0,
         params: None,
+        caller_buffers: Vec::new(),
     };
     // A panic while capturing inputs loses those fields, not the call.
     let _ = catch_unwind(AssertUnwindSafe(|| before(&mut call)));

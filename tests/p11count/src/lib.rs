@@ -13,6 +13,14 @@
 //! For the `diff` tests it also injects faults a real module cannot be asked for: a slowdown
 //! (`P11COUNT_SLOW=FUNC:MICROSECONDS`) and a failure rate (`P11COUNT_FAIL=FUNC:EVERY`).
 //!
+//! For the shim's hardening tests it can break the PKCS#11 contract on purpose:
+//! `P11COUNT_LIE=C_GetAttributeValue,C_FindObjects` (either or both) makes it lie about the sizes
+//! it wrote, after the real call. `C_GetAttributeValue` reports every value it filled as 100 bytes
+//! longer than the caller's buffer (`ulValueLen` = the caller's `ulValueLen` + 100; size queries
+//! and `CK_UNAVAILABLE_INFORMATION` are left alone); `C_FindObjects` reports 100 handles more than
+//! `ulMaxObjectCount`. The real module wrote within the caller's buffers: only the lengths lie, so
+//! whoever trusts them reads past the caller's memory (see `lie.rs`).
+//!
 //! Its C definitions (the 3.2 function list among them) come from `p11trace-ffi`, like the shim's.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
@@ -21,6 +29,8 @@ use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 
 use p11trace_ffi::*;
+
+mod lie;
 
 struct Real {
     list: *const CK_FUNCTION_LIST_3_2,
@@ -228,9 +238,9 @@ fn tables() -> &'static Tables {
             flags: 0,
         };
         let mut tables = Box::new(Tables {
-            v240: table(2, 40),
-            v30: table(3, 0),
-            v32: table(3, 2),
+            v240: lie::install(table(2, 40)),
+            v30: lie::install(table(3, 0)),
+            v32: lie::install(table(3, 2)),
             vendor: VendorList {
                 version: CK_VERSION { major: 1, minor: 0 },
                 ping: vendor_ping,

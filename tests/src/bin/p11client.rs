@@ -14,6 +14,9 @@
 //! - `nothreads M`   — like `burst`, with `CKF_LIBRARY_CANT_CREATE_OS_THREADS`; reports how many
 //!   threads the process has before `C_Finalize`.
 //! - `interface-list` — `C_GetInterfaceList`, then the vendor interface's `ping`, if any.
+//! - `sizes PIN`     — logs in, creates a data object (label `sizes-label`), finds it with a one-handle
+//!   array and reads its `CKA_LABEL` and `CKA_CLASS` into heap buffers of exactly their sizes
+//!   (so memcheck sees any read past them); reports the lengths and count the module claimed.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -178,6 +181,79 @@ fn no_threads(module: &Module, calls: usize) -> serde_json::Value {
     let threads = thread_count();
     assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "threads_before_finalize": threads })
+}
+
+/// The label of the object `sizes` creates.
+const SIZES_LABEL: &[u8] = b"sizes-label";
+
+fn sizes(module: &Module, pin: &str) -> serde_json::Value {
+    module.init();
+    let session = module.session(module.first_token_slot());
+    module.login(session, pin).expect("C_Login");
+    let mut class: CK_OBJECT_CLASS = CKO_DATA;
+    let mut no: CK_BBOOL = CK_FALSE as CK_BBOOL;
+    let mut label = SIZES_LABEL.to_vec();
+    let attribute = |type_, value: *mut u8, len: usize| CK_ATTRIBUTE {
+        type_,
+        pValue: value.cast(),
+        ulValueLen: len as CK_ULONG,
+    };
+    let mut template = [
+        attribute(
+            CKA_CLASS,
+            (&raw mut class).cast(),
+            size_of::<CK_OBJECT_CLASS>(),
+        ),
+        attribute(CKA_TOKEN, &raw mut no, 1),
+        attribute(CKA_LABEL, label.as_mut_ptr(), label.len()),
+    ];
+    let mut object: CK_OBJECT_HANDLE = 0;
+    let rv = p11!(
+        module,
+        C_CreateObject(
+            session,
+            template.as_mut_ptr(),
+            template.len() as CK_ULONG,
+            &mut object
+        )
+    );
+    assert_eq!(rv, CKR_OK, "C_CreateObject");
+    assert_eq!(
+        p11!(module, C_FindObjectsInit(session, ptr::null_mut(), 0)),
+        CKR_OK
+    );
+    // Heap buffers of exactly the sizes passed: a read past them is memcheck's "Invalid read".
+    let mut handles: Box<[CK_OBJECT_HANDLE]> = vec![0; 1].into_boxed_slice();
+    let mut claimed_count: CK_ULONG = 0;
+    let rv = p11!(
+        module,
+        C_FindObjects(session, handles.as_mut_ptr(), 1, &mut claimed_count)
+    );
+    assert_eq!(rv, CKR_OK, "C_FindObjects");
+    assert_eq!(p11!(module, C_FindObjectsFinal(session)), CKR_OK);
+    let mut label_out: Box<[u8]> = vec![0; SIZES_LABEL.len()].into_boxed_slice();
+    let mut class_out: Box<[u8]> = vec![0; size_of::<CK_OBJECT_CLASS>()].into_boxed_slice();
+    let mut out = [
+        attribute(CKA_LABEL, label_out.as_mut_ptr(), label_out.len()),
+        attribute(CKA_CLASS, class_out.as_mut_ptr(), class_out.len()),
+    ];
+    let rv = p11!(
+        module,
+        C_GetAttributeValue(session, object, out.as_mut_ptr(), out.len() as CK_ULONG)
+    );
+    assert_eq!(rv, CKR_OK, "C_GetAttributeValue");
+    assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
+    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    json!({
+        "pid": std::process::id(),
+        "calls": CALLS.load(Ordering::Relaxed),
+        "object": object,
+        "found": handles[0],
+        "claimed_count": claimed_count,
+        "claimed_label_len": out[0].ulValueLen,
+        "claimed_class_len": out[1].ulValueLen,
+        "label": String::from_utf8_lossy(&label_out),
+    })
 }
 
 /// A vendor interface's function list: a version and one `ping`.
@@ -347,6 +423,7 @@ fn main() {
         "interfaces" => interfaces(&module, args.get(3).map_or("", String::as_str)),
         "interface-list" => interface_list(&module),
         "nothreads" => no_threads(&module, number(3)),
+        "sizes" => sizes(&module, args.get(3).map_or("", String::as_str)),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
