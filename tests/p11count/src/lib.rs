@@ -219,8 +219,30 @@ struct Tables {
     v240: CK_FUNCTION_LIST_3_2,
     v30: CK_FUNCTION_LIST_3_2,
     v32: CK_FUNCTION_LIST_3_2,
+    v35: CK_FUNCTION_LIST_3_2,
+    v30_fork_safe: CK_FUNCTION_LIST_3_2,
     vendor: VendorList,
+    /// v32, v30, vendor.
     interfaces: [CK_INTERFACE; 3],
+    /// `P11COUNT_INTERFACES=more`: v35, v32, v30, vendor, v30_fork_safe.
+    more: [CK_INTERFACE; 5],
+}
+
+/// `CKF_INTERFACE_FORK_SAFE` (PKCS#11 3.0).
+const CKF_INTERFACE_FORK_SAFE: CK_FLAGS = 1;
+
+/// `P11COUNT_INTERFACES=more`: the two extra "PKCS 11" interfaces are offered.
+fn more_interfaces() -> bool {
+    std::env::var("P11COUNT_INTERFACES").is_ok_and(|v| v == "more")
+}
+
+/// The interfaces offered: three, or five with `P11COUNT_INTERFACES=more`.
+fn offered() -> &'static [CK_INTERFACE] {
+    if more_interfaces() {
+        &tables().more
+    } else {
+        &tables().interfaces
+    }
 }
 
 // SAFETY: immutable after construction; the interface names point to static strings.
@@ -241,32 +263,38 @@ fn tables() -> &'static Tables {
             v240: lie::install(table(2, 40)),
             v30: lie::install(table(3, 0)),
             v32: lie::install(table(3, 2)),
+            v35: lie::install(table(3, 5)),
+            v30_fork_safe: lie::install(table(3, 0)),
             vendor: VendorList {
                 version: CK_VERSION { major: 1, minor: 0 },
                 ping: vendor_ping,
             },
             interfaces: [none; 3],
+            more: [none; 5],
         });
         let name = PKCS11_INTERFACE_NAME.as_ptr().cast_mut().cast();
         let v32 = (&raw mut tables.v32).cast();
         let v30 = (&raw mut tables.v30).cast();
         let vendor = (&raw mut tables.vendor).cast();
-        tables.interfaces = [
-            CK_INTERFACE {
-                pInterfaceName: name,
-                pFunctionList: v32,
-                flags: 0,
-            },
-            CK_INTERFACE {
-                pInterfaceName: name,
-                pFunctionList: v30,
-                flags: 0,
-            },
-            CK_INTERFACE {
-                pInterfaceName: VENDOR_NAME.as_ptr().cast_mut().cast(),
-                pFunctionList: vendor,
-                flags: 0,
-            },
+        let v35 = (&raw mut tables.v35).cast();
+        let v30_fork_safe = (&raw mut tables.v30_fork_safe).cast();
+        let interface = |pFunctionList, flags| CK_INTERFACE {
+            pInterfaceName: name,
+            pFunctionList,
+            flags,
+        };
+        let vendor = CK_INTERFACE {
+            pInterfaceName: VENDOR_NAME.as_ptr().cast_mut().cast(),
+            pFunctionList: vendor,
+            flags: 0,
+        };
+        tables.interfaces = [interface(v32, 0), interface(v30, 0), vendor];
+        tables.more = [
+            interface(v35, 0),
+            interface(v32, 0),
+            interface(v30, 0),
+            vendor,
+            interface(v30_fork_safe, CKF_INTERFACE_FORK_SAFE),
         ];
         tables
     })
@@ -301,6 +329,10 @@ pub unsafe extern "C" fn C_GetInterface(
         }
         return CKR_OK;
     }
+    if more_interfaces() {
+        // SAFETY: the caller's arguments: a non-null version points to a CK_VERSION.
+        return unsafe { own_interface(version, interface, flags) };
+    }
     let Some(get_interface) = real().get_interface else {
         log("C_GetInterface", CKR_FUNCTION_NOT_SUPPORTED);
         return CKR_FUNCTION_NOT_SUPPORTED;
@@ -323,12 +355,48 @@ pub unsafe extern "C" fn C_GetInterface(
     rv
 }
 
+/// `C_GetInterface("PKCS 11", version, flags)` answered from [`offered`].
+///
+/// # Safety
+/// `version` null or a valid CK_VERSION; `interface` null or a valid out-pointer.
+unsafe fn own_interface(
+    version: CK_VERSION_PTR,
+    interface: CK_INTERFACE_PTR_PTR,
+    flags: CK_FLAGS,
+) -> CK_RV {
+    // SAFETY: a non-null version points to the caller's CK_VERSION.
+    let wanted = unsafe { version.as_ref() }.map(|v| (v.major, v.minor));
+    let found = offered().iter().find(|candidate| {
+        // SAFETY: our interfaces' names are static C strings, their lists start with a version.
+        let (name, listed) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(candidate.pInterfaceName.cast()),
+                *candidate.pFunctionList.cast::<CK_VERSION>(),
+            )
+        };
+        name == PKCS11_INTERFACE_NAME
+            && wanted.is_none_or(|w| w == (listed.major, listed.minor))
+            && candidate.flags & flags == flags
+    });
+    let rv = match (found, interface.is_null()) {
+        (_, true) => CKR_ARGUMENTS_BAD,
+        (None, false) => CKR_ARGUMENTS_BAD,
+        (Some(found), false) => {
+            // SAFETY: the caller's out-pointer.
+            unsafe { *interface = std::ptr::from_ref(found).cast_mut() };
+            CKR_OK
+        }
+    };
+    log("C_GetInterface", rv);
+    rv
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetInterfaceList(list: CK_INTERFACE_PTR, count: CK_ULONG_PTR) -> CK_RV {
     if count.is_null() {
         return CKR_ARGUMENTS_BAD;
     }
-    let all = &tables().interfaces;
+    let all = offered();
     // SAFETY: count is non-null; list, when non-null, holds *count entries.
     let rv = unsafe {
         if list.is_null() {

@@ -14,6 +14,8 @@
 //! - `nothreads M`   — like `burst`, with `CKF_LIBRARY_CANT_CREATE_OS_THREADS`; reports how many
 //!   threads the process has before `C_Finalize`.
 //! - `interface-list` — `C_GetInterfaceList`, then the vendor interface's `ping`, if any.
+//! - `interface-twins` — `interface-list`, then `C_GetInterface("PKCS 11", 3.0)` without and with
+//!   `CKF_INTERFACE_FORK_SAFE`; reports each answer's flags and which tables are distinct.
 //! - `sizes PIN`     — logs in, creates a data object (label `sizes-label`), finds it with a one-handle
 //!   array and reads its `CKA_LABEL` and `CKA_CLASS` into heap buffers of exactly their sizes
 //!   (so memcheck sees any read past them); reports the lengths and count the module claimed.
@@ -289,6 +291,7 @@ fn interface_list(module: &Module) -> serde_json::Value {
         CKR_OK
     );
     let mut listed = Vec::new();
+    let mut lists = Vec::new();
     let mut ping = None;
     for interface in &interfaces[..count as usize] {
         // SAFETY: filled entries: NUL-terminated names, lists starting with their version.
@@ -301,11 +304,68 @@ fn interface_list(module: &Module) -> serde_json::Value {
             let vendor = unsafe { &*interface.pFunctionList.cast::<VendorList>() };
             ping = Some(unsafe { (vendor.ping)(42) });
         }
-        listed.push(
-            json!({ "name": name, "version": format!("{}.{}", version.major, version.minor) }),
-        );
+        listed.push(json!({
+            "name": name,
+            "version": format!("{}.{}", version.major, version.minor),
+            "flags": interface.flags,
+        }));
+        lists.push(interface.pFunctionList as usize);
     }
-    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "interfaces": listed, "vendor_ping": ping })
+    json!({
+        "pid": std::process::id(),
+        "calls": CALLS.load(Ordering::Relaxed),
+        "interfaces": listed,
+        "distinct_lists": distinct(&lists),
+        "vendor_ping": ping,
+    })
+}
+
+/// How many different values.
+fn distinct(values: &[usize]) -> usize {
+    values
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+/// `interface-list`, then `C_GetInterface("PKCS 11", 3.0, flags)` for flags 0 and
+/// `CKF_INTERFACE_FORK_SAFE`.
+fn interface_twins(module: &Module) -> serde_json::Value {
+    let mut report = interface_list(module);
+    // SAFETY: the PKCS#11 prototype of C_GetInterface.
+    let get_interface = unsafe {
+        module.symbol::<unsafe extern "C" fn(
+            CK_UTF8CHAR_PTR,
+            CK_VERSION_PTR,
+            CK_INTERFACE_PTR_PTR,
+            CK_FLAGS,
+        ) -> CK_RV>(c"C_GetInterface")
+    }
+    .expect("the module exports C_GetInterface");
+    let mut answers = Vec::new();
+    let mut lists = Vec::new();
+    for flags in [0, CKF_INTERFACE_FORK_SAFE] {
+        let mut version = CK_VERSION { major: 3, minor: 0 };
+        let mut interface: CK_INTERFACE_PTR = ptr::null_mut();
+        // SAFETY: valid name, version and out-pointer.
+        let rv = module.tally(unsafe {
+            get_interface(
+                c"PKCS 11".as_ptr().cast_mut().cast(),
+                &mut version,
+                &mut interface,
+                flags,
+            )
+        });
+        assert_eq!(rv, CKR_OK, "C_GetInterface(3.0, flags {flags})");
+        // SAFETY: a successful C_GetInterface returned a valid interface.
+        let interface = unsafe { &*interface };
+        lists.push(interface.pFunctionList as usize);
+        answers.push(json!({ "asked": flags, "flags": interface.flags }));
+    }
+    report["get_interface"] = json!(answers);
+    report["get_interface_distinct_lists"] = json!(distinct(&lists));
+    report["calls"] = json!(CALLS.load(Ordering::Relaxed));
+    report
 }
 
 fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
@@ -422,6 +482,7 @@ fn main() {
         "noexit" => burst(&module, number(3), 0, false),
         "interfaces" => interfaces(&module, args.get(3).map_or("", String::as_str)),
         "interface-list" => interface_list(&module),
+        "interface-twins" => interface_twins(&module),
         "nothreads" => no_threads(&module, number(3)),
         "sizes" => sizes(&module, args.get(3).map_or("", String::as_str)),
         other => {
