@@ -4,6 +4,8 @@
 //!
 //! Usage: `p11client MODULE MODE ARGS…`
 //! - `threads N M`   — N threads, each opens a session and makes M `C_GetSessionInfo` calls.
+//! - `digests N M`   — N threads, each opens a session and makes M digest operations
+//!   (`C_DigestInit(SHA-256)` + `C_Digest` of 64 bytes); reports the wall-clock time they took.
 //! - `fork N K`      — K calls before each of N forks; each child re-initialises, makes K calls,
 //!   finalises and prints its own line.
 //! - `burst M`       — M `C_GetSessionInfo` calls as fast as possible.
@@ -97,6 +99,47 @@ fn threads(module: &Module, threads: usize, calls: usize) -> serde_json::Value {
     });
     assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
     json!({ "pid": std::process::id(), "main_tid": gettid(), "calls": CALLS.load(Ordering::Relaxed), "threads": per_thread })
+}
+
+fn digests(module: &Module, threads: usize, operations: usize) -> serde_json::Value {
+    module.init();
+    let slot = module.first_token_slot();
+    let sessions: Vec<CK_SESSION_HANDLE> = (0..threads).map(|_| module.session(slot)).collect();
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for &session in &sessions {
+            scope.spawn(move || {
+                let data = [0x5au8; 64];
+                let mut digest = [0u8; 32];
+                for _ in 0..operations {
+                    let mut sha256 = CK_MECHANISM {
+                        mechanism: CKM_SHA256,
+                        pParameter: ptr::null_mut(),
+                        ulParameterLen: 0,
+                    };
+                    assert_eq!(p11!(module, C_DigestInit(session, &mut sha256)), CKR_OK);
+                    let mut len = digest.len() as CK_ULONG;
+                    let rv = p11!(
+                        module,
+                        C_Digest(
+                            session,
+                            data.as_ptr().cast_mut(),
+                            data.len() as CK_ULONG,
+                            digest.as_mut_ptr(),
+                            &mut len
+                        )
+                    );
+                    assert_eq!(rv, CKR_OK);
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    for session in sessions {
+        assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
+    }
+    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
+    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "elapsed_ms": elapsed.as_secs_f64() * 1e3 })
 }
 
 fn fork(module: &Module, children: usize, burst: usize) -> serde_json::Value {
@@ -476,6 +519,7 @@ fn main() {
     let module = Module::load_counted(Path::new(&args[1]), &CALLS).expect("load module");
     let result = match args[2].as_str() {
         "threads" => threads(&module, number(3), number(4)),
+        "digests" => digests(&module, number(3), number(4)),
         "fork" => fork(&module, number(3), number(4)),
         "burst" => burst(&module, number(3), 0, true),
         "paced" => burst(&module, number(3), number(4) as u64, true),
