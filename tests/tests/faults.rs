@@ -218,3 +218,31 @@ fn a_recorder_naming_a_server_with_a_nul_byte_cannot_abort_the_host() -> Result<
     ensure!(report["calls"].as_i64() > Some(200), "{report}");
     Ok(())
 }
+
+#[test]
+fn in_audit_mode_a_client_that_cannot_be_built_refuses_calls_rather_than_run_them_unrecorded()
+-> Result<()> {
+    let token = Token::new("panic-audit")?;
+    let dir = temp();
+    let mut command = token.client(&shim(), &["burst", "10"]);
+    shim_to(&mut command, SOFTHSM, &dir.path().join("absent.sock"))
+        .env("P11TRACE_MODE", "audit")
+        .env("P11TRACE_TEST_PANIC", "client");
+    let output = run(&mut command, Duration::from_secs(60))?;
+    // The first call (C_GetFunctionList) is refused: the client stops, by its own exit, not a
+    // signal.
+    ensure!(
+        !output.status.success() && output.status.code().is_some(),
+        "{:?}: {}",
+        output.status,
+        text(&output.stderr)
+    );
+    let ours = shim_lines(&output.stderr);
+    ensure!(
+        ours.len() == 2
+            && ours[0].starts_with("p11trace: internal error while starting to record")
+            && ours[1].contains("audit mode: refusing"),
+        "{ours:?}"
+    );
+    Ok(())
+}
