@@ -1,11 +1,12 @@
 //! The instruction budget (benchmark 6) as a test: callgrind counts, on the application's thread,
-//! the instructions the release-built shim adds to each `C_GetSessionInfo`. Counts repeat exactly
+//! the instructions the release-built shim adds to each `C_GetSessionInfo`, and to each digest
+//! operation (`C_DigestInit` + `C_Digest`: the `op_id` path, which must take no lock). Counts repeat exactly
 //! run to run, so unlike a timing this can fail a build. `just test` builds the release shim first.
 
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use p11trace_bench::budget::INSTRUCTION_BUDGET;
+use p11trace_bench::budget::{INSTRUCTION_BUDGET, OP_INSTRUCTION_BUDGET};
 
 #[test]
 fn the_release_shim_stays_within_its_instruction_budget() -> Result<()> {
@@ -49,6 +50,19 @@ fn the_release_shim_stays_within_its_instruction_budget() -> Result<()> {
         "the shim adds {added:.0} instructions per C_GetSessionInfo on the calling thread; the \
          budget is {INSTRUCTION_BUDGET:.0} (see BENCHMARKS.md). Profile with \
          `valgrind --tool=callgrind` before raising it."
+    );
+    let added_per_digest = budget["added_per_digest"]
+        .as_f64()
+        .context("added_per_digest")?;
+    assert!(
+        added_per_digest > 2.0 * 50.0,
+        "implausibly few added instructions per digest: {budget}"
+    );
+    assert!(
+        added_per_digest <= OP_INSTRUCTION_BUDGET,
+        "the shim adds {added_per_digest:.0} instructions per digest operation on the calling \
+         thread; the budget is {OP_INSTRUCTION_BUDGET:.0} (see BENCHMARKS.md): the op_id path \
+         must take no lock and hash no map. Profile with `valgrind --tool=callgrind`."
     );
     assert!(
         output.status.success(),

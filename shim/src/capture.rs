@@ -22,18 +22,49 @@ pub struct Call {
     /// Mechanism parameter fields, rendered into `mech_params` when the call is finished. An
     /// `Option` so the calls without one (most) neither build nor compare a default.
     pub params: Option<MechParams>,
+    /// `C_GetAttributeValue`: the caller's value buffers as they were before the call, so the
+    /// values read after it never go past what the caller allocated, whatever the module wrote.
+    pub caller_buffers: Vec<CallerBuffer>,
+}
+
+/// One attribute's output buffer as the caller passed it: `pValue` and `ulValueLen`.
+#[derive(Clone, Copy)]
+pub struct CallerBuffer {
+    pub value: *const u8,
+    pub len: CK_ULONG,
 }
 
 /// Most attributes read from one template (a bound on work for absurd counts).
 pub const MAX_TEMPLATE_ATTRS: usize = 256;
 
-/// `ulValueLen` as recorded: -1 for `CK_UNAVAILABLE_INFORMATION`.
+/// `ulValueLen` as recorded: -1 for `CK_UNAVAILABLE_INFORMATION`; a length past `i64::MAX`
+/// (only a broken module writes one) saturates.
 fn recorded_len(len: CK_ULONG) -> i64 {
     if len == CK_UNAVAILABLE_INFORMATION {
         -1
     } else {
-        len as i64
+        i64::try_from(len).unwrap_or(i64::MAX)
     }
+}
+
+/// The caller's output buffers of a `C_GetAttributeValue` template, taken before the call.
+///
+/// # Safety
+/// `template` must be null or point to `count` attributes, as the PKCS#11 call requires.
+pub unsafe fn caller_buffers(template: CK_ATTRIBUTE_PTR, count: CK_ULONG) -> Vec<CallerBuffer> {
+    if template.is_null() {
+        return Vec::new();
+    }
+    let count = usize::try_from(count).map_or(MAX_TEMPLATE_ATTRS, |c| c.min(MAX_TEMPLATE_ATTRS));
+    // SAFETY: the caller passed `count` attributes.
+    let attributes = unsafe { std::slice::from_raw_parts(template, count) };
+    attributes
+        .iter()
+        .map(|attribute| CallerBuffer {
+            value: attribute.pValue.cast_const().cast(),
+            len: attribute.ulValueLen,
+        })
+        .collect()
 }
 
 /// Reads one attribute value through the allowlist.
@@ -56,16 +87,44 @@ unsafe fn read_value(attribute: u64, value: *const u8, len: CK_ULONG) -> AttrVal
     value_from_bytes(attribute, bytes)
 }
 
-/// Captures a template. Before the call (`rv == None`) values are inputs; after it
-/// (`C_GetAttributeValue`) they are outputs, read only where the call filled them.
+/// Where an attribute's value is read from, and how many bytes at most.
+///
+/// An input is the caller's own (`pValue`, `ulValueLen`). An output (`caller` = the buffers taken
+/// before the call) is read from the buffer the caller passed, clamped to the size the caller
+/// gave it: a module that reports a longer `ulValueLen` than the buffer holds (or moves `pValue`)
+/// never makes the shim read past the caller's allocation. The recorded length is clamped alike
+/// (only a size query, a null `pValue`, records the module's length as it is).
+fn value_source(
+    attribute: &CK_ATTRIBUTE,
+    index: usize,
+    caller: Option<&[CallerBuffer]>,
+) -> (*const u8, CK_ULONG) {
+    let Some(caller) = caller else {
+        return (attribute.pValue.cast_const().cast(), attribute.ulValueLen);
+    };
+    let Some(buffer) = caller.get(index) else {
+        return (std::ptr::null(), attribute.ulValueLen);
+    };
+    let written = attribute.ulValueLen;
+    if buffer.value.is_null() || written == CK_UNAVAILABLE_INFORMATION {
+        return (std::ptr::null(), written);
+    }
+    (buffer.value, written.min(buffer.len))
+}
+
+/// Captures a template. Before the call (`rv == None`, `caller == None`) values are inputs; after
+/// it (`C_GetAttributeValue`) they are outputs, read only where the call filled them and only
+/// within the caller's buffers (`caller`, see [`caller_buffers`]).
 ///
 /// # Safety
-/// `template` must be null or point to `count` attributes, as the PKCS#11 call requires.
+/// `template` must be null or point to `count` attributes, as the PKCS#11 call requires; each
+/// `caller` buffer must hold its `len` bytes.
 pub unsafe fn template(
     which: Template,
     template: CK_ATTRIBUTE_PTR,
     count: CK_ULONG,
     rv: Option<CK_RV>,
+    caller: Option<&[CallerBuffer]>,
 ) -> Vec<Attr> {
     if template.is_null() {
         return Vec::new();
@@ -77,16 +136,19 @@ pub unsafe fn template(
             CKR_OK | CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID | CKR_BUFFER_TOO_SMALL
         ),
     };
-    let count = (count as usize).min(MAX_TEMPLATE_ATTRS);
+    let count = usize::try_from(count).map_or(MAX_TEMPLATE_ATTRS, |c| c.min(MAX_TEMPLATE_ATTRS));
     // SAFETY: the caller passed `count` attributes.
     let attributes = unsafe { std::slice::from_raw_parts(template, count) };
     attributes
         .iter()
-        .map(|attribute| {
+        .enumerate()
+        .map(|(index, attribute)| {
             let kind = attribute.type_ as u64;
+            let (source, len) = value_source(attribute, index, caller);
             let value = if filled {
-                // SAFETY: pValue holds ulValueLen bytes (input), or the module wrote that many.
-                unsafe { read_value(kind, attribute.pValue.cast(), attribute.ulValueLen) }
+                // SAFETY: an input's pValue holds ulValueLen bytes; an output is read from the
+                // caller's buffer, at most the caller's size of it.
+                unsafe { read_value(kind, source, len) }
             } else {
                 match value_policy(kind) {
                     ValuePolicy::Redact => AttrValue::Redacted,
@@ -96,7 +158,7 @@ pub unsafe fn template(
             Attr {
                 template: which,
                 kind: AttrType::Attribute(kind),
-                len: recorded_len(attribute.ulValueLen),
+                len: recorded_len(len),
                 value,
             }
         })

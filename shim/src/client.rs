@@ -49,6 +49,9 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static CURRENT: AtomicPtr<Client> = AtomicPtr::new(std::ptr::null_mut());
 /// Guards building a client; a spin flag (not a mutex) so the fork child handler can reset it.
 static BUILDING: AtomicBool = AtomicBool::new(false);
+/// The generation whose client could not be built (a panic while building it): its calls go
+/// through unrecorded instead of trying again on every call.
+static BROKEN: AtomicU64 = AtomicU64::new(u64::MAX);
 
 pub struct Client {
     generation: u64,
@@ -76,7 +79,13 @@ pub struct Client {
     flush: Flush,
 }
 
-/// The client of the current generation, or `None` when recording is off.
+/// Whether calls that cannot be recorded must be refused rather than run (audit mode).
+pub fn refuses_unrecorded() -> bool {
+    config::get().mode == Mode::Audit
+}
+
+/// The client of the current generation, or `None` when recording is off (or its client could
+/// not be built).
 #[inline(always)]
 pub fn current() -> Option<&'static Client> {
     let config = config::get();
@@ -91,20 +100,59 @@ pub fn current() -> Option<&'static Client> {
     {
         return Some(client);
     }
-    Some(build(config, generation))
+    if BROKEN.load(Ordering::Acquire) == generation {
+        return None;
+    }
+    build(config, generation)
 }
 
+/// Releases [`BUILDING`] when dropped, on return or while unwinding from a panic.
+struct Built;
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        BUILDING.store(false, Ordering::Release);
+    }
+}
+
+/// Builds the client of `generation` (one thread at a time). A panic while building is contained:
+/// the flag is released, the generation marked broken (its calls go through unrecorded; refused
+/// in audit mode), and one line says so.
 #[cold]
-fn build(config: &'static Config, generation: u64) -> &'static Client {
+fn build(config: &'static Config, generation: u64) -> Option<&'static Client> {
     while BUILDING
         .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
         std::thread::yield_now();
     }
+    let _built = Built;
+    if BROKEN.load(Ordering::Acquire) == generation {
+        return None;
+    }
+    match std::panic::catch_unwind(|| build_locked(config, generation)) {
+        Ok(client) => Some(client),
+        Err(_) => {
+            BROKEN.store(generation, Ordering::Release);
+            crate::diag::report(
+                crate::diag::Problem::Panic,
+                format_args!(
+                    "internal error while starting to record; this process's calls go through unrecorded"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// [`build`] once [`BUILDING`] is held.
+fn build_locked(config: &'static Config, generation: u64) -> &'static Client {
+    if config.test_panic_building {
+        panic!("injected by P11TRACE_TEST_PANIC=client");
+    }
     // SAFETY: as in `current`.
     let existing = unsafe { CURRENT.load(Ordering::Acquire).as_ref() };
-    let client = match existing {
+    match existing {
         Some(client) if client.generation == generation => client,
         _ => {
             if generation == 0 {
@@ -128,9 +176,7 @@ fn build(config: &'static Config, generation: u64) -> &'static Client {
             }
             client
         }
-    };
-    BUILDING.store(false, Ordering::Release);
-    client
+    }
 }
 
 fn register_process_hooks() {

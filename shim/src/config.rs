@@ -50,6 +50,9 @@ pub struct Config {
     /// Test-only (`P11TRACE_TEST_PANIC=C_Name`): panic while recording calls of this function,
     /// to prove no panic crosses the FFI boundary.
     pub test_panic: Option<p11trace_record::Func>,
+    /// Test-only (`P11TRACE_TEST_PANIC=client`): panic while building the client (the first call
+    /// of each process generation), to prove it neither hangs nor reaches the host.
+    pub test_panic_building: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -263,6 +266,7 @@ impl Config {
             warnings,
             test_panic: secure_env("P11TRACE_TEST_PANIC")
                 .and_then(|name| p11trace_record::Func::from_name(&name)),
+            test_panic_building: secure_env("P11TRACE_TEST_PANIC").is_some_and(|v| v == "client"),
         }
     }
 }

@@ -176,9 +176,13 @@ impl Handshake {
                 ),
             ));
         }
-        // ipc-channel panics on a name holding NUL; the name comes from the peer.
-        if welcome.server_name.contains('\0') {
-            return Err(handshake("one-shot server", &"a name holding NUL"));
+        // ipc-channel turns the name into a C string with `CString::new(name).unwrap()`: a name
+        // holding a NUL byte (a rogue or broken recorder) would panic inside it.
+        if welcome.server_name.is_empty() || welcome.server_name.contains('\0') {
+            return Err(handshake(
+                "welcome",
+                &"the one-shot server's name is empty or holds a NUL byte",
+            ));
         }
         hello.token = welcome.token;
         let bootstrap: IpcSender<Bootstrap> = IpcSender::connect(welcome.server_name)

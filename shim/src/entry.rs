@@ -128,9 +128,8 @@ pub unsafe extern "C" fn C_GetInterface(
 unsafe fn traced_twin(list: *mut std::ffi::c_void) -> (usize, *mut std::ffi::c_void) {
     // SAFETY: every PKCS#11 function list starts with its CK_VERSION.
     let version = unsafe { *list.cast::<CK_VERSION>() };
-    let slot = real::slot_for(version);
-    // SAFETY: the layout of `slot` is the layout of a list of this version.
-    unsafe { real::install(slot, list.cast(), version) };
+    // SAFETY: the layout of the kind is the layout of a list of this version.
+    let slot = unsafe { real::install(real::slot_for(version), list.cast(), version) };
     (slot, tables::traced_table(slot, &ENTRY_POINTS))
 }
 
@@ -166,28 +165,35 @@ unsafe fn function_list(ppFunctionList: CK_FUNCTION_LIST_PTR_PTR, flags: u8) -> 
         // SAFETY: a successful C_GetFunctionList returned a 2.x list; ppFunctionList is non-null.
         unsafe {
             let version = (*real_list).version;
-            real::install(0, real_list.cast(), version);
-            *ppFunctionList = tables::traced_table(0, &ENTRY_POINTS).cast();
+            let slot = real::install(0, real_list.cast(), version);
+            *ppFunctionList = tables::traced_table(slot, &ENTRY_POINTS).cast();
         }
     }
     rv
 }
 
-/// Our CK_INTERFACE for each slot: stable addresses, the real interface's flags.
+/// Our CK_INTERFACE for each slot and fork-safety (`CKF_INTERFACE_FORK_SAFE`, the one flag
+/// PKCS#11 defines): stable addresses, the real interface's flags. One real table offered with
+/// and without the flag is two interfaces, and stays two.
 struct Interface(CK_INTERFACE);
 // SAFETY: the name points to a static string and the list to a static table; both immutable.
 unsafe impl Sync for Interface {}
 // SAFETY: as above.
 unsafe impl Send for Interface {}
 
-static INTERFACES: [OnceLock<Interface>; real::SLOTS] = [const { OnceLock::new() }; real::SLOTS];
+static INTERFACES: [[OnceLock<Interface>; 2]; real::SLOTS] =
+    [const { [const { OnceLock::new() }; 2] }; real::SLOTS];
+
+/// `CKF_INTERFACE_FORK_SAFE` (PKCS#11 3.0).
+const CKF_INTERFACE_FORK_SAFE: CK_FLAGS = 1;
 
 fn traced_interface(
     slot: usize,
     table: *mut std::ffi::c_void,
     flags: CK_FLAGS,
 ) -> CK_INTERFACE_PTR {
-    let interface = INTERFACES[slot].get_or_init(|| {
+    let fork_safe = usize::from(flags & CKF_INTERFACE_FORK_SAFE != 0);
+    let interface = INTERFACES[slot][fork_safe].get_or_init(|| {
         Interface(CK_INTERFACE {
             pInterfaceName: PKCS11_INTERFACE_NAME.as_ptr().cast_mut().cast(),
             pFunctionList: table,
@@ -232,6 +238,14 @@ pub unsafe fn get_interface_list(
         // SAFETY: forwarded contract.
         return unsafe { emulated_interface_list(pInterfacesList, pulCount) };
     };
+    // The caller's room, before the module overwrites the count: never more entries than that
+    // are touched, whatever count the module reports.
+    let room = if pulCount.is_null() {
+        0
+    } else {
+        // SAFETY: a non-null pulCount points to the caller's count.
+        usize::try_from(unsafe { *pulCount }).unwrap_or(usize::MAX)
+    };
     trace::record_call(
         Func::C_GetInterfaceList,
         None,
@@ -243,9 +257,12 @@ pub unsafe fn get_interface_list(
             // SAFETY: the roles' contract; on success the module filled *pulCount interfaces.
             unsafe { roles::count_out::after(call, rv, pulCount) };
             if rv == CKR_OK && !pInterfacesList.is_null() && !pulCount.is_null() {
-                // SAFETY: as above.
+                // SAFETY: pulCount is non-null and the module wrote it.
+                let written = usize::try_from(unsafe { *pulCount }).unwrap_or(usize::MAX);
+                // SAFETY: the caller's list holds `room` entries; the module filled the first
+                // `written`.
                 let interfaces =
-                    unsafe { std::slice::from_raw_parts_mut(pInterfacesList, *pulCount as usize) };
+                    unsafe { std::slice::from_raw_parts_mut(pInterfacesList, written.min(room)) };
                 for interface in interfaces {
                     // SAFETY: a filled interface entry.
                     unsafe { mirror(call, interface) };
@@ -397,7 +414,7 @@ unsafe fn emulated_get_interface(
 /// [`client::Upcalls::provider`].
 fn internal_get_info(interface: Option<InterfaceVersion>) -> Option<String> {
     let slot = interface.map_or(0, |v| {
-        real::slot_for(CK_VERSION {
+        real::slot_of_version(CK_VERSION {
             major: v.major,
             minor: v.minor,
         })

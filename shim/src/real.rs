@@ -1,9 +1,13 @@
 //! The real module: loaded once with libloading and never unloaded, plus the real function tables
 //! the application reached through the shim, one per *slot*.
 //!
-//! A slot is a function-table layout and version: 0 = 2.x (`C_GetFunctionList` and "PKCS 11" 2.x
-//! interfaces), 1 = 3.0, 2 = 3.1 (3.0 layout), 3 = 3.2 and later (3.2 layout). Each traced table in
-//! `tables.rs` forwards to the real table of its slot; the first real table seen for a slot wins.
+//! A slot is a function-table layout and version, its *kind*: 0 = 2.x (`C_GetFunctionList` and
+//! "PKCS 11" 2.x interfaces), 1 = 3.0, 2 = 3.1 (3.0 layout), 3 = 3.2 and later (3.2 layout). Each
+//! kind has [`TWINS`] slots, so a module offering two different tables of one version (a
+//! fork-safe interface beside a plain one, with other flags) gets a traced twin of each: slot
+//! `kind + KINDS * n` holds the n-th distinct real table of that kind seen. Each traced table in
+//! `tables.rs` forwards to the real table of its slot; a further distinct table of a kind whose
+//! slots are all taken shares the first (the one case that still collapses).
 //!
 //! Below `entry`, `tables` and `trace`; it uses only the leaves (`config`, `diag`).
 
@@ -15,8 +19,12 @@ use p11trace_ffi::*;
 use crate::config::{self, ModuleSource};
 use crate::diag::{Problem, report};
 
+/// Number of slot kinds (layout and version).
+pub const KINDS: usize = 4;
+/// Slots per kind: distinct real tables of one version traced apart.
+pub const TWINS: usize = 2;
 /// Number of table slots.
-pub const SLOTS: usize = 4;
+pub const SLOTS: usize = KINDS * TWINS;
 
 /// The real module's exported entry points.
 pub struct RealModule {
@@ -116,7 +124,7 @@ static REAL: [AtomicPtr<CK_FUNCTION_LIST_3_2>; SLOTS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
 static VERSIONS: [AtomicU16; SLOTS] = [const { AtomicU16::new(0) }; SLOTS];
 
-/// The slot of a real "PKCS 11" table of this version.
+/// The slot kind of a real "PKCS 11" table of this version (its first slot).
 pub fn slot_for(version: CK_VERSION) -> usize {
     match (version.major, version.minor) {
         (0..=2, _) => 0,
@@ -126,29 +134,72 @@ pub fn slot_for(version: CK_VERSION) -> usize {
     }
 }
 
-/// Remembers `list` as the real table of `slot` (the first one wins). Returns the version the
-/// traced table of that slot reports.
+/// The newest version the traced table of `slot` may claim: its own layout's. A real table of a
+/// later version (3.5) is traced through the 3.2 layout, so its twin says 3.2; a caller trusting
+/// 3.5 would read entries past the traced table's end.
+pub fn layout_version(slot: usize) -> CK_VERSION {
+    let (major, minor) = match slot % KINDS {
+        0 => (2, 40),
+        1 => (3, 0),
+        2 => (3, 1),
+        _ => (3, 2),
+    };
+    CK_VERSION { major, minor }
+}
+
+/// Remembers `list` as a real table of `kind` (see [`slot_for`]): the slot already holding it,
+/// else the first free slot of the kind, else (all taken by other tables) the kind's first.
+/// Returns the slot.
 ///
 /// # Safety
-/// `list` must point to a live function list whose layout is at least the slot's layout.
+/// `list` must point to a live function list whose layout is at least the kind's layout.
 pub unsafe fn install(
-    slot: usize,
+    kind: usize,
     list: *const CK_FUNCTION_LIST_3_2,
     version: CK_VERSION,
-) -> CK_VERSION {
+) -> usize {
     let packed = u16::from(version.major) << 8 | u16::from(version.minor);
-    if REAL[slot]
-        .compare_exchange(
+    for twin in 0..TWINS {
+        let slot = kind % KINDS + KINDS * twin;
+        match REAL[slot].compare_exchange(
             std::ptr::null_mut(),
             list.cast_mut(),
             Ordering::AcqRel,
             Ordering::Acquire,
-        )
-        .is_ok()
-    {
-        VERSIONS[slot].store(packed, Ordering::Release);
+        ) {
+            Ok(_) => {
+                VERSIONS[slot].store(packed, Ordering::Release);
+                return slot;
+            }
+            Err(held) if std::ptr::eq(held, list) => {
+                // Installed by another thread, which stores the version right after: wait for it
+                // (a real table's version is never 0.0).
+                for _ in 0..10_000 {
+                    if VERSIONS[slot].load(Ordering::Acquire) != 0 {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                return slot;
+            }
+            Err(_) => {}
+        }
     }
-    slot_version(slot)
+    kind % KINDS
+}
+
+/// The first slot holding a real table of exactly `version` (the kind's first if none does).
+pub fn slot_of_version(version: CK_VERSION) -> usize {
+    let kind = slot_for(version);
+    (0..TWINS)
+        .map(|twin| kind + KINDS * twin)
+        .find(|&slot| {
+            !list_at(slot).is_null() && {
+                let held = slot_version(slot);
+                (held.major, held.minor) == (version.major, version.minor)
+            }
+        })
+        .unwrap_or(kind)
 }
 
 /// The version of the real table installed in `slot`.

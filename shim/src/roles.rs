@@ -161,29 +161,35 @@ pub mod object_out {
     }
 }
 
-/// `C_FindObjects`: the handles found (`*pulObjectCount` of them in `phObject`).
+/// `C_FindObjects`: the handles found (`*pulObjectCount` of them in `phObject`, which holds
+/// `ulMaxObjectCount`).
 pub mod found_objects {
     use super::*;
-    /// Most handles recorded per `C_FindObjects` call; `out_len` keeps the true count.
+    /// Most handles recorded per `C_FindObjects` call; `out_len` keeps the count.
     const MAX_FOUND: usize = 4096;
-    pub unsafe fn before(call: &mut Call, _: CK_ULONG_PTR, _: CK_OBJECT_HANDLE_PTR) {
+    pub unsafe fn before(call: &mut Call, _: CK_ULONG_PTR, _: CK_OBJECT_HANDLE_PTR, _: CK_ULONG) {
         call.rec.out_objects = Some(Vec::new());
     }
+    /// The count is clamped to `ulMaxObjectCount`, the caller's array: a module that reports
+    /// more never makes the shim read past it (nor record handles it could not have written).
     pub unsafe fn after(
         call: &mut Call,
         rv: CK_RV,
         count: CK_ULONG_PTR,
         objects: CK_OBJECT_HANDLE_PTR,
+        max: CK_ULONG,
     ) {
         if rv != CKR_OK || count.is_null() {
             return;
         }
-        // SAFETY: a successful C_FindObjects wrote the count and that many handles.
-        let found = unsafe { *count } as usize;
-        call.rec.out_len = Some(found as i64);
+        // SAFETY: a successful C_FindObjects wrote the count.
+        let found = unsafe { *count }.min(max);
+        call.rec.out_len = Some(i64::try_from(found).unwrap_or(i64::MAX));
         if !objects.is_null() {
-            // SAFETY: as above.
-            let handles = unsafe { std::slice::from_raw_parts(objects, found.min(MAX_FOUND)) };
+            let readable = usize::try_from(found).map_or(MAX_FOUND, |n| n.min(MAX_FOUND));
+            // SAFETY: phObject holds ulMaxObjectCount handles, and `readable` is no more; a
+            // successful call wrote the first `found` of them.
+            let handles = unsafe { std::slice::from_raw_parts(objects, readable) };
             call.rec.out_objects = Some(handles.iter().map(|&h| h as u64).collect());
         }
     }
@@ -229,14 +235,21 @@ macro_rules! template_role {
             pub unsafe fn before(call: &mut Call, count: CK_ULONG, template: CK_ATTRIBUTE_PTR) {
                 if template_role!(@is_before $when) {
                     // SAFETY: pTemplate holds ulCount attributes.
-                    let attrs = unsafe { capture::template($template, template, count, None) };
+                    let attrs = unsafe { capture::template($template, template, count, None, None) };
                     push_attrs(call, attrs);
+                } else {
+                    // SAFETY: as above; the buffers the module may fill, as the caller sized them.
+                    call.caller_buffers = unsafe { capture::caller_buffers(template, count) };
                 }
             }
             pub unsafe fn after(call: &mut Call, rv: CK_RV, count: CK_ULONG, template: CK_ATTRIBUTE_PTR) {
                 if !template_role!(@is_before $when) {
-                    // SAFETY: the module filled the template as far as rv says.
-                    let attrs = unsafe { capture::template($template, template, count, Some(rv)) };
+                    let caller = std::mem::take(&mut call.caller_buffers);
+                    // SAFETY: the module filled the template as far as rv says; values are read
+                    // only within the caller's buffers, taken before the call.
+                    let attrs = unsafe {
+                        capture::template($template, template, count, Some(rv), Some(&caller))
+                    };
                     push_attrs(call, attrs);
                 }
             }

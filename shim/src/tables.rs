@@ -122,15 +122,37 @@ static SLOT_0: Traced<CK_FUNCTION_LIST> = Traced::new();
 static SLOT_1: Traced<CK_FUNCTION_LIST_3_0> = Traced::new();
 static SLOT_2: Traced<CK_FUNCTION_LIST_3_0> = Traced::new();
 static SLOT_3: Traced<CK_FUNCTION_LIST_3_2> = Traced::new();
+static SLOT_4: Traced<CK_FUNCTION_LIST> = Traced::new();
+static SLOT_5: Traced<CK_FUNCTION_LIST_3_0> = Traced::new();
+static SLOT_6: Traced<CK_FUNCTION_LIST_3_0> = Traced::new();
+static SLOT_7: Traced<CK_FUNCTION_LIST_3_2> = Traced::new();
+
+/// The version a traced table reports: the real table's, but never newer than the traced
+/// table's own layout (a 3.5 table is traced through the 3.2 layout and says 3.2).
+fn traced_version(slot: usize) -> CK_VERSION {
+    let real = real::slot_version(slot);
+    let layout = real::layout_version(slot);
+    if (real.major, real.minor) > (layout.major, layout.minor) {
+        layout
+    } else {
+        real
+    }
+}
 
 /// The traced table of `slot` (which must have a real table installed), built on first use with
-/// the real table's version and `entries` in the three table-handing places.
+/// the real table's version (clamped to the layout's, see [`traced_version`]) and `entries` in
+/// the three table-handing places.
 pub fn traced_table(slot: usize, entries: &EntryPoints) -> *mut c_void {
-    let version = real::slot_version(slot);
+    let version = traced_version(slot);
+    const _: () = assert!(real::SLOTS == 8, "one traced table per slot");
     match slot {
         0 => SLOT_0.get(|| traced_2_40::<0>(version, entries)),
         1 => SLOT_1.get(|| traced_3_0::<1>(version, entries)),
         2 => SLOT_2.get(|| traced_3_0::<2>(version, entries)),
-        _ => SLOT_3.get(|| traced_3_2::<3>(version, entries)),
+        3 => SLOT_3.get(|| traced_3_2::<3>(version, entries)),
+        4 => SLOT_4.get(|| traced_2_40::<4>(version, entries)),
+        5 => SLOT_5.get(|| traced_3_0::<5>(version, entries)),
+        6 => SLOT_6.get(|| traced_3_0::<6>(version, entries)),
+        _ => SLOT_7.get(|| traced_3_2::<7>(version, entries)),
     }
 }

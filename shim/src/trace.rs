@@ -69,8 +69,13 @@ pub fn record_call(
     real_call: impl FnOnce() -> CK_RV,
     after: impl FnOnce(&mut Call, CK_RV),
 ) -> CK_RV {
-    let Some(client) = client::current() else {
-        return real_call();
+    // A panic finding or building the client must not reach the host either (building one
+    // contains its own; this is the last line).
+    let Ok(current) = catch_unwind(client::current) else {
+        return unrecorded(real_call);
+    };
+    let Some(client) = current else {
+        return unrecorded(real_call);
     };
     if !client.admit() {
         report(
@@ -91,6 +96,7 @@ pub fn record_call(
         size_query: false,
         init_flags: 0,
         params: None,
+        caller_buffers: Vec::new(),
     };
     // A panic while capturing inputs loses those fields, not the call.
     let _ = catch_unwind(AssertUnwindSafe(|| before(&mut call)));
@@ -106,7 +112,19 @@ pub fn record_call(
         finish(client, func, &mut call, rv, start, end);
     }));
     match finished {
-        Ok(()) => client.submit(call.rec),
+        Ok(()) => {
+            // Queueing may send from this thread (no sender thread yet): contained too. The
+            // record may or may not be queued by then, so it is not counted again.
+            if catch_unwind(AssertUnwindSafe(|| client.submit(call.rec))).is_err() {
+                report(
+                    Problem::Panic,
+                    format_args!(
+                        "internal error while queueing the record of {}; the call itself went through",
+                        func.name()
+                    ),
+                );
+            }
+        }
         Err(_) => {
             // The seq is taken: count the call as dropped so `seq` stays gap-free with drops.
             client.drop_admitted();
@@ -134,6 +152,19 @@ pub fn record_call(
         let _ = catch_unwind(AssertUnwindSafe(|| client.on_finalized()));
     }
     rv
+}
+
+/// A call with no client to record it: run as without the shim, or refused in audit mode.
+#[cold]
+fn unrecorded(real_call: impl FnOnce() -> CK_RV) -> CK_RV {
+    if client::refuses_unrecorded() {
+        report(
+            Problem::AuditRefused,
+            format_args!("audit mode: refusing PKCS#11 calls while they cannot be recorded"),
+        );
+        return CKR_GENERAL_ERROR;
+    }
+    real_call()
 }
 
 #[inline(always)]

@@ -125,3 +125,124 @@ fn a_panic_while_recording_never_reaches_the_host() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_panic_while_building_the_client_neither_hangs_nor_reaches_the_host() -> Result<()> {
+    // The client is built on the process's first call (here C_GetFunctionList); the injected
+    // panic there must leave every call working, unrecorded, with one line saying so. 60 s:
+    // the run takes about a second; a stuck build flag would hang it.
+    let mut traced = Traced::new("panic-build")?;
+    let mut command = traced.client(&["burst", "100"]);
+    command.env("P11TRACE_TEST_PANIC", "client");
+    let output = run(&mut command, Duration::from_secs(60))?;
+    let report = client_reports(&output)?.remove(0);
+    let ours = shim_lines(&output.stderr);
+    ensure!(
+        ours.len() == 1 && ours[0].starts_with("p11trace: internal error while starting to record"),
+        "{ours:?}"
+    );
+    ensure!(report["calls"].as_i64() > Some(100), "{report}");
+    traced.recorder.stop()?;
+    // Nothing was recorded: the process never became a client.
+    let summary = traced.recorder.summary().context("recorder summary")?;
+    ensure!(
+        summary.get("clients") == 0 && summary.get("records") == 0,
+        "{summary:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_recorder_naming_a_server_with_a_nul_byte_cannot_abort_the_host() -> Result<()> {
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let token = Token::new("nul-welcome")?;
+    let dir = temp();
+    let folder = dir.path().join("sock");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::set_permissions(&folder, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let socket = folder.join("r.sock");
+    // A fake recorder: a welcome whose one-shot server name holds a NUL byte, to every shim that
+    // connects (ipc-channel's `CString::new(name).unwrap()` would panic on it).
+    let listener = UnixListener::bind(&socket)?;
+    listener.set_nonblocking(true)?;
+    let stop = AtomicBool::new(false);
+    let (output, welcomes) = std::thread::scope(|scope| -> Result<_> {
+        let fake = scope.spawn(|| {
+            let mut welcomes = 0u32;
+            let mut streams = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let welcome = p11trace_record::wire::Welcome {
+                            protocol_version: p11trace_record::wire::PROTOCOL_VERSION,
+                            server_name: "/tmp/p11t-rogue\0server".into(),
+                            token: [7; 16],
+                            label_key: [0; 32],
+                            run_id: "rogue".into(),
+                        };
+                        if p11trace_record::wire::write_welcome(&mut stream, &welcome).is_ok() {
+                            welcomes += 1;
+                        }
+                        streams.push(stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            welcomes
+        });
+        // No sender thread (the host forbids threads) and a queue of 8: the calling thread
+        // connects and sends, inside the host's calls.
+        let mut client = token.client(&shim(), &["nothreads", "200"]);
+        shim_to(&mut client, token.module(), &socket).env("P11TRACE_QUEUE_CAPACITY", "8");
+        // 60 s: the run takes about a second here.
+        let output = run(&mut client, Duration::from_secs(60));
+        stop.store(true, Ordering::Relaxed);
+        let welcomes = fake.join().unwrap_or(0);
+        Ok((output?, welcomes))
+    })?;
+    ensure!(
+        output.status.success(),
+        "the host failed ({}): {}",
+        output.status,
+        text(&output.stderr)
+    );
+    ensure!(welcomes >= 1, "the shim never asked the fake recorder");
+    let ours = shim_lines(&output.stderr);
+    ensure!(
+        ours.len() == 1 && ours[0].contains("NUL byte"),
+        "one handshake line expected: {ours:?}"
+    );
+    let report = client_reports(&output)?.remove(0);
+    ensure!(report["calls"].as_i64() > Some(200), "{report}");
+    Ok(())
+}
+
+#[test]
+fn in_audit_mode_a_client_that_cannot_be_built_refuses_calls_rather_than_run_them_unrecorded()
+-> Result<()> {
+    let token = Token::new("panic-audit")?;
+    let dir = temp();
+    let mut command = token.client(&shim(), &["burst", "10"]);
+    shim_to(&mut command, SOFTHSM, &dir.path().join("absent.sock"))
+        .env("P11TRACE_MODE", "audit")
+        .env("P11TRACE_TEST_PANIC", "client");
+    let output = run(&mut command, Duration::from_secs(60))?;
+    // The first call (C_GetFunctionList) is refused: the client stops, by its own exit, not a
+    // signal.
+    ensure!(
+        !output.status.success() && output.status.code().is_some(),
+        "{:?}: {}",
+        output.status,
+        text(&output.stderr)
+    );
+    let ours = shim_lines(&output.stderr);
+    ensure!(
+        ours.len() == 2
+            && ours[0].starts_with("p11trace: internal error while starting to record")
+            && ours[1].contains("audit mode: refusing"),
+        "{ours:?}"
+    );
+    Ok(())
+}

@@ -64,7 +64,7 @@ macro_rules! with_pkcs11_functions {
             C_FindObjectsInit(hSession: CK_SESSION_HANDLE => session, pTemplate: CK_ATTRIBUTE_PTR => ignore,
                 ulCount: CK_ULONG => template_in(pTemplate)) [op Find Init];
             C_FindObjects(hSession: CK_SESSION_HANDLE => session, phObject: CK_OBJECT_HANDLE_PTR => ignore,
-                ulMaxObjectCount: CK_ULONG => ignore, pulObjectCount: CK_ULONG_PTR => found_objects(phObject))
+                ulMaxObjectCount: CK_ULONG => ignore, pulObjectCount: CK_ULONG_PTR => found_objects(phObject, ulMaxObjectCount))
                 [op Find Update];
             C_FindObjectsFinal(hSession: CK_SESSION_HANDLE => session) [op Find Final];
             C_EncryptInit(hSession: CK_SESSION_HANDLE => session, pMechanism: CK_MECHANISM_PTR => mechanism,

@@ -13,6 +13,14 @@
 //! For the `diff` tests it also injects faults a real module cannot be asked for: a slowdown
 //! (`P11COUNT_SLOW=FUNC:MICROSECONDS`) and a failure rate (`P11COUNT_FAIL=FUNC:EVERY`).
 //!
+//! For the shim's hardening tests it can break the PKCS#11 contract on purpose:
+//! `P11COUNT_LIE=C_GetAttributeValue,C_FindObjects` (either or both) makes it lie about the sizes
+//! it wrote, after the real call. `C_GetAttributeValue` reports every value it filled as 100 bytes
+//! longer than the caller's buffer (`ulValueLen` = the caller's `ulValueLen` + 100; size queries
+//! and `CK_UNAVAILABLE_INFORMATION` are left alone); `C_FindObjects` reports 100 handles more than
+//! `ulMaxObjectCount`. The real module wrote within the caller's buffers: only the lengths lie, so
+//! whoever trusts them reads past the caller's memory (see `lie.rs`).
+//!
 //! Its C definitions (the 3.2 function list among them) come from `p11trace-ffi`, like the shim's.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
@@ -21,6 +29,8 @@ use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 
 use p11trace_ffi::*;
+
+mod lie;
 
 struct Real {
     list: *const CK_FUNCTION_LIST_3_2,
@@ -209,8 +219,30 @@ struct Tables {
     v240: CK_FUNCTION_LIST_3_2,
     v30: CK_FUNCTION_LIST_3_2,
     v32: CK_FUNCTION_LIST_3_2,
+    v35: CK_FUNCTION_LIST_3_2,
+    v30_fork_safe: CK_FUNCTION_LIST_3_2,
     vendor: VendorList,
+    /// v32, v30, vendor.
     interfaces: [CK_INTERFACE; 3],
+    /// `P11COUNT_INTERFACES=more`: v35, v32, v30, vendor, v30_fork_safe.
+    more: [CK_INTERFACE; 5],
+}
+
+/// `CKF_INTERFACE_FORK_SAFE` (PKCS#11 3.0).
+const CKF_INTERFACE_FORK_SAFE: CK_FLAGS = 1;
+
+/// `P11COUNT_INTERFACES=more`: the two extra "PKCS 11" interfaces are offered.
+fn more_interfaces() -> bool {
+    std::env::var("P11COUNT_INTERFACES").is_ok_and(|v| v == "more")
+}
+
+/// The interfaces offered: three, or five with `P11COUNT_INTERFACES=more`.
+fn offered() -> &'static [CK_INTERFACE] {
+    if more_interfaces() {
+        &tables().more
+    } else {
+        &tables().interfaces
+    }
 }
 
 // SAFETY: immutable after construction; the interface names point to static strings.
@@ -228,35 +260,41 @@ fn tables() -> &'static Tables {
             flags: 0,
         };
         let mut tables = Box::new(Tables {
-            v240: table(2, 40),
-            v30: table(3, 0),
-            v32: table(3, 2),
+            v240: lie::install(table(2, 40)),
+            v30: lie::install(table(3, 0)),
+            v32: lie::install(table(3, 2)),
+            v35: lie::install(table(3, 5)),
+            v30_fork_safe: lie::install(table(3, 0)),
             vendor: VendorList {
                 version: CK_VERSION { major: 1, minor: 0 },
                 ping: vendor_ping,
             },
             interfaces: [none; 3],
+            more: [none; 5],
         });
         let name = PKCS11_INTERFACE_NAME.as_ptr().cast_mut().cast();
         let v32 = (&raw mut tables.v32).cast();
         let v30 = (&raw mut tables.v30).cast();
         let vendor = (&raw mut tables.vendor).cast();
-        tables.interfaces = [
-            CK_INTERFACE {
-                pInterfaceName: name,
-                pFunctionList: v32,
-                flags: 0,
-            },
-            CK_INTERFACE {
-                pInterfaceName: name,
-                pFunctionList: v30,
-                flags: 0,
-            },
-            CK_INTERFACE {
-                pInterfaceName: VENDOR_NAME.as_ptr().cast_mut().cast(),
-                pFunctionList: vendor,
-                flags: 0,
-            },
+        let v35 = (&raw mut tables.v35).cast();
+        let v30_fork_safe = (&raw mut tables.v30_fork_safe).cast();
+        let interface = |pFunctionList, flags| CK_INTERFACE {
+            pInterfaceName: name,
+            pFunctionList,
+            flags,
+        };
+        let vendor = CK_INTERFACE {
+            pInterfaceName: VENDOR_NAME.as_ptr().cast_mut().cast(),
+            pFunctionList: vendor,
+            flags: 0,
+        };
+        tables.interfaces = [interface(v32, 0), interface(v30, 0), vendor];
+        tables.more = [
+            interface(v35, 0),
+            interface(v32, 0),
+            interface(v30, 0),
+            vendor,
+            interface(v30_fork_safe, CKF_INTERFACE_FORK_SAFE),
         ];
         tables
     })
@@ -291,6 +329,10 @@ pub unsafe extern "C" fn C_GetInterface(
         }
         return CKR_OK;
     }
+    if more_interfaces() {
+        // SAFETY: the caller's arguments: a non-null version points to a CK_VERSION.
+        return unsafe { own_interface(version, interface, flags) };
+    }
     let Some(get_interface) = real().get_interface else {
         log("C_GetInterface", CKR_FUNCTION_NOT_SUPPORTED);
         return CKR_FUNCTION_NOT_SUPPORTED;
@@ -313,12 +355,48 @@ pub unsafe extern "C" fn C_GetInterface(
     rv
 }
 
+/// `C_GetInterface("PKCS 11", version, flags)` answered from [`offered`].
+///
+/// # Safety
+/// `version` null or a valid CK_VERSION; `interface` null or a valid out-pointer.
+unsafe fn own_interface(
+    version: CK_VERSION_PTR,
+    interface: CK_INTERFACE_PTR_PTR,
+    flags: CK_FLAGS,
+) -> CK_RV {
+    // SAFETY: a non-null version points to the caller's CK_VERSION.
+    let wanted = unsafe { version.as_ref() }.map(|v| (v.major, v.minor));
+    let found = offered().iter().find(|candidate| {
+        // SAFETY: our interfaces' names are static C strings, their lists start with a version.
+        let (name, listed) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(candidate.pInterfaceName.cast()),
+                *candidate.pFunctionList.cast::<CK_VERSION>(),
+            )
+        };
+        name == PKCS11_INTERFACE_NAME
+            && wanted.is_none_or(|w| w == (listed.major, listed.minor))
+            && candidate.flags & flags == flags
+    });
+    let rv = match (found, interface.is_null()) {
+        (_, true) => CKR_ARGUMENTS_BAD,
+        (None, false) => CKR_ARGUMENTS_BAD,
+        (Some(found), false) => {
+            // SAFETY: the caller's out-pointer.
+            unsafe { *interface = std::ptr::from_ref(found).cast_mut() };
+            CKR_OK
+        }
+    };
+    log("C_GetInterface", rv);
+    rv
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetInterfaceList(list: CK_INTERFACE_PTR, count: CK_ULONG_PTR) -> CK_RV {
     if count.is_null() {
         return CKR_ARGUMENTS_BAD;
     }
-    let all = &tables().interfaces;
+    let all = offered();
     // SAFETY: count is non-null; list, when non-null, holds *count entries.
     let rv = unsafe {
         if list.is_null() {

@@ -4,6 +4,8 @@
 //!
 //! Usage: `p11client MODULE MODE ARGS…`
 //! - `threads N M`   — N threads, each opens a session and makes M `C_GetSessionInfo` calls.
+//! - `digests N M`   — N threads, each opens a session and makes M digest operations
+//!   (`C_DigestInit(SHA-256)` + `C_Digest` of 64 bytes); reports the wall-clock time they took.
 //! - `fork N K`      — K calls before each of N forks; each child re-initialises, makes K calls,
 //!   finalises and prints its own line.
 //! - `burst M`       — M `C_GetSessionInfo` calls as fast as possible.
@@ -20,15 +22,27 @@
 //!   on stdin, then M calls; reports the longest call and how long `C_Finalize` took.
 //! - `big-templates N` — N `C_FindObjectsInit` with 256 labels of 256 bytes, and N
 //!   `C_GenerateKeyPair` whose two templates hold 256 labels of 256 non-UTF-8 bytes each.
+//! - `interface-twins` — `interface-list`, then `C_GetInterface("PKCS 11", 3.0)` without and with
+//!   `CKF_INTERFACE_FORK_SAFE`; reports each answer's flags and which tables are distinct.
+//! - `sizes PIN`     — logs in, creates a data object (label `sizes-label`), finds it with a one-handle
+//!   array and reads its `CKA_LABEL` and `CKA_CLASS` into heap buffers of exactly their sizes
+//!   (so memcheck sees any read past them); reports the lengths and count the module claimed.
 
 #![allow(clippy::missing_safety_doc)]
 
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use p11trace_tests::module::Module;
+
+/// The modes that drive the shim past its contracts (sizes, interface twins, digests).
+#[path = "p11client/contract.rs"]
+mod contract;
+/// The modes that meet a stalled recorder and the largest records.
+#[path = "p11client/stalls.rs"]
+mod stalls;
 use p11trace_tests::p11;
 use pkcs11_sys::*;
 use serde_json::json;
@@ -187,144 +201,6 @@ fn no_threads(module: &Module, calls: usize) -> serde_json::Value {
     json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "threads_before_finalize": threads })
 }
 
-/// Refused calls: audit mode answers `CKR_GENERAL_ERROR` for a call it cannot record.
-static REFUSED: AtomicU64 = AtomicU64::new(0);
-
-/// Repeats `call` while it is refused (at most 30 s), counting the refusals.
-fn until_admitted(mut call: impl FnMut() -> CK_RV) -> CK_RV {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let rv = call();
-        if rv != CKR_GENERAL_ERROR || Instant::now() > deadline {
-            return rv;
-        }
-        REFUSED.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn refusable(module: &Module, millis: u64) -> serde_json::Value {
-    assert_eq!(
-        until_admitted(|| module.initialize(CKF_OS_LOCKING_OK)),
-        CKR_OK
-    );
-    let mut slots: [CK_SLOT_ID; 16] = [0; 16];
-    let rv = until_admitted(|| {
-        let mut count = slots.len() as CK_ULONG;
-        p11!(
-            module,
-            C_GetSlotList(CK_TRUE as CK_BBOOL, slots.as_mut_ptr(), &mut count)
-        )
-    });
-    assert_eq!(rv, CKR_OK, "C_GetSlotList");
-    let (slot, flags, mut session) = (slots[0], CKF_SERIAL_SESSION, 0);
-    let rv = until_admitted(|| {
-        p11!(
-            module,
-            C_OpenSession(slot, flags, ptr::null_mut(), None, &mut session)
-        )
-    });
-    assert_eq!(rv, CKR_OK, "C_OpenSession");
-    let end = Instant::now() + Duration::from_millis(millis);
-    while Instant::now() < end {
-        // SAFETY: plain data.
-        let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
-        match p11!(module, C_GetSessionInfo(session, &mut info)) {
-            CKR_OK => {}
-            CKR_GENERAL_ERROR => {
-                REFUSED.fetch_add(1, Ordering::Relaxed);
-            }
-            other => panic!("C_GetSessionInfo: {other:#x}"),
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    assert_eq!(
-        until_admitted(|| p11!(module, C_CloseSession(session))),
-        CKR_OK
-    );
-    assert_eq!(until_admitted(|| module.finalize()), CKR_OK);
-    let (calls, refused) = (
-        CALLS.load(Ordering::Relaxed),
-        REFUSED.load(Ordering::Relaxed),
-    );
-    json!({ "pid": std::process::id(), "calls": calls, "refused": refused, "ran": calls - refused })
-}
-
-fn no_threads_held(module: &Module, before: usize, after: usize) -> serde_json::Value {
-    module.init_with(CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS);
-    let session = module.session(module.first_token_slot());
-    for _ in 0..before {
-        module.session_info(session);
-    }
-    println!("ready");
-    let _ = std::io::stdin().read_line(&mut String::new());
-    let mut longest = Duration::ZERO;
-    for _ in 0..after {
-        let started = Instant::now();
-        module.session_info(session);
-        longest = longest.max(started.elapsed());
-    }
-    assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
-    let started = Instant::now();
-    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
-    let finalize = started.elapsed();
-    json!({
-        "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed),
-        "longest_call_ms": longest.as_millis() as u64, "finalize_ms": finalize.as_millis() as u64,
-    })
-}
-
-/// A template of `count` labels, each `value` (CKA_LABEL = 3).
-fn labels(value: &[u8], count: usize) -> Vec<CK_ATTRIBUTE> {
-    (0..count)
-        .map(|_| CK_ATTRIBUTE {
-            type_: 3,
-            pValue: value.as_ptr().cast_mut().cast(),
-            ulValueLen: value.len() as CK_ULONG,
-        })
-        .collect()
-}
-
-fn big_templates(module: &Module, calls: usize) -> serde_json::Value {
-    module.init();
-    let session = module.session(module.first_token_slot());
-    let (text, raw) = ([b'L'; 256], [0xffu8; 256]);
-    let mut find = labels(&text, 256);
-    let (mut public, mut private) = (labels(&raw, 256), labels(&raw, 256));
-    let mut mechanism = CK_MECHANISM {
-        mechanism: CKM_EC_KEY_PAIR_GEN,
-        pParameter: ptr::null_mut(),
-        ulParameterLen: 0,
-    };
-    for _ in 0..calls {
-        let rv = p11!(
-            module,
-            C_FindObjectsInit(session, find.as_mut_ptr(), find.len() as CK_ULONG)
-        );
-        if rv == CKR_OK {
-            assert_eq!(p11!(module, C_FindObjectsFinal(session)), CKR_OK);
-        }
-        let (mut public_key, mut private_key) = (0, 0);
-        // A public session cannot make keys: the call fails, but its templates are recorded.
-        let _ = p11!(
-            module,
-            C_GenerateKeyPair(
-                session,
-                &mut mechanism,
-                public.as_mut_ptr(),
-                public.len() as CK_ULONG,
-                private.as_mut_ptr(),
-                private.len() as CK_ULONG,
-                &mut public_key,
-                &mut private_key,
-            )
-        );
-    }
-    assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
-    assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
-    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed) })
-}
-
 /// A vendor interface's function list: a version and one `ping`.
 #[repr(C)]
 struct VendorList {
@@ -358,6 +234,7 @@ fn interface_list(module: &Module) -> serde_json::Value {
         CKR_OK
     );
     let mut listed = Vec::new();
+    let mut lists = Vec::new();
     let mut ping = None;
     for interface in &interfaces[..count as usize] {
         // SAFETY: filled entries: NUL-terminated names, lists starting with their version.
@@ -370,11 +247,20 @@ fn interface_list(module: &Module) -> serde_json::Value {
             let vendor = unsafe { &*interface.pFunctionList.cast::<VendorList>() };
             ping = Some(unsafe { (vendor.ping)(42) });
         }
-        listed.push(
-            json!({ "name": name, "version": format!("{}.{}", version.major, version.minor) }),
-        );
+        listed.push(json!({
+            "name": name,
+            "version": format!("{}.{}", version.major, version.minor),
+            "flags": interface.flags,
+        }));
+        lists.push(interface.pFunctionList as usize);
     }
-    json!({ "pid": std::process::id(), "calls": CALLS.load(Ordering::Relaxed), "interfaces": listed, "vendor_ping": ping })
+    json!({
+        "pid": std::process::id(),
+        "calls": CALLS.load(Ordering::Relaxed),
+        "interfaces": listed,
+        "distinct_lists": contract::distinct(&lists),
+        "vendor_ping": ping,
+    })
 }
 
 fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
@@ -485,16 +371,19 @@ fn main() {
     let module = Module::load_counted(Path::new(&args[1]), &CALLS).expect("load module");
     let result = match args[2].as_str() {
         "threads" => threads(&module, number(3), number(4)),
+        "digests" => contract::digests(&module, number(3), number(4)),
         "fork" => fork(&module, number(3), number(4)),
         "burst" => burst(&module, number(3), 0, true),
         "paced" => burst(&module, number(3), number(4) as u64, true),
         "noexit" => burst(&module, number(3), 0, false),
         "interfaces" => interfaces(&module, args.get(3).map_or("", String::as_str)),
         "interface-list" => interface_list(&module),
+        "interface-twins" => contract::interface_twins(&module),
         "nothreads" => no_threads(&module, number(3)),
-        "refusable" => refusable(&module, number(3) as u64),
-        "nothreads-held" => no_threads_held(&module, number(3), number(4)),
-        "big-templates" => big_templates(&module, number(3)),
+        "refusable" => stalls::refusable(&module, number(3) as u64),
+        "nothreads-held" => stalls::no_threads_held(&module, number(3), number(4)),
+        "big-templates" => stalls::big_templates(&module, number(3)),
+        "sizes" => contract::sizes(&module, args.get(3).map_or("", String::as_str)),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
