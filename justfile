@@ -35,10 +35,10 @@ deps:
     set -euo pipefail
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     missing=0
-    for tool in softhsm2-util pkcs11-tool p11tool jq valgrind; do command -v $tool >/dev/null || missing=1; done
+    for tool in softhsm2-util pkcs11-tool p11tool jq valgrind strace; do command -v $tool >/dev/null || missing=1; done
     if [ $missing = 1 ]; then
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin jq valgrind >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin jq valgrind strace >/dev/null
     fi
     command -v duckdb >/dev/null || python3 -m pip install -q duckdb-cli==1.5.6
 
