@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, FromRawFd as _, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bincode::Options as _;
@@ -46,10 +45,6 @@ pub struct Connection {
     /// sender, and closed in forked children.
     data_fd: RawFd,
     pub label_key: [u8; 32],
-    /// The recorder's registration byte has come (protocol 2): until it does, nothing is sent.
-    registered: AtomicBool,
-    /// When a registration that has not come fails the connection.
-    registration_due: Instant,
 }
 
 /// How long the handshake may take before the recorder counts as unreachable.
@@ -74,6 +69,16 @@ pub struct Handshake {
     stream: UnixStream,
     received: Vec<u8>,
     started: Instant,
+    /// The bootstrap is sent: what the connection is made of, once the recorder registers it.
+    bootstrapped: Option<Bootstrapped>,
+}
+
+/// A handshake's data channel, handed over and not yet registered.
+struct Bootstrapped {
+    data: IpcBytesSender,
+    data_fd: RawFd,
+    label_key: [u8; 32],
+    sent_at: Instant,
 }
 
 impl Handshake {
@@ -91,6 +96,7 @@ impl Handshake {
             stream,
             received: Vec::new(),
             started: Instant::now(),
+            bootstrapped: None,
         })
     }
 
@@ -118,6 +124,11 @@ impl Handshake {
             let mut chunk = [0u8; 1024];
             loop {
                 match (&self.stream).read(&mut chunk) {
+                    // Closed after its time (a thread-less host went idle mid-handshake, and
+                    // the recorder gave up on it): start afresh, as for a welcome read late.
+                    Ok(0) if self.started.elapsed() >= HANDSHAKE_TIMEOUT => {
+                        return Err(ConnectError::Stale);
+                    }
                     Ok(0) => return Err(failed("the recorder closed the connection")),
                     Ok(n) => self.received.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -154,12 +165,12 @@ impl Handshake {
     /// The rest of the handshake, once the welcome is in: the data channel handed over with
     /// `hello` (its `token` filled from the welcome). Nothing here waits on the recorder: the
     /// one-shot server already listens and the bootstrap message is small.
-    pub fn finish(
-        self,
+    pub fn bootstrap(
+        &mut self,
         socket: &Path,
         welcome: Welcome,
         mut hello: Hello,
-    ) -> Result<Connection, ConnectError> {
+    ) -> Result<(), ConnectError> {
         let handshake = |what: &str, e: &dyn std::fmt::Display| {
             ConnectError::Handshake(format!(
                 "handshake with recorder at {} failed ({what}): {e}",
@@ -203,13 +214,86 @@ impl Handshake {
                 data: receiver,
             })
             .map_err(|e| handshake("bootstrap", &e))?;
-        Ok(Connection {
-            stream: self.stream,
+        self.bootstrapped = Some(Bootstrapped {
             data,
             data_fd,
             label_key: welcome.label_key,
-            registered: AtomicBool::new(false),
-            registration_due: Instant::now() + HANDSHAKE_TIMEOUT,
+            sent_at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Whether the bootstrap is sent (what is left is the recorder's registration byte).
+    pub fn bootstrapped(&self) -> bool {
+        self.bootstrapped.is_some()
+    }
+
+    /// The data channel's descriptor once the bootstrap is sent (a forked child must close it).
+    pub fn data_descriptor(&self) -> Option<RawFd> {
+        self.bootstrapped.as_ref().map(|b| b.data_fd)
+    }
+
+    /// The last step (protocol 2): nothing is sent before the recorder's registration byte. A
+    /// handshake that failed on the recorder's side (out of descriptors, say) closes the stream
+    /// unanswered instead, and the connection fails here — its records wait in the queue, then
+    /// are counted — rather than being sent into a channel nobody reads. Waits at most `wait`;
+    /// `Ok(false)` while the byte has not come (then [`Handshake::into_connection`]); fails once
+    /// it is [`HANDSHAKE_TIMEOUT`] late (a byte that came in time is taken however late it is
+    /// read).
+    pub fn registered(&mut self, socket: &Path, wait: Duration) -> Result<bool, ConnectError> {
+        let failed = |what: &dyn std::fmt::Display| {
+            ConnectError::Handshake(format!(
+                "handshake with recorder at {} failed (registration): {what}",
+                socket.display()
+            ))
+        };
+        let Some(bootstrapped) = &self.bootstrapped else {
+            return Err(failed(&"no bootstrap sent"));
+        };
+        let due = bootstrapped.sent_at + HANDSHAKE_TIMEOUT;
+        loop {
+            let mut byte = [0u8; 1];
+            match (&self.stream).read(&mut byte) {
+                Ok(0) => return Err(failed(&"the recorder closed the connection")),
+                Ok(_) if byte[0] == wire::REGISTERED => return Ok(true),
+                Ok(_) => {
+                    return Err(failed(&format_args!(
+                        "expected the registration byte, got {:#04x}",
+                        byte[0]
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let now = Instant::now();
+                    if now >= due {
+                        return Err(failed(&format_args!("none within {HANDSHAKE_TIMEOUT:?}")));
+                    }
+                    if !wait_readable(self.stream.as_raw_fd(), wait.min(due - now)) {
+                        return if Instant::now() >= due {
+                            Err(failed(&format_args!("none within {HANDSHAKE_TIMEOUT:?}")))
+                        } else {
+                            Ok(false)
+                        };
+                    }
+                }
+                Err(e) => return Err(failed(&e)),
+            }
+        }
+    }
+
+    /// The live connection of a registered handshake.
+    pub fn into_connection(self) -> Option<Connection> {
+        let Bootstrapped {
+            data,
+            data_fd,
+            label_key,
+            ..
+        } = self.bootstrapped?;
+        Some(Connection {
+            stream: self.stream,
+            data,
+            data_fd,
+            label_key,
         })
     }
 }
@@ -220,7 +304,6 @@ impl Connection {
     /// connection may still be good.
     pub fn send(&self, framed: &[u8], patience: Duration) -> io::Result<()> {
         let deadline = Instant::now() + patience;
-        self.await_registration(deadline)?;
         loop {
             match self.data.send(framed) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -230,58 +313,6 @@ impl Connection {
                     }
                 }
                 other => return other,
-            }
-        }
-    }
-
-    /// Nothing is sent before the recorder's registration byte: a handshake that failed on its
-    /// side (out of descriptors, say) closes the stream instead, and the connection fails here
-    /// (its records counted) rather than sending into a channel nobody reads. Waits at most
-    /// until `deadline` (`WouldBlock` then: the connection may still be good), and fails once
-    /// the byte is [`HANDSHAKE_TIMEOUT`] late.
-    fn await_registration(&self, deadline: Instant) -> io::Result<()> {
-        if self.registered.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        loop {
-            let mut byte = [0u8; 1];
-            match (&self.stream).read(&mut byte) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "the recorder closed the connection without registering it",
-                    ));
-                }
-                Ok(_) if byte[0] == wire::REGISTERED => {
-                    self.registered.store(true, Ordering::Release);
-                    return Ok(());
-                }
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("expected the registration byte, got {:#04x}", byte[0]),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let now = Instant::now();
-                    if now >= self.registration_due {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the recorder did not register the connection in time",
-                        ));
-                    }
-                    let left = deadline
-                        .min(self.registration_due)
-                        .saturating_duration_since(now);
-                    if left.is_zero() || !wait_readable(self.stream.as_raw_fd(), left) {
-                        if Instant::now() >= self.registration_due {
-                            continue;
-                        }
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
             }
         }
     }

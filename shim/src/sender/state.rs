@@ -114,24 +114,43 @@ impl SenderState {
         let Some(handshake) = self.handshake.as_mut() else {
             return;
         };
-        let welcome = match handshake.advance(client.socket(), wait) {
-            Ok(None) => return,
-            Ok(Some(welcome)) => welcome,
-            Err(error) => {
+        if !handshake.bootstrapped() {
+            let welcome = match handshake.advance(client.socket(), wait) {
+                Ok(None) => return,
+                Ok(Some(welcome)) => welcome,
+                Err(error) => {
+                    CONNECTION_FDS[0].store(-1, Ordering::Release);
+                    self.handshake = None;
+                    if matches!(error, ConnectError::Stale) {
+                        // A fresh handshake at once (this one cannot be stale again).
+                        return self.connect(client, wait);
+                    }
+                    return self.failed(error);
+                }
+            };
+            let hello = self.hello(client);
+            let Some(handshake) = self.handshake.as_mut() else {
+                return;
+            };
+            if let Err(error) = handshake.bootstrap(client.socket(), welcome, hello) {
                 CONNECTION_FDS[0].store(-1, Ordering::Release);
                 self.handshake = None;
-                if matches!(error, ConnectError::Stale) {
-                    // A fresh handshake at once (this one cannot be stale again).
-                    return self.connect(client, wait);
-                }
                 return self.failed(error);
             }
-        };
-        let Some(handshake) = self.handshake.take() else {
+            if let Some(fd) = handshake.data_descriptor() {
+                CONNECTION_FDS[1].store(fd, Ordering::Release);
+            }
+        }
+        let Some(handshake) = self.handshake.as_mut() else {
             return;
         };
-        match handshake.finish(client.socket(), welcome, self.hello(client)) {
-            Ok(connection) => {
+        match handshake.registered(client.socket(), wait) {
+            Ok(false) => {}
+            Ok(true) => {
+                let Some(connection) = self.handshake.take().and_then(Handshake::into_connection)
+                else {
+                    return;
+                };
                 for (slot, fd) in CONNECTION_FDS.iter().zip(connection.descriptors()) {
                     slot.store(fd, Ordering::Release);
                 }
@@ -144,7 +163,10 @@ impl SenderState {
                 client.set_connected(true);
             }
             Err(error) => {
-                CONNECTION_FDS[0].store(-1, Ordering::Release);
+                for slot in &CONNECTION_FDS {
+                    slot.store(-1, Ordering::Release);
+                }
+                self.handshake = None;
                 self.failed(error)
             }
         }
