@@ -444,6 +444,10 @@ impl Source for Client {
         self.sender_started.store(false, Ordering::Release);
     }
 
+    fn sender_must_panic(&self) -> bool {
+        self.config.test_panic_sender
+    }
+
     fn refresh_clock_offset(&self) {
         self.clock_offset.store(
             clock::realtime_ns() - clock::monotonic_ns(),

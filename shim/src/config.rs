@@ -53,6 +53,8 @@ pub struct Config {
     /// Test-only (`P11TRACE_TEST_PANIC=client`): panic while building the client (the first call
     /// of each process generation), to prove it neither hangs nor reaches the host.
     pub test_panic_building: bool,
+    /// Test-only (`P11TRACE_TEST_PANIC=sender`): panic in the sender thread as it starts.
+    pub test_panic_sender: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -267,6 +269,7 @@ impl Config {
             test_panic: secure_env("P11TRACE_TEST_PANIC")
                 .and_then(|name| p11trace_record::Func::from_name(&name)),
             test_panic_building: secure_env("P11TRACE_TEST_PANIC").is_some_and(|v| v == "client"),
+            test_panic_sender: secure_env("P11TRACE_TEST_PANIC").is_some_and(|v| v == "sender"),
         }
     }
 }

@@ -153,6 +153,35 @@ fn a_panic_while_building_the_client_neither_hangs_nor_reaches_the_host() -> Res
 }
 
 #[test]
+fn a_panic_in_the_sender_thread_hands_sending_to_the_calling_threads() -> Result<()> {
+    // The sender thread panics as it starts (`P11TRACE_TEST_PANIC=sender`). The old shim lost
+    // the thread silently: the records stayed queued, C_Finalize waited for a thread that was
+    // gone, and nothing was recorded.
+    let mut traced = Traced::new("panic-sender")?;
+    let mut command = traced.client(&["burst", "3000"]);
+    command.env("P11TRACE_TEST_PANIC", "sender");
+    let output = run(&mut command, Duration::from_secs(60))?;
+    let report = client_reports(&output)?.remove(0);
+    let ours = shim_lines(&output.stderr);
+    ensure!(
+        ours.len() == 1 && ours[0].contains("internal error in the sender thread"),
+        "{ours:?}"
+    );
+    traced.recorder.stop()?;
+    let pid = report["pid"].as_i64().context("pid")?;
+    let t = tallies(&traced.recorder.dataset)?
+        .get(&pid)
+        .copied()
+        .unwrap_or_default();
+    let made = report["calls"].as_i64().context("calls")?;
+    ensure!(
+        t.accounted() == made && t.rows - t.internal == made,
+        "every call must be a row, sent from the calling thread: {t:?} vs {report}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_recorder_naming_a_server_with_a_nul_byte_cannot_abort_the_host() -> Result<()> {
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -64,6 +64,10 @@ pub trait Source: Sync + 'static {
     fn sender_running(&self) -> bool;
     fn mark_sender_failed(&self);
     fn refresh_clock_offset(&self);
+    /// Test-only (`P11TRACE_TEST_PANIC=sender`): the sender thread panics on its first round.
+    fn sender_must_panic(&self) -> bool {
+        false
+    }
 }
 
 /// What a flush must achieve besides sending what is queued.
@@ -174,7 +178,22 @@ pub fn spawn<C: Source>(client: &'static C) {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
         let spawned = std::thread::Builder::new()
             .name("p11trace-send".into())
-            .spawn(move || run(client));
+            .spawn(move || {
+                // A panic here must not leave the process with a dead sender it still waits on:
+                // the calling threads take over (as in a host without threads), and anyone
+                // waiting on a flush is woken.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(client)));
+                if ran.is_err() {
+                    client.mark_sender_failed();
+                    client.flush().done.notify_all();
+                    report(
+                        Problem::Panic,
+                        format_args!(
+                            "internal error in the sender thread; sending from calling threads"
+                        ),
+                    );
+                }
+            });
         libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
         spawned
     };
@@ -195,6 +214,9 @@ pub fn spawn<C: Source>(client: &'static C) {
 fn run<C: Source>(client: &'static C) {
     let flush = client.flush();
     let mut idle = Duration::from_millis(1);
+    if client.sender_must_panic() {
+        panic!("injected by P11TRACE_TEST_PANIC=sender");
+    }
     loop {
         client.refresh_clock_offset();
         let asked = flush
