@@ -176,6 +176,31 @@ impl Module {
         Ok(session)
     }
 
+    /// `C_GenerateKeyPair` with two templates: its return value and the two handles.
+    pub fn generate_key_pair(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mechanism: &mut CK_MECHANISM,
+        public: &mut [CK_ATTRIBUTE],
+        private: &mut [CK_ATTRIBUTE],
+    ) -> (CK_RV, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
+        let (mut public_key, mut private_key) = (0, 0);
+        let rv = crate::p11!(
+            self,
+            C_GenerateKeyPair(
+                session,
+                mechanism,
+                public.as_mut_ptr(),
+                public.len() as CK_ULONG,
+                private.as_mut_ptr(),
+                private.len() as CK_ULONG,
+                &mut public_key,
+                &mut private_key,
+            )
+        );
+        (rv, public_key, private_key)
+    }
+
     /// Logs the user in on `session`.
     pub fn login(&self, session: CK_SESSION_HANDLE, pin: &str) -> Result<()> {
         let mut pin = pin.as_bytes().to_vec();

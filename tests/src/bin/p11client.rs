@@ -263,9 +263,13 @@ fn interface_list(module: &Module) -> serde_json::Value {
     })
 }
 
-fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
+/// The module's exported `C_GetInterface`.
+fn c_get_interface(
+    module: &Module,
+) -> unsafe extern "C" fn(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) -> CK_RV
+{
     // SAFETY: the PKCS#11 prototype of C_GetInterface.
-    let get_interface = unsafe {
+    unsafe {
         module.symbol::<unsafe extern "C" fn(
             CK_UTF8CHAR_PTR,
             CK_VERSION_PTR,
@@ -273,7 +277,11 @@ fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
             CK_FLAGS,
         ) -> CK_RV>(c"C_GetInterface")
     }
-    .expect("the module exports C_GetInterface");
+    .expect("the module exports C_GetInterface")
+}
+
+fn interfaces(module: &Module, pin: &str) -> serde_json::Value {
+    let get_interface = c_get_interface(module);
     let mut results = Vec::new();
     let mut initialized = false;
     for (major, minor) in [(3u8, 0u8), (3, 2)] {

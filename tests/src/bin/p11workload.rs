@@ -65,23 +65,9 @@ fn ec_key_pair(module: &Module, session: CK_SESSION_HANDLE) -> Result<(u64, u64)
         pParameter: ptr::null_mut(),
         ulParameterLen: 0,
     };
-    let (mut public_key, mut private_key) = (0, 0);
-    check(
-        p11!(
-            module,
-            C_GenerateKeyPair(
-                session,
-                &mut mechanism,
-                public.as_mut_ptr(),
-                public.len() as CK_ULONG,
-                private.as_mut_ptr(),
-                private.len() as CK_ULONG,
-                &mut public_key,
-                &mut private_key,
-            )
-        ),
-        "C_GenerateKeyPair",
-    )?;
+    let (rv, public_key, private_key) =
+        module.generate_key_pair(session, &mut mechanism, &mut public, &mut private);
+    check(rv, "C_GenerateKeyPair")?;
     Ok((public_key, private_key))
 }
 

@@ -10,7 +10,7 @@ use p11trace_tests::p11;
 use pkcs11_sys::*;
 use serde_json::json;
 
-use super::{CALLS, Client, interface_list};
+use super::{CALLS, Client, c_get_interface, interface_list};
 
 /// The label of the object `sizes` creates.
 const SIZES_LABEL: &[u8] = b"sizes-label";
@@ -97,16 +97,7 @@ pub(super) fn distinct(values: &[usize]) -> usize {
 /// `CKF_INTERFACE_FORK_SAFE`.
 pub(super) fn interface_twins(module: &Module) -> serde_json::Value {
     let mut report = interface_list(module);
-    // SAFETY: the PKCS#11 prototype of C_GetInterface.
-    let get_interface = unsafe {
-        module.symbol::<unsafe extern "C" fn(
-            CK_UTF8CHAR_PTR,
-            CK_VERSION_PTR,
-            CK_INTERFACE_PTR_PTR,
-            CK_FLAGS,
-        ) -> CK_RV>(c"C_GetInterface")
-    }
-    .expect("the module exports C_GetInterface");
+    let get_interface = c_get_interface(module);
     let mut answers = Vec::new();
     let mut lists = Vec::new();
     for flags in [0, CKF_INTERFACE_FORK_SAFE] {

@@ -131,21 +131,8 @@ pub(super) fn big_templates(module: &Module, calls: usize) -> serde_json::Value 
         if rv == CKR_OK {
             assert_eq!(p11!(module, C_FindObjectsFinal(session)), CKR_OK);
         }
-        let (mut public_key, mut private_key) = (0, 0);
         // A public session cannot make keys: the call fails, but its templates are recorded.
-        let _ = p11!(
-            module,
-            C_GenerateKeyPair(
-                session,
-                &mut mechanism,
-                public.as_mut_ptr(),
-                public.len() as CK_ULONG,
-                private.as_mut_ptr(),
-                private.len() as CK_ULONG,
-                &mut public_key,
-                &mut private_key,
-            )
-        );
+        let _ = module.generate_key_pair(session, &mut mechanism, &mut public, &mut private);
     }
     assert_eq!(p11!(module, C_CloseSession(session)), CKR_OK);
     assert_eq!(p11!(module, C_Finalize(ptr::null_mut())), CKR_OK);
