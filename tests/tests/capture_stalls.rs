@@ -188,7 +188,16 @@ fn out_of_descriptors_the_acceptor_backs_off_and_recovers() -> Result<()> {
     // as the shortage lasted.
     let (_scripts, mut recorder, crowd) =
         crowd_under_limits(&token, 24, 24, 30, &["paced", "150", "20"])?;
-    // Descriptors are free again: a client arriving now is recorded exactly.
+    // Once the crowd's descriptors are closed (their readers and rendezvous streams end within
+    // a poll or two), a client arriving is recorded exactly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(format!("/proc/{}/fd", recorder.pid()))?.count() > 16 {
+        ensure!(
+            Instant::now() < deadline,
+            "the crowd's descriptors were not released within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let late = spawn_clients(&token, &recorder.socket, 1, &["burst", "50"])?;
     let late = reports(late)?;
     let (status, stderr) = recorder.stop()?;

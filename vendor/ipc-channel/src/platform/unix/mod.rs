@@ -92,10 +92,17 @@ unsafe fn new_sockaddr_un(path: *const c_char) -> (sockaddr_un, usize) {
     (sockaddr, mem::size_of::<sockaddr_un>())
 }
 
+// p11trace patch: computed on first use, which may come while the process is out of descriptors:
+// the published `expect` then panicked inside the LazyLock, poisoning it, and every later send or
+// receive of the process panicked too. Without a socket to ask, use Linux's default
+// `net.core.wmem_default` (212992 bytes), which a fragment only has to stay below.
+const DEFAULT_SENDBUF_SIZE: usize = 212_992;
+
 static SYSTEM_SENDBUF_SIZE: LazyLock<usize> = LazyLock::new(|| {
-    let (tx, _) = channel().expect("Failed to obtain a socket for checking maximum send size");
-    tx.get_system_sendbuf_size()
-        .expect("Failed to obtain maximum send size for socket")
+    channel()
+        .ok()
+        .and_then(|(tx, _)| tx.get_system_sendbuf_size().ok())
+        .unwrap_or(DEFAULT_SENDBUF_SIZE)
 });
 
 // The pid of the current process which is used to create unique IDs
