@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use p11trace_dataset::DisconnectReason;
 
 use crate::acceptor::{Control, Registration};
@@ -27,6 +27,8 @@ use crate::stats::Stats;
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// How often the control loop looks at the clock when nothing arrives.
 const TICK: Duration = Duration::from_millis(100);
+/// How often it looks while a shutdown waits for the readers and handshakes to finish.
+const SETTLE: Duration = Duration::from_millis(5);
 /// Most clients connected at once: each has a reader thread (64 KiB of stack reserved, a few
 /// pages used). A client beyond it is refused visibly: its data channel is closed, so its shim
 /// sees the send fail and counts what it could not deliver.
@@ -54,12 +56,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn emit(&self, event: Event) -> bool {
+    fn emit(&self, event: Event) {
         self.stats
             .capture_queue
             .store(self.events.len() as u64, Ordering::Relaxed);
         // The next actor only goes away when the whole recorder is stopping.
-        self.events.send(event).is_ok()
+        let _ = self.events.send(event);
     }
 }
 
@@ -116,21 +118,10 @@ impl Capture {
         let mut ever_connected = false;
         let mut shutdown_at: Option<Instant> = None;
         loop {
-            // While stopping, what is queued is taken without waiting, so the loop can end as
-            // soon as nothing is left.
-            let wait = if shutdown_at.is_some() {
-                Duration::ZERO
-            } else {
-                TICK
-            };
-            let received = if wait.is_zero() {
-                self.control.try_recv().map_err(|e| match e {
-                    TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                })
-            } else {
-                self.control.recv_timeout(wait)
-            };
+            // While stopping, the loop looks again every few milliseconds, so it can end as soon
+            // as nothing is left.
+            let wait = if shutdown_at.is_some() { SETTLE } else { TICK };
+            let received = self.control.recv_timeout(wait);
             let drained = received.is_err();
             match received {
                 Ok(Control::Register(registration)) => {
@@ -162,9 +153,6 @@ impl Capture {
                     drained && live == 0 && shared.stats.handshakes.load(Ordering::Acquire) == 0;
                 if settled || at.elapsed() > SHUTDOWN_DRAIN {
                     break;
-                }
-                if drained {
-                    std::thread::sleep(Duration::from_millis(5));
                 }
             }
         }

@@ -255,25 +255,23 @@ impl Handshake {
             let mut byte = [0u8; 1];
             match (&self.stream).read(&mut byte) {
                 Ok(0) => return Err(failed(&"the recorder closed the connection")),
-                Ok(_) if byte[0] == wire::REGISTERED => return Ok(true),
                 Ok(_) => {
-                    return Err(failed(&format_args!(
-                        "expected the registration byte, got {:#04x}",
-                        byte[0]
-                    )));
+                    return wire::check_registered(byte[0])
+                        .map(|()| true)
+                        .map_err(|e| failed(&e));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let now = Instant::now();
-                    if now >= due {
+                    let left = due.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
                         return Err(failed(&format_args!("none within {HANDSHAKE_TIMEOUT:?}")));
                     }
-                    if !wait_readable(self.stream.as_raw_fd(), wait.min(due - now)) {
-                        return if Instant::now() >= due {
-                            Err(failed(&format_args!("none within {HANDSHAKE_TIMEOUT:?}")))
-                        } else {
-                            Ok(false)
-                        };
+                    // Still in time: read once more if it came, else come back later (past the
+                    // deadline, the read above ends it).
+                    if !wait_readable(self.stream.as_raw_fd(), wait.min(left))
+                        && Instant::now() < due
+                    {
+                        return Ok(false);
                     }
                 }
                 Err(e) => return Err(failed(&e)),

@@ -28,17 +28,22 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// (since protocol version 2).
 pub const REGISTERED: u8 = 0x06;
 
+/// Whether a byte read from the rendezvous stream is the recorder's [`REGISTERED`].
+pub fn check_registered(byte: u8) -> std::io::Result<()> {
+    if byte != REGISTERED {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("expected the registration byte, got {byte:#04x}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the recorder's [`REGISTERED`] byte (the stream's read timeout bounds the wait).
 pub fn read_registered(input: &mut impl std::io::Read) -> std::io::Result<()> {
     let mut byte = [0u8; 1];
     input.read_exact(&mut byte)?;
-    if byte[0] != REGISTERED {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("expected the registration byte, got {:#04x}", byte[0]),
-        ));
-    }
-    Ok(())
+    check_registered(byte[0])
 }
 
 /// Largest encoded message either side accepts. Shims cut batches well below it.

@@ -119,8 +119,7 @@ impl SenderState {
                 Ok(None) => return,
                 Ok(Some(welcome)) => welcome,
                 Err(error) => {
-                    CONNECTION_FDS[0].store(-1, Ordering::Release);
-                    self.handshake = None;
+                    self.abandon_handshake();
                     if matches!(error, ConnectError::Stale) {
                         // A fresh handshake at once (this one cannot be stale again).
                         return self.connect(client, wait);
@@ -133,8 +132,7 @@ impl SenderState {
                 return;
             };
             if let Err(error) = handshake.bootstrap(client.socket(), welcome, hello) {
-                CONNECTION_FDS[0].store(-1, Ordering::Release);
-                self.handshake = None;
+                self.abandon_handshake();
                 return self.failed(error);
             }
             if let Some(fd) = handshake.data_descriptor() {
@@ -163,13 +161,18 @@ impl SenderState {
                 client.set_connected(true);
             }
             Err(error) => {
-                for slot in &CONNECTION_FDS {
-                    slot.store(-1, Ordering::Release);
-                }
-                self.handshake = None;
+                self.abandon_handshake();
                 self.failed(error)
             }
         }
+    }
+
+    /// Drops the handshake under way; its descriptors are no longer the fork handler's to close.
+    fn abandon_handshake(&mut self) {
+        for slot in &CONNECTION_FDS {
+            slot.store(-1, Ordering::Release);
+        }
+        self.handshake = None;
     }
 
     /// Connects, waiting for the welcome until `deadline` (audit mode's first connection).
