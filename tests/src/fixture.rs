@@ -204,6 +204,32 @@ pub fn spawn_clients(
         .collect()
 }
 
+/// The `rogue` test peer (`tests/src/bin/rogue.rs`) against `socket`: `kind` and its arguments.
+pub fn rogue(socket: &Path, kind: &[&str]) -> Command {
+    let mut command = Command::new(crate::target_dir().join("rogue"));
+    command.arg(socket).args(kind);
+    command
+}
+
+/// A rogue started in the background, its output discarded.
+pub fn spawn_rogue(socket: &Path, kind: &[&str]) -> Result<Child> {
+    Ok(rogue(socket, kind)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+/// Runs a rogue to its end (at most 30 s); fails unless it exited 0.
+pub fn run_rogue(socket: &Path, kind: &[&str]) -> Result<()> {
+    let output = run(&mut rogue(socket, kind), Duration::from_secs(30))?;
+    ensure!(
+        output.status.success(),
+        "rogue {kind:?}: {}",
+        text(&output.stderr)
+    );
+    Ok(())
+}
+
 /// Waits for a client and returns its (last) JSON report line.
 pub fn report(child: Child) -> Result<Value> {
     client_reports(&child.wait_with_output()?)?

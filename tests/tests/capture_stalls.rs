@@ -5,21 +5,12 @@
 //! fault, its promise and the test.)
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use p11trace_tests::*;
 use serde_json::Value;
-
-fn rogue(socket: &Path, args: &[&str]) -> Result<Child> {
-    Ok(Command::new(target_dir().join("rogue"))
-        .arg(socket)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?)
-}
 
 /// Stops the recorder while `rogue` still runs, then holds that it stopped cleanly, that every
 /// call of the honest clients is a row, and that at least `errors` protocol errors were counted.
@@ -73,20 +64,10 @@ fn a_peer_stalled_mid_message_blocks_only_itself() -> Result<()> {
     let mut recorder = Recorder::start(&[])?;
     // Its first datagram claims 4 KiB and carries 8 bytes, then it holds still for 60 s: the
     // old single capture loop waited for the rest of that message and read nobody else.
-    let stalled = rogue(&recorder.socket, &["stall", "60"])?;
+    let stalled = spawn_rogue(&recorder.socket, &["stall", "60"])?;
     // A multi-fragment header without its fragment channel: ipc-channel's receiver panics on
     // it (the old capture actor died with it, and the recorder with the actor).
-    let unchannelled = run(
-        Command::new(target_dir().join("rogue"))
-            .arg(&recorder.socket)
-            .arg("unchannelled"),
-        Duration::from_secs(30),
-    )?;
-    ensure!(
-        unchannelled.status.success(),
-        "{}",
-        text(&unchannelled.stderr)
-    );
+    run_rogue(&recorder.socket, &["unchannelled"])?;
     let started = Instant::now();
     let clients = spawn_clients(&token, &recorder.socket, 3, &["paced", "800", "1"])?;
     let reports = reports(clients)?;
@@ -272,13 +253,7 @@ fn a_declared_terabyte_and_a_silent_bootstrap_are_refused_in_bounded_time() -> R
     // ipc-channel 0.23.1 reserved a message's declared size before reading it: 1 TiB aborted
     // the recorder ("memory allocation of 1099511627776 bytes failed"). The patched copy in
     // vendor/ipc-channel refuses sizes past 64 MiB before reserving anything.
-    let huge = run(
-        Command::new(target_dir().join("rogue"))
-            .arg(&recorder.socket)
-            .arg("huge"),
-        Duration::from_secs(30),
-    )?;
-    ensure!(huge.status.success(), "{}", text(&huge.stderr));
+    run_rogue(&recorder.socket, &["huge"])?;
     std::thread::sleep(Duration::from_millis(300));
     let state = std::fs::read_to_string(format!("/proc/{}/stat", recorder.pid()))?;
     if state
@@ -292,7 +267,7 @@ fn a_declared_terabyte_and_a_silent_bootstrap_are_refused_in_bounded_time() -> R
     // A peer that connects to its one-shot server and says nothing: the old handshake thread
     // waited for as long as the peer lived (20 s here); now the first message must come within
     // 5 s.
-    let mut silent = rogue(&recorder.socket, &["silent-bootstrap"])?;
+    let mut silent = spawn_rogue(&recorder.socket, &["silent-bootstrap"])?;
     std::thread::sleep(Duration::from_millis(500));
     let waiting = threads_named(recorder.pid(), "handshake")?;
     // (its thread, and the one that unblocks an accept nobody makes, named after it)

@@ -108,13 +108,7 @@ fn a_peer_whose_counters_would_overflow_is_dropped_and_its_rows_stay_sane() -> R
     let token = Token::new("counters")?;
     let mut recorder = Recorder::start(&[])?;
     let clients = spawn_clients(&token, &recorder.socket, 2, &["paced", "1500", "1"])?;
-    let rogue = run(
-        Command::new(target_dir().join("rogue"))
-            .arg(&recorder.socket)
-            .arg("counters"),
-        Duration::from_secs(30),
-    )?;
-    ensure!(rogue.status.success(), "rogue: {}", text(&rogue.stderr));
+    run_rogue(&recorder.socket, &["counters"])?;
     let reports = clients
         .into_iter()
         .map(report)

@@ -5,7 +5,7 @@
 //! not trust.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -38,7 +38,6 @@ fn rogue_clients_are_dropped_and_counted_while_the_others_finish_exactly() -> Re
     let token = Token::new("rogues")?;
     let mut recorder = Recorder::start(&[])?;
     let legit: Vec<Child> = spawn_clients(&token, &recorder.socket, 3, &["paced", "1500", "1"])?;
-    let rogue = target_dir().join("rogue");
     let kinds: [&[&str]; 6] = [
         &["garbage"],
         &["silent"],
@@ -49,15 +48,7 @@ fn rogue_clients_are_dropped_and_counted_while_the_others_finish_exactly() -> Re
     ];
     let rogues: Vec<Child> = kinds
         .iter()
-        .map(|kind| {
-            Command::new(&rogue)
-                .arg(&recorder.socket)
-                .args(*kind)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(Into::into)
-        })
+        .map(|kind| spawn_rogue(&recorder.socket, kind))
         .collect::<Result<_>>()?;
     let started = Instant::now();
     let reports: Vec<Value> = legit.into_iter().map(report).collect::<Result<_>>()?;
