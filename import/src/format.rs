@@ -5,18 +5,36 @@ use p11trace_dataset::Source;
 /// A log format the importers read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogFormat {
-    /// A pkcs11-spy plaintext log.
+    /// A pkcs11-spy plaintext log (every OpenSC version, and the integration guide's form).
     Spy,
     /// observe-core JSON lines.
     Observe,
+    /// p11-kit's `log-calls: yes` output (stderr of a p11-kit-managed application).
+    P11Kit,
+    /// Pkcs11Interop's pkcs11-logger.
+    Pkcs11Logger,
+    /// Mastercard's libpkcs11shim.
+    Pkcs11Shim,
 }
 
 impl LogFormat {
+    /// Every format, in the order [`sniff`] tries them.
+    pub const ALL: [LogFormat; 5] = [
+        LogFormat::Observe,
+        LogFormat::Pkcs11Shim,
+        LogFormat::Pkcs11Logger,
+        LogFormat::P11Kit,
+        LogFormat::Spy,
+    ];
+
     /// The `source` column of the rows imported from this format.
     pub fn source(self) -> Source {
         match self {
             LogFormat::Spy => Source::PkcsSpy,
             LogFormat::Observe => Source::ObserveJson,
+            LogFormat::P11Kit => Source::P11KitLog,
+            LogFormat::Pkcs11Logger => Source::Pkcs11Logger,
+            LogFormat::Pkcs11Shim => Source::Pkcs11Shim,
         }
     }
 
@@ -25,6 +43,20 @@ impl LogFormat {
         match self {
             LogFormat::Spy => "pkcs11-spy log",
             LogFormat::Observe => "observe JSON-lines",
+            LogFormat::P11Kit => "p11-kit log-calls",
+            LogFormat::Pkcs11Logger => "pkcs11-logger log",
+            LogFormat::Pkcs11Shim => "libpkcs11shim log",
+        }
+    }
+
+    /// Whether the start of a file looks like this format.
+    fn looks_like(self, text: &str) -> bool {
+        match self {
+            LogFormat::Observe => text.trim_start().starts_with('{'),
+            LogFormat::Spy => crate::spy::looks_like_spy(text),
+            LogFormat::P11Kit => crate::p11kit::looks_like_p11kit(text),
+            LogFormat::Pkcs11Logger => crate::logger::looks_like_logger(text),
+            LogFormat::Pkcs11Shim => crate::pkcs11shim::looks_like_pkcs11shim(text),
         }
     }
 }
@@ -33,15 +65,14 @@ impl LogFormat {
 pub const SNIFF_LEN: usize = 8192;
 
 /// The log format the start of a file shows, if any: a JSON object first is observe, a spy
-/// banner (or `N: C_…` headers with `Returned:`) is a spy log. Bytes past [`SNIFF_LEN`] are
-/// ignored, so a whole file may be passed.
+/// banner (or `N: C_…` headers with `Returned:`) is a spy log, and each other tracer by its own
+/// line shapes. Bytes past [`SNIFF_LEN`] are ignored, so a whole file may be passed.
 pub fn sniff(head: &[u8]) -> Option<LogFormat> {
     let head = &head[..head.len().min(SNIFF_LEN)];
     let text = String::from_utf8_lossy(head);
-    if text.trim_start().starts_with('{') {
-        return Some(LogFormat::Observe);
-    }
-    crate::spy::looks_like_spy(&text).then_some(LogFormat::Spy)
+    LogFormat::ALL
+        .into_iter()
+        .find(|format| format.looks_like(&text))
 }
 
 #[cfg(test)]

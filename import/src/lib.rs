@@ -15,8 +15,11 @@
 
 mod clock;
 pub mod format;
+pub mod logger;
 pub mod observe;
 mod output;
+pub mod p11kit;
+pub mod pkcs11shim;
 pub mod spy;
 
 use std::fs::File;
@@ -115,12 +118,41 @@ fn progress_bar(total: u64, enabled: bool) -> Option<indicatif::ProgressBar> {
 /// pkcs11-spy line, whose hex dumps wrap at 16 bytes).
 pub const MAX_LINE_BYTES: usize = 16 << 20;
 
+/// What a parser counted besides the calls it emitted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ParseTotals {
+    /// Processes (clients) the log held.
+    pub processes: u64,
+    /// Calls that never returned (kept with `returned = false`).
+    pub unreturned: u64,
+    /// Pairings of a result with a call that had to be guessed (interleaved threads).
+    pub ambiguous: u64,
+}
+
 /// A line-oriented log format.
 pub trait LineParser {
     /// One physical line (newline removed), numbered from 1.
     fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall));
     /// End of input.
     fn finish(&mut self, _emit: &mut dyn FnMut(ImportedCall)) {}
+    /// What was counted so far.
+    fn totals(&self) -> ParseTotals;
+}
+
+/// The parser of `format` for the file called `name`.
+fn parser<'a>(
+    format: LogFormat,
+    name: &'a str,
+    clock: &'a mut Clock,
+    problems: &'a mut Problems,
+) -> Box<dyn LineParser + 'a> {
+    match format {
+        LogFormat::Spy => Box::new(spy::SpyParser::new(name, clock, problems)),
+        LogFormat::Observe => Box::new(observe::ObserveParser::new(name, problems)),
+        LogFormat::P11Kit => Box::new(p11kit::P11KitParser::new(name, problems)),
+        LogFormat::Pkcs11Logger => Box::new(logger::LoggerParser::new(name, clock, problems)),
+        LogFormat::Pkcs11Shim => Box::new(pkcs11shim::ShimLogParser::new(name, clock, problems)),
+    }
 }
 
 /// Feeds every line of `reader` to `parser`; returns (lines, bytes) read.
@@ -223,21 +255,14 @@ pub fn import_files(
                 failure = Some(error);
             }
         };
-        let (lines, read_bytes) = match format {
-            LogFormat::Spy => {
-                let mut parser = spy::SpyParser::new(&name, &mut clock, &mut problems);
-                let read = read_lines(&mut reader, input, bar.as_ref(), &mut parser, &mut emit)?;
-                summary.processes += parser.processes;
-                summary.unreturned += parser.unreturned;
-                summary.ambiguous += parser.ambiguous;
-                read
-            }
-            LogFormat::Observe => {
-                let mut parser = observe::ObserveParser::new(&name, &mut problems);
-                let read = read_lines(&mut reader, input, bar.as_ref(), &mut parser, &mut emit)?;
-                summary.processes += parser.processes();
-                read
-            }
+        let (lines, read_bytes) = {
+            let mut parser = parser(format, &name, &mut clock, &mut problems);
+            let read = read_lines(&mut reader, input, bar.as_ref(), &mut *parser, &mut emit)?;
+            let totals = parser.totals();
+            summary.processes += totals.processes;
+            summary.unreturned += totals.unreturned;
+            summary.ambiguous += totals.ambiguous;
+            read
         };
         if let Some(bar) = bar {
             bar.finish_and_clear();

@@ -12,7 +12,7 @@ use p11trace_record::wire::CallRecord;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{ImportedCall, LineParser, Problems, SourceClient};
+use crate::{ImportedCall, LineParser, ParseTotals, Problems, SourceClient};
 
 #[derive(Debug, Deserialize)]
 struct Event {
@@ -68,13 +68,16 @@ impl<'a> ObserveParser<'a> {
             op_ids: HashMap::new(),
         }
     }
-
-    pub fn processes(&self) -> u64 {
-        self.clients.len() as u64
-    }
 }
 
 impl LineParser for ObserveParser<'_> {
+    fn totals(&self) -> ParseTotals {
+        ParseTotals {
+            processes: self.clients.len() as u64,
+            ..ParseTotals::default()
+        }
+    }
+
     fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim();

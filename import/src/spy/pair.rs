@@ -11,7 +11,7 @@ use super::args::{argument_line, attribute_line, print_print_line, settle};
 use super::info::{info_attrs, info_line, info_provider, mechanism_info_line};
 use super::lex::{glued_marker, header, hexdump, parse_number, stamp};
 use super::{Open, Pending};
-use crate::{Clock, ImportedCall, LineParser, Problems, SourceClient};
+use crate::{Clock, ImportedCall, LineParser, ParseTotals, Problems, SourceClient};
 
 /// Per-segment state (one spy banner: one process, or a parent and its forked children).
 #[derive(Default)]
@@ -329,5 +329,13 @@ impl LineParser for SpyParser<'_> {
 
     fn finish(&mut self, emit: &mut dyn FnMut(ImportedCall)) {
         self.end(&mut &mut *emit);
+    }
+
+    fn totals(&self) -> ParseTotals {
+        ParseTotals {
+            processes: self.processes,
+            unreturned: self.unreturned,
+            ambiguous: self.ambiguous,
+        }
     }
 }

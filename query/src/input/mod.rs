@@ -20,6 +20,14 @@ pub enum InputFormat {
     Spy,
     /// observe-core JSON lines.
     Observe,
+    /// p11-kit `log-calls: yes` output.
+    #[value(name = "p11-kit")]
+    P11kit,
+    /// Pkcs11Interop pkcs11-logger.
+    Pkcs11Logger,
+    /// Mastercard libpkcs11shim.
+    #[value(name = "libpkcs11shim")]
+    Pkcs11shim,
 }
 
 impl InputFormat {
@@ -29,6 +37,9 @@ impl InputFormat {
             InputFormat::Parquet => None,
             InputFormat::Spy => Some(LogFormat::Spy),
             InputFormat::Observe => Some(LogFormat::Observe),
+            InputFormat::P11kit => Some(LogFormat::P11Kit),
+            InputFormat::Pkcs11Logger => Some(LogFormat::Pkcs11Logger),
+            InputFormat::Pkcs11shim => Some(LogFormat::Pkcs11Shim),
         }
     }
 }
@@ -38,6 +49,9 @@ impl From<LogFormat> for InputFormat {
         match format {
             LogFormat::Spy => InputFormat::Spy,
             LogFormat::Observe => InputFormat::Observe,
+            LogFormat::P11Kit => InputFormat::P11kit,
+            LogFormat::Pkcs11Logger => InputFormat::Pkcs11Logger,
+            LogFormat::Pkcs11Shim => InputFormat::Pkcs11shim,
         }
     }
 }

@@ -11,6 +11,9 @@ pub enum Source {
     Shim,
     PkcsSpy,
     ObserveJson,
+    P11KitLog,
+    Pkcs11Logger,
+    Pkcs11Shim,
 }
 
 impl Source {
@@ -19,6 +22,9 @@ impl Source {
             Source::Shim => "shim",
             Source::PkcsSpy => "pkcs11-spy",
             Source::ObserveJson => "observe-json",
+            Source::P11KitLog => "p11-kit-log",
+            Source::Pkcs11Logger => "pkcs11-logger",
+            Source::Pkcs11Shim => "libpkcs11shim",
         }
     }
 }
