@@ -150,22 +150,7 @@ pub(super) fn glued_marker(line: &str) -> Option<usize> {
     None
 }
 
-pub(super) fn parse_number(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16).ok();
-    }
-    if let Some(negative) = text.strip_prefix('-') {
-        // Two's complement, as C prints an unsigned value cast to a signed one; `i64::MIN`
-        // has no positive counterpart to negate (`--9223372036854775808`).
-        return negative
-            .parse::<i64>()
-            .ok()
-            .and_then(i64::checked_neg)
-            .map(|v| v as u64);
-    }
-    text.parse().ok()
-}
+pub(super) use crate::fields::parse_number;
 
 /// `addr / len` of a buffer or attribute (`len` may be -1), or `NULL [size : 0xN (N)]`.
 pub(super) fn buffer_len(value: &str) -> Option<(bool, i64)> {
