@@ -93,8 +93,43 @@ mod tests {
             sniff(b"0: C_Initialize\n[in] pInitArgs = (nil)\nReturned:  0 CKR_OK\n"),
             Some(LogFormat::Spy)
         );
+        let p11kit = b"C_Initialize\n  IN: pInitArgs = NULL\nC_Initialize = CKR_OK\n";
+        assert_eq!(sniff(p11kit), Some(LogFormat::P11Kit));
+        // A name alone is not enough: its `C_X = CKR_` must follow.
+        assert_eq!(sniff(b"C_Initialize\n  IN: pInitArgs = NULL\n"), None);
         assert_eq!(sniff(b"0: C_Initialize\n"), None);
         assert_eq!(sniff(b"PAR1\0\0"), None);
         assert_eq!(sniff(b""), None);
+    }
+
+    /// The committed logs of each tracer are sniffed as their own format and as no other.
+    #[test]
+    fn committed_logs_are_sniffed_as_their_own_format() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let logs_in = |folder: &str| -> Vec<std::path::PathBuf> {
+            let mut logs: Vec<_> = std::fs::read_dir(fixtures.join(folder))
+                .expect("fixture folder")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            logs.sort();
+            logs
+        };
+        let mut spy = logs_in("corpus");
+        spy.push(fixtures.join("spy-0.24-threads.log"));
+        let p11kit = logs_in("p11kit");
+        assert!(spy.len() >= 7 && p11kit.len() >= 2);
+        for (logs, format) in [(spy, LogFormat::Spy), (p11kit, LogFormat::P11Kit)] {
+            for log in logs {
+                let bytes = std::fs::read(&log).expect("readable log");
+                assert_eq!(sniff(&bytes), Some(format), "{}", log.display());
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SNIFF_LEN)]);
+                for other in LogFormat::ALL.into_iter().filter(|&f| f != format) {
+                    assert!(!other.looks_like(&text), "{} as {other:?}", log.display());
+                }
+            }
+        }
+        let observe = "{\"func\":\"C_Login\",\"rv\":0}\n";
+        assert!(!LogFormat::P11Kit.looks_like(observe));
     }
 }

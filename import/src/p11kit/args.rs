@@ -198,13 +198,14 @@ fn template(
         let Some(items) = list(rest) else {
             return Some("unreadable attribute list".to_owned());
         };
-        // Types only, lengths unknown: kept unless the values come after the call.
-        let attrs = items
-            .iter()
-            .filter_map(|name| attribute_code(name))
-            .map(|code| unseen(template, code, -1))
-            .collect();
-        call.record.attrs = Some(attrs);
+        // Types only, lengths unknown (`C_GenerateKeyPair` has two templates).
+        let attrs = call.record.attrs.get_or_insert_with(Vec::new);
+        attrs.extend(
+            items
+                .iter()
+                .filter_map(|name| attribute_code(name))
+                .map(|code| unseen(template, code, -1)),
+        );
         return None;
     }
     let (printed, problem) = attributes(rest);
@@ -231,14 +232,22 @@ fn template(
             }
             AttrPrint::Counted { len, bytes } => {
                 let mut attr = unseen(template, code, len);
-                if let Some(printed) = bytes.filter(|p| p.whole) {
+                // The shim shows no value for an empty one either.
+                if let Some(printed) = bytes.filter(|p| p.whole && !p.bytes.is_empty()) {
                     attr.value = value_from_bytes(code, &printed.bytes);
                 }
                 attr
             }
         });
     }
-    call.record.attrs = Some(attrs);
+    // The values replace the types printed on the way in.
+    let kept = call.record.attrs.take().unwrap_or_default();
+    let mut all: Vec<Attr> = kept
+        .into_iter()
+        .filter(|a| a.template != template)
+        .collect();
+    all.extend(attrs);
+    call.record.attrs = Some(all);
     problem
 }
 
