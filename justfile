@@ -27,7 +27,7 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# SoftHSM2, OpenSC, GnuTLS tools, jq, valgrind, DuckDB CLI; `.ci/run` installs the same, plus
+# SoftHSM2, OpenSC, GnuTLS tools, p11-kit, jq, valgrind, DuckDB CLI; `.ci/run` installs the same, plus
 # what building Kryoptic needs.
 # Install what the demo, the tests and the benchmarks need on Debian 12.
 deps:
@@ -36,9 +36,12 @@ deps:
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     missing=0
     for tool in softhsm2-util pkcs11-tool p11tool jq valgrind strace; do command -v $tool >/dev/null || missing=1; done
+    # p11-kit's proxy module: the p11-kit import tests make real `log-calls` logs through it.
+    [ -e /usr/lib/x86_64-linux-gnu/p11-kit-proxy.so ] || missing=1
     if [ $missing = 1 ]; then
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin jq valgrind strace >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin jq valgrind strace \
+            p11-kit p11-kit-modules >/dev/null
     fi
     command -v duckdb >/dev/null || python3 -m pip install -q duckdb-cli==1.5.6
 

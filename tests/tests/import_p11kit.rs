@@ -316,6 +316,7 @@ fn p11kit_logs_match_the_shims_recording_call_for_call() -> Result<()> {
             *total.unlogged.entry(func).or_default() += n;
         }
     }
+    eprintln!("compared: {total:?}");
     // Enough was compared for the agreement to mean something: every workload's calls, with
     // handles and attribute values among them; the wrong-PIN run's open session closed by p11-kit.
     ensure!(
@@ -348,7 +349,8 @@ fn committed_p11kit_logs_import_to_their_counted_ground_truth() -> Result<()> {
             log.with_extension("expected.json"),
         )?)?;
         let name = log.display();
-        let out = import_as(&log, dir.path(), "out.parquet", &[])?;
+        let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("log");
+        let out = import_as(&log, dir.path(), &format!("{stem}.parquet"), &[])?;
         let file = format!("'{}'", out.display());
         let by_function = counts(&format!(
             "SELECT func AS k, count(*) AS n FROM {file} GROUP BY 1"
