@@ -90,6 +90,25 @@ fn base64_variants(needle: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Every value of every column of every row of the Parquet file `file`, decompressed: DuckDB
+/// writes it out as CSV (nested columns as their text form) under `scratch`.
+pub fn decompressed(file: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    let name = file.file_name().context("a Parquet file without a name")?;
+    let csv = scratch.join(format!("{}.csv", name.to_string_lossy()));
+    duckdb(&format!(
+        "COPY (SELECT * FROM read_parquet('{}')) TO '{}' (FORMAT csv, HEADER)",
+        file.display(),
+        csv.display()
+    ))?;
+    let values = std::fs::read(&csv).with_context(|| format!("{}", csv.display()))?;
+    ensure!(
+        !values.is_empty(),
+        "DuckDB wrote nothing for {}",
+        file.display()
+    );
+    Ok(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,23 +146,4 @@ mod tests {
         assert!(contains_secret(b"..User-Pin-8812..", secret));
         assert!(!contains_secret(b"nothing to see", secret));
     }
-}
-
-/// Every value of every column of every row of the Parquet file `file`, decompressed: DuckDB
-/// writes it out as CSV (nested columns as their text form) under `scratch`.
-pub fn decompressed(file: &Path, scratch: &Path) -> Result<Vec<u8>> {
-    let name = file.file_name().context("a Parquet file without a name")?;
-    let csv = scratch.join(format!("{}.csv", name.to_string_lossy()));
-    duckdb(&format!(
-        "COPY (SELECT * FROM read_parquet('{}')) TO '{}' (FORMAT csv, HEADER)",
-        file.display(),
-        csv.display()
-    ))?;
-    let values = std::fs::read(&csv).with_context(|| format!("{}", csv.display()))?;
-    ensure!(
-        !values.is_empty(),
-        "DuckDB wrote nothing for {}",
-        file.display()
-    );
-    Ok(values)
 }

@@ -10,10 +10,10 @@
 //! secret in pkcs11-spy's log of the same workload, and the decompressed scan finds a PIN planted
 //! in a zstd copy of a recorded file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use p11trace_tests::*;
 
 const WRONG_PIN: &str = "Wrong-Pin-5550";

@@ -304,6 +304,9 @@ fn flags_hex(func: &str, value: &str) -> Option<String> {
     if matches!(func, "C_GetInfo" | "C_GetMechanismInfo") {
         return Some(number.to_owned());
     }
+    if !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let half = number.len() / 2;
     let number = if !names && number.len() % 2 == 0 && number[..half] == number[half..] {
         &number[..half]
@@ -355,6 +358,7 @@ mod tests {
             Some("1")
         );
         assert_eq!(flags_hex("C_GetInfo", "0").as_deref(), Some("0"));
+        assert_eq!(flags_hex("C_GetTokenInfo", "é1é1"), None);
         assert_eq!(
             flags_hex("C_GetMechanismInfo", "2800 = CKF_SIGN").as_deref(),
             Some("2800")

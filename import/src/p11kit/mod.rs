@@ -55,6 +55,9 @@ pub const MAX_OPEN: usize = 1024;
 /// The most lines of one `{ … }` block (an info structure has 22).
 const MAX_BLOCK_LINES: usize = 64;
 
+/// The most output arguments of one call (`C_GenerateKeyPair` has two).
+const MAX_OUTPUTS: usize = 64;
+
 /// `C_Name` alone on a line: a call starts.
 fn header(line: &str) -> Option<&str> {
     let name = line.strip_prefix("C_")?;
@@ -252,6 +255,10 @@ impl<'a> P11KitParser<'a> {
     fn finish_arg(&mut self) {
         let Some(arg) = self.arg.take() else { return };
         if !arg.input {
+            if self.outs.len() >= MAX_OUTPUTS {
+                let message = format!("more than {MAX_OUTPUTS} outputs without a result line");
+                return self.problems.report(self.file, arg.line, &message);
+            }
             self.outs.push(arg);
             return;
         }

@@ -14,8 +14,11 @@ fn ulong(bytes: &[u8], offset: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(word))
 }
 
+/// Reads a parameter structure's fields from its bytes.
+type Decode = fn(&[u8]) -> Option<MechParams>;
+
 /// The size of the parameter structure the shim decodes for `mechanism`, and how.
-fn layout(mechanism: u64) -> Option<(usize, fn(&[u8]) -> Option<MechParams>)> {
+fn layout(mechanism: u64) -> Option<(usize, Decode)> {
     let name = names::MECHANISM.name(mechanism)?;
     Some(match name {
         // hashAlg, mgf, source, pSourceData, ulSourceDataLen
