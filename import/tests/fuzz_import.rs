@@ -11,25 +11,43 @@ use p11trace_import::{ImportOptions, LogFormat, import_file, sniff};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-/// Real logs to mutate: the corpus in `tests/fixtures/corpus/`, our own threaded fixture, and an
-/// observe sample (last).
-fn seeds() -> &'static [Vec<u8>] {
-    static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+/// Where the real logs to mutate are, by format: a folder (every `.log` in it) or a file.
+const SEED_PLACES: &[(LogFormat, &str)] = &[
+    (LogFormat::Spy, "tests/fixtures/corpus"),
+    (LogFormat::Spy, "tests/fixtures/spy-0.24-threads.log"),
+    // The integration guide's form: inline arguments, named outputs, multi-line templates.
+    (LogFormat::Spy, "tests/fixtures/guide"),
+];
+
+/// Real logs to mutate, each with its format: every place of [`SEED_PLACES`], and an observe
+/// sample.
+fn seeds() -> &'static [(LogFormat, Vec<u8>)] {
+    static SEEDS: OnceLock<Vec<(LogFormat, Vec<u8>)>> = OnceLock::new();
     SEEDS.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures/corpus"))
-            .expect("tests/fixtures/corpus")
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-            .collect();
-        assert!(!files.is_empty(), "no corpus logs to mutate");
-        files.push(root.join("tests/fixtures/spy-0.24-threads.log"));
-        files.sort();
-        let mut seeds: Vec<Vec<u8>> = files
-            .iter()
-            .map(|path| std::fs::read(path).expect("readable seed log"))
-            .collect();
-        seeds.push(OBSERVE.as_bytes().to_vec());
+        let mut seeds = Vec::new();
+        for &(format, place) in SEED_PLACES {
+            let place = root.join(place);
+            let mut files: Vec<PathBuf> = if place.is_dir() {
+                std::fs::read_dir(&place)
+                    .expect("a seed folder")
+                    .filter_map(|entry| entry.ok().map(|e| e.path()))
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+                    .collect()
+            } else {
+                vec![place.clone()]
+            };
+            assert!(
+                !files.is_empty(),
+                "no logs to mutate in {}",
+                place.display()
+            );
+            files.sort();
+            for file in files {
+                seeds.push((format, std::fs::read(&file).expect("readable seed log")));
+            }
+        }
+        seeds.push((LogFormat::Observe, OBSERVE.as_bytes().to_vec()));
         seeds
     })
 }
@@ -73,6 +91,10 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         Just(b"[in] pTemplate[2]: \n".to_vec()),
         Just(b"    CKA_VALUE      00000000deadbeef / 99999999999999999999\n".to_vec()),
         Just(b"2024-13-45 99:99:99.999\n".to_vec()),
+        Just(b"7: C_Login(6, 1, <pin>, 4)\n".to_vec()),
+        Just(b"8: C_GenerateKeyPair(6, {CKM_RSA_PKCS_KEY_PAIR_GEN, 0x0, 0},\n".to_vec()),
+        Just(b"    {Attributes: CKA_TOKEN = TRUE; CKA_ID = 0x0\n".to_vec()),
+        Just(b"Public Key: 99999999999999999999999\n".to_vec()),
         Just(b"\xff\xfe\x00\x7f".to_vec()),
     ]
 }
@@ -234,22 +256,21 @@ proptest! {
         forced in any::<bool>(),
     ) {
         let seeds = seeds();
-        let index = seed.index(seeds.len());
-        let mut log = seeds[index].clone();
+        let (own, seed) = &seeds[seed.index(seeds.len())];
+        let mut log = seed.clone();
         for mutation in &mutations {
             apply(&mut log, mutation);
         }
         // Forced: parse as the seed's own format even where detection would refuse the damage.
-        let own = if index == seeds.len() - 1 { LogFormat::Observe } else { LogFormat::Spy };
-        import_survives(&log, forced.then_some(own), strict)?;
+        import_survives(&log, forced.then_some(*own), strict)?;
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic_either_parser(
+    fn arbitrary_bytes_never_panic_any_parser(
         bytes in prop::collection::vec(any::<u8>(), 0..4096),
-        observe in any::<bool>(),
+        format in any::<prop::sample::Index>(),
     ) {
-        let format = if observe { LogFormat::Observe } else { LogFormat::Spy };
+        let format = LogFormat::ALL[format.index(LogFormat::ALL.len())];
         import_survives(&bytes, Some(format), false)?;
     }
 }
@@ -258,7 +279,7 @@ proptest! {
 #[test]
 fn unmutated_seeds_import() {
     let seeds = seeds();
-    for (index, log) in seeds.iter().enumerate() {
+    for (index, (own, log)) in seeds.iter().enumerate() {
         let dir = tempfile::tempdir().expect("temp dir");
         let input = dir.path().join("input.log");
         std::fs::write(&input, log).expect("write seed");
@@ -268,12 +289,7 @@ fn unmutated_seeds_import() {
             ..ImportOptions::default()
         };
         let format = sniff(log).expect("seed format detected");
-        let own = if index == seeds.len() - 1 {
-            LogFormat::Observe
-        } else {
-            LogFormat::Spy
-        };
-        assert_eq!(format, own, "seed {index}");
+        assert_eq!(format, *own, "seed {index}");
         let summary = import_file(&input, format, &out, &options).expect("seed imports");
         assert!(summary.calls > 0 && out.is_file(), "seed {index}");
     }
