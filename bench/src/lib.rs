@@ -4,7 +4,8 @@
 //! pkcs11-spy vs shim, on SoftHSM2 and Kryoptic; (2) recorder throughput with 1/4/16 client
 //! processes; (3) bytes on disk per call vs the spy's log of the same calls; (4) query speed on a
 //! synthetic 10 M-call dataset vs DuckDB, and spy import speed vs `wc -l`; (5) `--quick`, the smoke
-//! mode the test suite runs so this code cannot rot; (6) the callgrind instruction budget.
+//! mode the test suite runs so this code cannot rot; (6) the callgrind instruction budget; (7)
+//! import speed per log format vs `wc -l` (`--only import`).
 //!
 //! Owns measurement only: it drives the real binaries (shim, recorder, query) as a user would and
 //! never links the shim's or the recorder's internals. Timings are never asserted by tests; the
@@ -12,6 +13,7 @@
 
 pub mod budget;
 pub mod client;
+pub mod import_speed;
 pub mod measure;
 pub mod overhead;
 pub mod query_speed;
@@ -42,15 +44,17 @@ pub enum Bench {
     Size,
     Query,
     Budget,
+    Import,
 }
 
 impl Bench {
-    pub const ALL: [Bench; 5] = [
+    pub const ALL: [Bench; 6] = [
         Bench::Overhead,
         Bench::Throughput,
         Bench::Size,
         Bench::Query,
         Bench::Budget,
+        Bench::Import,
     ];
 
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<(Vec<report::Line>, serde_json::Value)> {
@@ -60,6 +64,7 @@ impl Bench {
             Bench::Size => size::run(ctx),
             Bench::Query => query_speed::run(ctx),
             Bench::Budget => budget::run(ctx),
+            Bench::Import => import_speed::run(ctx),
         }
     }
 }

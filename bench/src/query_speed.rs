@@ -38,7 +38,12 @@ pub struct Timed {
     pub max_rss: u64,
 }
 
-fn timed(ctx: &Ctx, name: &str, repetitions: u32, command: impl Fn() -> Command) -> Result<Timed> {
+pub fn timed(
+    ctx: &Ctx,
+    name: &str,
+    repetitions: u32,
+    command: impl Fn() -> Command,
+) -> Result<Timed> {
     let mut seconds = Vec::new();
     let mut max_rss = 0;
     for _ in 0..repetitions {

@@ -386,11 +386,19 @@ pub fn dataset(folder: &Path, rows: u64) -> Result<u64> {
 /// Appends real spy logs (the test corpus, `tests/fixtures/corpus/`) to one file until it holds at
 /// least `bytes`.
 pub fn spy_log(path: &Path, bytes: u64) -> Result<u64> {
-    let logs = p11trace_tests::corpus_logs()
+    repeated_log(path, &p11trace_tests::corpus_logs(), bytes)
+}
+
+/// Appends the logs `sources` to one file, round after round, until it holds at least `bytes`.
+pub fn repeated_log(path: &Path, sources: &[std::path::PathBuf], bytes: u64) -> Result<u64> {
+    let logs = sources
         .iter()
         .map(std::fs::read)
         .collect::<std::io::Result<Vec<_>>>()?;
-    anyhow::ensure!(!logs.is_empty(), "no spy logs in the test corpus");
+    anyhow::ensure!(
+        logs.iter().any(|log| !log.is_empty()),
+        "no log to repeat in {sources:?}"
+    );
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut written = 0u64;
     while written < bytes {

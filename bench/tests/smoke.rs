@@ -28,6 +28,7 @@ fn quick_run() -> Result<Value> {
         "3 bytes/call",
         "4 query",
         "6 instructions",
+        "7 import",
     ] {
         assert!(
             table.contains(bench),
@@ -115,5 +116,18 @@ fn quick_mode_runs_every_benchmark_against_the_real_binaries() -> Result<()> {
     // 6: callgrind counted the shim's extra work on the calling thread.
     let budget = &figures["budget"];
     assert!(number(&budget["added_per_call"], "added") > 0.0, "{budget}");
+
+    // 7: every log format imported, at a real rate.
+    let formats = figures["import"]["formats"]
+        .as_array()
+        .context("import formats")?;
+    assert!(formats.len() >= 3, "{formats:#?}");
+    for format in formats {
+        assert!(
+            number(&format["import_mb_s"], "import MB/s") > 0.0,
+            "{format}"
+        );
+        assert!(number(&format["log_bytes"], "log bytes") >= 1e6, "{format}");
+    }
     Ok(())
 }

@@ -11,35 +11,44 @@ use p11trace_import::{ImportOptions, LogFormat, import_file, sniff};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-/// Real logs to mutate, each with its format: the spy corpus in `tests/fixtures/corpus/`, our
-/// own threaded spy fixture, the p11-kit logs in `tests/fixtures/p11kit/`, and an observe
-/// sample (last).
+/// Where the real logs to mutate are, by format: a folder (every `.log` in it) or a file.
+const SEED_PLACES: &[(LogFormat, &str)] = &[
+    (LogFormat::Spy, "tests/fixtures/corpus"),
+    (LogFormat::Spy, "tests/fixtures/spy-0.24-threads.log"),
+    // The integration guide's form: inline arguments, named outputs, multi-line templates.
+    (LogFormat::Spy, "tests/fixtures/guide"),
+    // p11-kit's `log-calls` output (the stderr of pkcs11-tool through p11-kit's proxy).
+    (LogFormat::P11Kit, "tests/fixtures/p11kit"),
+];
+
+/// Real logs to mutate, each with its format: every place of [`SEED_PLACES`], and an observe
+/// sample.
 fn seeds() -> &'static [(LogFormat, Vec<u8>)] {
     static SEEDS: OnceLock<Vec<(LogFormat, Vec<u8>)>> = OnceLock::new();
     SEEDS.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let logs_in = |folder: &str| -> Vec<PathBuf> {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(folder))
-                .unwrap_or_else(|e| panic!("{folder}: {e}"))
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-                .collect();
-            assert!(!files.is_empty(), "no {folder} logs to mutate");
+        let mut seeds = Vec::new();
+        for &(format, place) in SEED_PLACES {
+            let place = root.join(place);
+            let mut files: Vec<PathBuf> = if place.is_dir() {
+                std::fs::read_dir(&place)
+                    .expect("a seed folder")
+                    .filter_map(|entry| entry.ok().map(|e| e.path()))
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+                    .collect()
+            } else {
+                vec![place.clone()]
+            };
+            assert!(
+                !files.is_empty(),
+                "no logs to mutate in {}",
+                place.display()
+            );
             files.sort();
-            files
-        };
-        let mut spy = logs_in("tests/fixtures/corpus");
-        spy.push(root.join("tests/fixtures/spy-0.24-threads.log"));
-        let read = |path: &PathBuf| std::fs::read(path).expect("readable seed log");
-        let mut seeds: Vec<(LogFormat, Vec<u8>)> = spy
-            .iter()
-            .map(|path| (LogFormat::Spy, read(path)))
-            .collect();
-        seeds.extend(
-            logs_in("tests/fixtures/p11kit")
-                .iter()
-                .map(|path| (LogFormat::P11Kit, read(path))),
-        );
+            for file in files {
+                seeds.push((format, std::fs::read(&file).expect("readable seed log")));
+            }
+        }
         seeds.push((LogFormat::Observe, OBSERVE.as_bytes().to_vec()));
         seeds
     })
@@ -84,6 +93,10 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         Just(b"[in] pTemplate[2]: \n".to_vec()),
         Just(b"    CKA_VALUE      00000000deadbeef / 99999999999999999999\n".to_vec()),
         Just(b"2024-13-45 99:99:99.999\n".to_vec()),
+        Just(b"7: C_Login(6, 1, <pin>, 4)\n".to_vec()),
+        Just(b"8: C_GenerateKeyPair(6, {CKM_RSA_PKCS_KEY_PAIR_GEN, 0x0, 0},\n".to_vec()),
+        Just(b"    {Attributes: CKA_TOKEN = TRUE; CKA_ID = 0x0\n".to_vec()),
+        Just(b"Public Key: 99999999999999999999999\n".to_vec()),
         Just(b"\xff\xfe\x00\x7f".to_vec()),
         // p11-kit's vocabulary out of place.
         Just(b"C_Sign\n  IN: hSession = S99999999999999999999\n".to_vec()),
@@ -250,20 +263,21 @@ proptest! {
         forced in any::<bool>(),
     ) {
         let seeds = seeds();
-        let (own, ref seed) = seeds[seed.index(seeds.len())];
+        let (own, seed) = &seeds[seed.index(seeds.len())];
         let mut log = seed.clone();
         for mutation in &mutations {
             apply(&mut log, mutation);
         }
         // Forced: parse as the seed's own format even where detection would refuse the damage.
-        import_survives(&log, forced.then_some(own), strict)?;
+        import_survives(&log, forced.then_some(*own), strict)?;
     }
 
     #[test]
     fn arbitrary_bytes_never_panic_any_parser(
         bytes in prop::collection::vec(any::<u8>(), 0..4096),
-        format in prop::sample::select(&[LogFormat::Observe, LogFormat::Spy, LogFormat::P11Kit][..]),
+        format in any::<prop::sample::Index>(),
     ) {
+        let format = LogFormat::ALL[format.index(LogFormat::ALL.len())];
         import_survives(&bytes, Some(format), false)?;
     }
 }

@@ -89,12 +89,17 @@ pub fn attrs(row: &Value) -> Vec<(String, String, i64, Value, bool)> {
         .unwrap_or_default()
 }
 
-/// Runs `p11trace-query` with arguments; fails unless it exits 0.
-pub fn query(args: &[&str]) -> Result<Output> {
-    let output = run(
+/// Runs `p11trace-query` with arguments, whatever its exit status (tests of failures).
+pub fn query_output(args: &[&str]) -> Result<Output> {
+    run(
         Command::new(query_bin()).args(args),
         Duration::from_secs(300),
-    )?;
+    )
+}
+
+/// Runs `p11trace-query` with arguments; fails unless it exits 0.
+pub fn query(args: &[&str]) -> Result<Output> {
+    let output = query_output(args)?;
     if !output.status.success() {
         bail!("p11trace-query {args:?} failed: {}", text(&output.stderr));
     }
@@ -243,4 +248,23 @@ pub fn documented_paths(document: &str) -> Result<std::collections::BTreeSet<Str
         .filter_map(|rest| rest.split_once("` |"))
         .map(|(key, _)| key.to_owned())
         .collect())
+}
+
+/// Every value of every column of every row of the Parquet file `file`, decompressed: DuckDB
+/// writes it out as CSV (nested columns as their text form) under `scratch`.
+pub fn decompressed(file: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    let name = file.file_name().context("a Parquet file without a name")?;
+    let csv = scratch.join(format!("{}.csv", name.to_string_lossy()));
+    duckdb(&format!(
+        "COPY (SELECT * FROM read_parquet('{}')) TO '{}' (FORMAT csv, HEADER)",
+        file.display(),
+        csv.display()
+    ))?;
+    let values = std::fs::read(&csv).with_context(|| format!("{}", csv.display()))?;
+    ensure!(
+        !values.is_empty(),
+        "DuckDB wrote nothing for {}",
+        file.display()
+    );
+    Ok(values)
 }

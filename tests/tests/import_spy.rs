@@ -6,8 +6,6 @@
 //! failure, or to what can be read, and never a partial file.
 
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use p11trace_tests::*;
@@ -187,19 +185,13 @@ fn garbage_and_truncated_inputs_fail_cleanly() -> Result<()> {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect::<Vec<_>>(),
     )?;
-    let query_run = |args: &[&str]| {
-        run(
-            Command::new(query_bin()).args(args),
-            Duration::from_secs(60),
-        )
-    };
-    let output = query_run(&["analyze", garbage.to_str().unwrap_or_default()])?;
+    let output = query_output(&["analyze", garbage.to_str().unwrap_or_default()])?;
     ensure!(
         output.status.code() == Some(1) && text(&output.stderr).contains("cannot tell its format"),
         "{}",
         text(&output.stderr)
     );
-    let output = query_run(&[
+    let output = query_output(&[
         "analyze",
         garbage.to_str().unwrap_or_default(),
         "--input-format",
@@ -222,7 +214,7 @@ fn garbage_and_truncated_inputs_fail_cleanly() -> Result<()> {
         "{last}"
     );
     let strict = dir.path().join("strict.parquet");
-    let output = query_run(&[
+    let output = query_output(&[
         "import",
         truncated.to_str().unwrap_or_default(),
         "-o",
@@ -241,14 +233,14 @@ fn garbage_and_truncated_inputs_fail_cleanly() -> Result<()> {
         "no partial file may be left"
     );
     // A missing input and a usage error.
-    let output = query_run(&["analyze", "/nonexistent/p11trace.log"])?;
+    let output = query_output(&["analyze", "/nonexistent/p11trace.log"])?;
     ensure!(
         output.status.code() == Some(1)
             && text(&output.stderr).contains("/nonexistent/p11trace.log"),
         "{}",
         text(&output.stderr)
     );
-    let output = query_run(&["analyze", "--format", "nope", "x"])?;
+    let output = query_output(&["analyze", "--format", "nope", "x"])?;
     ensure!(output.status.code() == Some(2), "usage errors exit 2");
     Ok(())
 }

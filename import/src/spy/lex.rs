@@ -4,12 +4,10 @@
 /// Whether the start of a file looks like a pkcs11-spy log.
 pub fn looks_like_spy(head: &str) -> bool {
     head.contains("OpenSC PKCS#11 spy")
-        || head
-            .lines()
-            .take(200)
-            .filter_map(header)
-            .any(|(_, name)| name.starts_with("C_"))
-            && head.contains("Returned:  ")
+        || head.lines().take(200).any(|line| {
+            header(line).is_some_and(|(_, name)| name.starts_with("C_"))
+                || super::inline::inline_header(line).is_some()
+        }) && head.contains("Returned:  ")
 }
 
 const HEXDUMP_WIDTH: usize = 79;

@@ -1,6 +1,6 @@
 //! pkcs11-spy plaintext logs, every format in use: OpenSC ≤0.23 (a bare local-time stamp line),
 //! 0.24+ (`P:<pid>; T:0x<tid> <time>`, Windows `T:<tid>`), 0.26+ (extra length lines), and the
-//! stamp-less form of the integration guide. Streamed line by line in constant memory.
+//! integration guide's forms (stamp-less, and with arguments inline). Streamed line by line in constant memory.
 //!
 //! What real logs contain and how it is handled:
 //! - Several processes appended to one file: each `*** OpenSC PKCS#11 spy ***` banner starts a new
@@ -20,6 +20,9 @@
 //!   thread bounds a duration from above, but that bound includes the application's own time
 //!   between calls, so it is not recorded as a duration.
 //!
+//! - The integration guide's form (arguments inline in the header, outputs as named lines, no
+//!   stamps) is read by [`inline`] into the same record; its `Returned:` pairs as everywhere.
+//!
 //! Split by job: [`lex`] reads lines (headers, stamps, hex dumps, glued markers, values),
 //! [`pair`] assigns lines to open records and records to clients, threads and `Returned:`,
 //! [`args`] maps arguments to columns by their [`Role`](p11trace_record::functions::Role), and
@@ -27,6 +30,7 @@
 
 mod args;
 mod info;
+mod inline;
 mod lex;
 mod pair;
 
@@ -78,6 +82,12 @@ struct Open {
     template: Option<TemplateBlock>,
     pending: Pending,
     found: Option<Vec<u64>>,
+    /// Guide form: `Slot:` lines counted (→ `out_len`).
+    listed: Option<i64>,
+    /// Guide form: `Public Key:`-style lines replaced the header's `&N` handles.
+    named_out: bool,
+    /// Guide form: the record's outputs are named lines, not `[out]` lines.
+    inline: bool,
 }
 
 impl Open {
@@ -93,6 +103,9 @@ impl Open {
             template: None,
             pending: Pending::None,
             found: None,
+            listed: None,
+            named_out: false,
+            inline: false,
         }
     }
 

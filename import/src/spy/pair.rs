@@ -9,6 +9,7 @@ use p11trace_record::params::MechParams;
 
 use super::args::{argument_line, attribute_line, print_print_line, settle};
 use super::info::{info_attrs, info_line, info_provider, mechanism_info_line};
+use super::inline::{MAX_ARGUMENTS_BYTES, depth_after, inline_header, named_line, read_arguments};
 use super::lex::{glued_marker, header, hexdump, parse_number, stamp};
 use super::{Open, Pending};
 use crate::{Clock, ImportedCall, LineParser, ParseTotals, Problems, SourceClient};
@@ -34,6 +35,9 @@ pub struct SpyParser<'a> {
     segment: Segment,
     segments: u32,
     open: VecDeque<Open>,
+    /// Guide form: a header whose argument list is still open (the record, the text so far,
+    /// the bracket depth).
+    arguments: Option<(Open, String, i64)>,
     seqs: HashMap<String, i64>,
     pub ambiguous: u64,
     pub unreturned: u64,
@@ -49,6 +53,7 @@ impl<'a> SpyParser<'a> {
             segment: Segment::default(),
             segments: 0,
             open: VecDeque::new(),
+            arguments: None,
             seqs: HashMap::new(),
             ambiguous: 0,
             unreturned: 0,
@@ -85,6 +90,7 @@ impl<'a> SpyParser<'a> {
     /// Ends the input: records still open never returned. They are kept (`returned = false`);
     /// `--strict`, which wants a complete log, reports each.
     pub fn end(&mut self, emit: &mut impl FnMut(ImportedCall)) {
+        self.close_arguments(None);
         while let Some(open) = self.open.pop_front() {
             if self.problems.strict {
                 let message = format!(
@@ -96,6 +102,42 @@ impl<'a> SpyParser<'a> {
             self.unreturned += 1;
             self.emit(open, None, emit);
         }
+    }
+
+    /// Bounded: a log whose `Returned:` lines never match would otherwise hold every record
+    /// open, and every continuation line would search them all.
+    fn make_room(&mut self, number: u64, emit: &mut impl FnMut(ImportedCall)) {
+        if self.open.len() >= MAX_OPEN
+            && let Some(oldest) = self.open.pop_front()
+        {
+            let message = format!(
+                "more than {MAX_OPEN} calls open at once: {} (line {}) is taken as never \
+                 returned",
+                oldest.func, oldest.line
+            );
+            self.problems.report(self.file, number, &message);
+            self.unreturned += 1;
+            self.emit(oldest, None, emit);
+        }
+    }
+
+    /// Guide form: the argument list is complete (or, with `cut_at`, was cut off at that line);
+    /// its record joins the open ones.
+    fn close_arguments(&mut self, cut_at: Option<u64>) {
+        let Some((mut open, text, _)) = self.arguments.take() else {
+            return;
+        };
+        if let Some(line) = cut_at {
+            let message = format!(
+                "{}'s argument list (line {}) never closes; read as far as it goes",
+                open.func, open.line
+            );
+            self.problems.report(self.file, line, &message);
+        }
+        if let Some(problem) = read_arguments(&mut open, &text) {
+            self.problems.report(self.file, open.line, &problem);
+        }
+        self.open.push_back(open);
     }
 
     fn newest(&mut self) -> Option<&mut Open> {
@@ -110,6 +152,25 @@ impl<'a> SpyParser<'a> {
         if line.is_empty() {
             return;
         }
+        if let Some((_, text, depth)) = self.arguments.as_mut() {
+            let ends_record = line.starts_with("Returned:  ")
+                || header(line).is_some()
+                || inline_header(line).is_some();
+            if !ends_record {
+                if text.len() + line.len() > MAX_ARGUMENTS_BYTES {
+                    self.close_arguments(Some(number));
+                } else {
+                    text.push(' ');
+                    text.push_str(line.trim());
+                    *depth = depth_after(*depth, line);
+                    if *depth <= 0 {
+                        self.close_arguments(None);
+                    }
+                }
+                return;
+            }
+            self.close_arguments(Some(number));
+        }
         if line.starts_with("***") && line.contains("OpenSC PKCS#11 spy") {
             self.end(emit);
             self.segments += 1;
@@ -123,21 +184,19 @@ impl<'a> SpyParser<'a> {
             self.segment.module = Some(path.trim_end().trim_end_matches('"').to_owned());
             return;
         }
-        if let Some((_, func)) = header(line) {
-            // Bounded: a log whose `Returned:` lines never match would otherwise hold every
-            // record open, and every continuation line would search them all.
-            if self.open.len() >= MAX_OPEN
-                && let Some(oldest) = self.open.pop_front()
-            {
-                let message = format!(
-                    "more than {MAX_OPEN} calls open at once: {} (line {}) is taken as never \
-                     returned",
-                    oldest.func, oldest.line
-                );
-                self.problems.report(self.file, number, &message);
-                self.unreturned += 1;
-                self.emit(oldest, None, emit);
+        if let Some((_, func, arguments)) = inline_header(line) {
+            self.make_room(number, emit);
+            let mut open = Open::new(number, func);
+            open.inline = true;
+            let depth = depth_after(1, arguments);
+            self.arguments = Some((open, arguments.to_owned(), depth));
+            if depth <= 0 {
+                self.close_arguments(None);
             }
+            return;
+        }
+        if let Some((_, func)) = header(line) {
+            self.make_room(number, emit);
             self.open.push_back(Open::new(number, func));
             return;
         }
@@ -174,6 +233,12 @@ impl<'a> SpyParser<'a> {
                     .problems
                     .report(self.file, number, "`Returned:` without a call"),
             }
+            return;
+        }
+        if let Some(open) = self.open.front_mut()
+            && open.inline
+            && named_line(open, line)
+        {
             return;
         }
         if let Some(argument) = line.strip_prefix("[in] ") {
@@ -289,6 +354,13 @@ impl<'a> SpyParser<'a> {
             },
             None => None,
         };
+        if open.inline && rv != Some(0) {
+            // The guide prints output pointers whatever the call returned.
+            open.record.out_objects = None;
+        }
+        if let Some(listed) = open.listed {
+            open.record.out_len = Some(listed);
+        }
         if let Some(found) = open.found.take() {
             open.record.out_len = Some(found.len() as i64);
             open.record.out_objects = Some(found);

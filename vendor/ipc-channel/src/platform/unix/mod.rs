@@ -1337,6 +1337,14 @@ impl UnixCmsg {
 
                 match result.cmp(&0) {
                     cmp::Ordering::Equal => return Err(UnixError::Errno(EAGAIN)),
+                    // p11trace patch: a signal delivered during the wait (SIGSTOP/SIGCONT of the
+                    // process, any handled signal) is an early timeout, not a broken channel:
+                    // nothing was read, and every caller of a timed receive tries again.
+                    cmp::Ordering::Less
+                        if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted =>
+                    {
+                        return Err(UnixError::Errno(EAGAIN))
+                    },
                     cmp::Ordering::Less => return Err(UnixError::last()),
                     cmp::Ordering::Greater => {},
                 }
@@ -1344,7 +1352,12 @@ impl UnixCmsg {
             BlockingMode::Blocking => {},
         }
 
-        let result = recvmsg(fd, &mut self.msghdr, RECVMSG_FLAGS);
+        // p11trace patch: a signal before any byte arrived interrupts `recvmsg` with nothing
+        // read (Linux never returns a partial datagram): receive again.
+        let mut result = recvmsg(fd, &mut self.msghdr, RECVMSG_FLAGS);
+        while result < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            result = recvmsg(fd, &mut self.msghdr, RECVMSG_FLAGS);
+        }
 
         let result = match result.cmp(&0) {
             cmp::Ordering::Equal => Err(UnixError::ChannelClosed),
