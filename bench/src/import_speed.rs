@@ -19,6 +19,7 @@ const FORMATS: &[(&str, &str, &str)] = &[
     ("pkcs11-spy 0.23 (corpus)", "spy", "corpus"),
     ("pkcs11-spy 0.24+ threads", "spy", "spy-0.24-threads.log"),
     ("pkcs11-spy guide form", "spy", "guide"),
+    ("p11-kit log-calls", "p11-kit", "p11kit"),
 ];
 
 fn logs(place: &str) -> Result<Vec<PathBuf>> {

@@ -117,6 +117,7 @@ mod tests {
         };
         let mut spy = logs_in("corpus");
         spy.push(fixtures.join("spy-0.24-threads.log"));
+        spy.extend(logs_in("guide"));
         let p11kit = logs_in("p11kit");
         assert!(spy.len() >= 7 && p11kit.len() >= 2);
         for (logs, format) in [(spy, LogFormat::Spy), (p11kit, LogFormat::P11Kit)] {

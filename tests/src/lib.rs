@@ -8,6 +8,7 @@
 //! - [`fixture`]: a token, a recorder, and runs traced through the shim into it.
 //! - [`token`] and [`recorder`]: the two halves on their own.
 //! - [`oracle`]: modules that log every call between the shim and the token.
+//! - [`p11kit`]: p11-kit managing the shim, logging every call (`log-calls: yes`).
 //! - [`data`]: reading datasets and imports back with DuckDB and `p11trace-query`.
 //! - [`process`]: running commands with a timeout, and what a process cost.
 //! - [`scan`]: looking for secrets in what was written.
@@ -22,6 +23,7 @@ pub mod data;
 pub mod fixture;
 pub mod module;
 pub mod oracle;
+pub mod p11kit;
 pub mod process;
 pub mod recorder;
 pub mod scan;
