@@ -14,6 +14,7 @@
 //! [`ImportOptions`] and [`LogFormat`].
 
 mod clock;
+mod common;
 pub mod format;
 pub mod logger;
 pub mod observe;

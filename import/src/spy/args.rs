@@ -11,6 +11,7 @@ use p11trace_record::policy::{ValuePolicy, fixed_text_of, value_from_bytes, valu
 
 use super::lex::{buffer_len, is_hex_upper, parse_number};
 use super::{Open, Pending, TemplateBlock};
+use crate::common;
 
 /// Completes a pending value once enough bytes arrived (or when the record moves on).
 pub(super) fn settle(open: &mut Open) {
@@ -87,55 +88,14 @@ impl KindCode for Attr {
 }
 
 pub(super) fn set_role(open: &mut Open, role: Role, value: &str, input: bool) {
-    let number = || parse_number(value);
-    let record = &mut open.record;
-    match role {
-        Role::Session | Role::SessionOut => record.session = number().or(record.session),
-        Role::Slot | Role::SlotOut => record.slot_id = number(),
-        Role::Object => record.object = number(),
-        Role::Object2 => record.object2 = number(),
+    let number = match role {
         // The spy prints flags by name only, so no flags at all is an empty value.
-        Role::Flags if value.trim().is_empty() => record.ck_flags = Some(0),
-        Role::Flags | Role::TokenPresent | Role::FlagsOut => record.ck_flags = number(),
-        Role::User => record.user_type = names::USER.code(value.trim()),
-        Role::MechType => record.mechanism = names::MECHANISM.code(value.trim()),
-        Role::InLen => record.in_len = number().map(|v| v as i64),
-        Role::OutLen | Role::CountOut | Role::SizeOut | Role::OutSize | Role::SignatureLen => {
-            record.out_len = number().map(|v| v as i64)
-        }
-        Role::ObjectOut if !input => {
-            if let Some(handle) = number() {
-                record.out_objects.get_or_insert_with(Vec::new).push(handle);
-            }
-        }
-        Role::FoundObjects if !input => {
-            if let Some(count) = number() {
-                record.out_len = Some(count as i64);
-                open.found.get_or_insert_with(Vec::new);
-            }
-        }
-        // Read elsewhere (mechanism and info lines, templates, buffers), or never recorded. Every
-        // role is named, so a role added to the table must be placed here or above.
-        Role::ObjectOut
-        | Role::FoundObjects
-        | Role::Ignore
-        | Role::Secret
-        | Role::InitArgs
-        | Role::Mechanism
-        | Role::MessageParam
-        | Role::AadLen
-        | Role::TemplateIn
-        | Role::TemplatePublic
-        | Role::TemplatePrivate
-        | Role::TemplateOut
-        | Role::TokenLabel
-        | Role::InterfaceName
-        | Role::InfoOut
-        | Role::SlotInfoOut
-        | Role::TokenInfoOut
-        | Role::MechInfoOut
-        | Role::SessionInfoOut => {}
-    }
+        Role::Flags if value.trim().is_empty() => Some(0),
+        Role::User => names::USER.code(value.trim()),
+        Role::MechType => names::MECHANISM.code(value.trim()),
+        _ => parse_number(value),
+    };
+    common::set_role(&mut open.record, &mut open.found, role, number, input);
 }
 
 /// `name = value`, `name[len] addr / N`, `name[N]: ` (template or list), `pMechanism->…`.

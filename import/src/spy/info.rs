@@ -1,10 +1,6 @@
 //! Info structures (`CK_INFO`, `CK_SLOT_INFO`, `CK_TOKEN_INFO`, `CK_MECHANISM_INFO`, the slot of
-//! `CK_SESSION_INFO`, `C_Initialize`'s flags) into the info fields the shim records, and the
-//! `provider` string from `C_GetInfo`.
-
-use p11trace_record::attr::InfoField;
-use p11trace_record::attr::{Attr, AttrType, AttrValue};
-use p11trace_record::policy::provider_string;
+//! `CK_SESSION_INFO`, `C_Initialize`'s flags) as the spy prints them, collected as `(key, value)`
+//! pairs; [`crate::common::info_attrs`] turns them into the info fields the shim records.
 
 use super::Open;
 
@@ -56,98 +52,4 @@ pub(super) fn mechanism_info_line(open: &mut Open, line: &str) {
             open.info.push((key.to_owned(), value.to_owned()));
         }
     }
-}
-
-fn version_value(text: &str) -> AttrValue {
-    match text.split_once('.') {
-        Some((major, minor)) => match (major.trim().parse(), minor.trim().parse()) {
-            (Ok(major), Ok(minor)) => AttrValue::Version(major, minor),
-            _ => AttrValue::None,
-        },
-        None => AttrValue::None,
-    }
-}
-
-/// The order the shim records each function's info fields in.
-fn info_order(func: &str) -> &'static [InfoField] {
-    use InfoField::*;
-    match func {
-        "C_GetInfo" => &[
-            CryptokiVersion,
-            ManufacturerId,
-            Flags,
-            LibraryDescription,
-            LibraryVersion,
-        ],
-        "C_GetSlotInfo" => &[
-            SlotDescription,
-            ManufacturerId,
-            Flags,
-            HardwareVersion,
-            FirmwareVersion,
-        ],
-        "C_GetTokenInfo" => &[
-            Label,
-            ManufacturerId,
-            Model,
-            SerialNumber,
-            Flags,
-            HardwareVersion,
-            FirmwareVersion,
-        ],
-        "C_GetMechanismInfo" => &[MinKeySize, MaxKeySize, Flags],
-        _ => &[],
-    }
-}
-
-/// Info fields as the shim records them (same fields, same order, same values).
-pub(super) fn info_attrs(func: &str, info: &[(String, String)]) -> Vec<Attr> {
-    let field = p11trace_record::attr::info_field;
-    let text = |v: &str| AttrValue::Text(v.trim_end().to_owned());
-    let hex_flags = |v: &str| {
-        u64::from_str_radix(v.trim().trim_start_matches("0x"), 16)
-            .map_or(AttrValue::None, AttrValue::Ulong)
-    };
-    let mut attrs = Vec::new();
-    for (key, value) in info {
-        let attr = match key.as_str() {
-            "cryptokiVersion" => field(InfoField::CryptokiVersion, version_value(value)),
-            "manufacturerID" => field(InfoField::ManufacturerId, text(value)),
-            "libraryDescription" => field(InfoField::LibraryDescription, text(value)),
-            "libraryVersion" => field(InfoField::LibraryVersion, version_value(value)),
-            "slotDescription" => field(InfoField::SlotDescription, text(value)),
-            "hardwareVersion" => field(InfoField::HardwareVersion, version_value(value)),
-            "firmwareVersion" => field(InfoField::FirmwareVersion, version_value(value)),
-            "label" => field(InfoField::Label, text(value)),
-            "model" => field(InfoField::Model, text(value)),
-            "serialNumber" => field(InfoField::SerialNumber, text(value)),
-            "flags" => field(InfoField::Flags, hex_flags(value)),
-            "ulMinKeySize" => field(
-                InfoField::MinKeySize,
-                value.parse().map_or(AttrValue::None, AttrValue::Ulong),
-            ),
-            "ulMaxKeySize" => field(
-                InfoField::MaxKeySize,
-                value.parse().map_or(AttrValue::None, AttrValue::Ulong),
-            ),
-            _ => continue,
-        };
-        attrs.push(attr);
-    }
-    let order = info_order(func);
-    attrs.sort_by_key(|a| match a.kind {
-        AttrType::Field(field) => order.iter().position(|f| *f == field).unwrap_or(usize::MAX),
-        AttrType::Attribute(_) => usize::MAX,
-    });
-    attrs
-}
-
-pub(super) fn info_provider(info: &[(String, String)]) -> Option<String> {
-    let get = |key: &str| info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-    let version = get("libraryVersion")?.split_once('.')?;
-    Some(provider_string(
-        get("manufacturerID")?,
-        get("libraryDescription")?,
-        (version.0.parse().ok()?, version.1.parse().ok()?),
-    ))
 }

@@ -1,6 +1,8 @@
 //! Lexing the spy's lines: record headers, stamp lines, hex dumps, lines glued onto others
 //! (`Returned:`, stamps and `[in]`/`[out]` anywhere outside quotes), and the values of arguments.
 
+pub(super) use crate::common::parse_number;
+
 /// Whether the start of a file looks like a pkcs11-spy log.
 pub fn looks_like_spy(head: &str) -> bool {
     head.contains("OpenSC PKCS#11 spy")
@@ -148,23 +150,6 @@ pub(super) fn glued_marker(line: &str) -> Option<usize> {
         }
     }
     None
-}
-
-pub(super) fn parse_number(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16).ok();
-    }
-    if let Some(negative) = text.strip_prefix('-') {
-        // Two's complement, as C prints an unsigned value cast to a signed one; `i64::MIN`
-        // has no positive counterpart to negate (`--9223372036854775808`).
-        return negative
-            .parse::<i64>()
-            .ok()
-            .and_then(i64::checked_neg)
-            .map(|v| v as u64);
-    }
-    text.parse().ok()
 }
 
 /// `addr / len` of a buffer or attribute (`len` may be -1), or `NULL [size : 0xN (N)]`.
