@@ -10,10 +10,10 @@
 //! secret in pkcs11-spy's log of the same workload, and the decompressed scan finds a PIN planted
 //! in a zstd copy of a recorded file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use p11trace_tests::*;
 
 const WRONG_PIN: &str = "Wrong-Pin-5550";
@@ -248,23 +248,4 @@ fn no_secret_reaches_any_file_the_recorder_writes() -> Result<()> {
         "{logins:?}"
     );
     Ok(())
-}
-
-/// Every value of every column of every row of the Parquet file `file`, decompressed: DuckDB
-/// writes it out as CSV (nested columns as their text form) under `scratch`.
-fn decompressed(file: &Path, scratch: &Path) -> Result<Vec<u8>> {
-    let name = file.file_name().context("a Parquet file without a name")?;
-    let csv = scratch.join(format!("{}.csv", name.to_string_lossy()));
-    duckdb(&format!(
-        "COPY (SELECT * FROM read_parquet('{}')) TO '{}' (FORMAT csv, HEADER)",
-        file.display(),
-        csv.display()
-    ))?;
-    let values = std::fs::read(&csv).with_context(|| format!("{}", csv.display()))?;
-    ensure!(
-        !values.is_empty(),
-        "DuckDB wrote nothing for {}",
-        file.display()
-    );
-    Ok(values)
 }
