@@ -47,6 +47,17 @@ pub fn counts(sql: &str) -> Result<BTreeMap<String, i64>> {
         .collect())
 }
 
+/// A name → count map of a ground truth `expected.json` (the corpus's, the pkcs11-logger
+/// fixtures'), such as `calls_by_function`.
+pub fn expected_counts(expected: &Value, key: &str) -> Result<BTreeMap<String, i64>> {
+    Ok(expected[key]
+        .as_object()
+        .with_context(|| format!("no `{key}` in the ground truth"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(-1)))
+        .collect())
+}
+
 /// `read_parquet` glob of a table of a dataset.
 pub fn table(dataset: &Path, table: &str) -> String {
     format!(

@@ -8,7 +8,7 @@
 //! damaged or truncated log gives what the spy importer gives: a file:line error under
 //! `--strict` with nothing written, or the unreturned call kept.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -17,55 +17,18 @@ use anyhow::{Context, Result, ensure};
 use p11trace_tests::*;
 use serde_json::Value;
 
-/// The logs of `tests/fixtures/pkcs11-logger/`, sorted.
-fn logger_logs() -> Result<Vec<PathBuf>> {
-    let folder = fixtures().join("pkcs11-logger");
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(&folder)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    Ok(logs)
-}
-
-fn logger_log(name: &str) -> PathBuf {
-    fixtures().join("pkcs11-logger").join(name)
-}
-
 fn expected_of(log: &Path) -> Result<Value> {
     let path = log.with_extension("expected.json");
-    Ok(serde_json::from_str(
-        &std::fs::read_to_string(&path).context(path.display().to_string())?,
-    )?)
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    Ok(serde_json::from_str(&text)?)
 }
 
-/// One call as the log's stamps show it: µs of the local time read as UTC (`--tz UTC`).
-#[derive(Debug, Default)]
-struct Stamps {
-    entered: i64,
-    calling: Option<i64>,
-    received: Option<i64>,
-    returning: Option<i64>,
-}
-
-/// µs since the epoch of `YYYY-MM-DD HH:MM:SS.uuuuuu`, taken as UTC.
-fn micros(stamp: &str) -> Option<i64> {
-    let n = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    // Days from 1970-01-01 of a civil date (H. Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    let seconds = days * 86_400 + n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
-    Some(seconds * 1_000_000 + n(20..26)?)
-}
-
-/// Each (pid, tid)'s calls in log order, by their stamps alone.
-fn log_stamps(log: &Path) -> Result<BTreeMap<(i64, i64), Vec<Stamps>>> {
+/// Each call's stamps as the log prints them (local time, read as UTC under `--tz UTC`): one SQL
+/// row `(pid, tid, k, entered, calling, received, returned)` per call, `k` its place in its
+/// thread; found by a scan of the log of its own, the times left to DuckDB.
+fn log_stamps(log: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(log)?;
-    let mut threads: BTreeMap<(i64, i64), Vec<Stamps>> = BTreeMap::new();
+    let mut threads: BTreeMap<(i64, i64), Vec<[Option<String>; 4]>> = BTreeMap::new();
     for line in text.lines() {
         let mut fields = line.splitn(3, " : ");
         let (Some(pid), Some(tid), Some(rest)) = (fields.next(), fields.next(), fields.next())
@@ -73,47 +36,44 @@ fn log_stamps(log: &Path) -> Result<BTreeMap<(i64, i64), Vec<Stamps>>> {
             continue;
         };
         let hex = |f: &str| i64::from_str_radix(f.trim_start_matches("0x"), 16).ok();
-        let (Some(pid), Some(tid)) = (hex(pid), hex(tid)) else {
+        let (Some(pid), Some(tid), Some((stamp, event))) =
+            (hex(pid), hex(tid), rest.split_once(" - "))
+        else {
             continue;
         };
-        let Some((stamp, event)) = rest.split_once(" - ") else {
-            continue;
-        };
-        let Some(at) = micros(stamp) else { continue };
         let calls = threads.entry((pid, tid)).or_default();
-        if event.starts_with("Entered ") {
-            calls.push(Stamps {
-                entered: at,
-                ..Stamps::default()
-            });
-        } else if let Some(call) = calls.last_mut() {
-            if event.starts_with("Calling ") && !event.ends_with(" function") {
-                call.calling = Some(at);
-            } else if event.starts_with("Received response from ") && !event.ends_with(" function")
-            {
-                call.received = Some(at);
-            } else if event.starts_with("Returning ") {
-                call.returning = Some(at);
+        let slot = match event {
+            _ if event.starts_with("Entered ") => {
+                calls.push(Default::default());
+                0
             }
+            _ if event.ends_with(" function") => continue,
+            _ if event.starts_with("Calling ") => 1,
+            _ if event.starts_with("Received response from ") => 2,
+            _ if event.starts_with("Returning ") => 3,
+            _ => continue,
+        };
+        if let Some(call) = calls.last_mut() {
+            call[slot] = Some(format!("TIMESTAMP '{stamp}'"));
         }
     }
-    Ok(threads)
-}
-
-/// A ground-truth map of an `expected.json` (name → count).
-fn counted(expected: &Value, key: &str) -> Result<BTreeMap<String, i64>> {
-    Ok(expected[key]
-        .as_object()
-        .context(key.to_owned())?
+    let null = || "NULL::TIMESTAMP".to_owned();
+    Ok(threads
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(-1)))
+        .flat_map(|(&(pid, tid), calls)| {
+            calls.iter().enumerate().map(move |(k, stamps)| {
+                let [entered, calling, received, returning] =
+                    stamps.clone().map(|s| s.unwrap_or_else(null));
+                format!("({pid}, {tid}, {k}, {entered}, {calling}, {received}, {returning})")
+            })
+        })
         .collect())
 }
 
 #[test]
 fn every_logger_log_imports_to_its_counted_ground_truth() -> Result<()> {
     let dir = temp();
-    let logs = logger_logs()?;
+    let logs = logger_fixture_logs();
     ensure!(logs.len() >= 8, "fixtures missing: {logs:?}");
     for log in logs {
         let name = log.display().to_string();
@@ -128,7 +88,7 @@ fn every_logger_log_imports_to_its_counted_ground_truth() -> Result<()> {
         let ours = counts(&format!(
             "SELECT func AS k, count(*) AS n FROM {file} GROUP BY 1"
         ))?;
-        let want = counted(&expected, "calls_by_function")?;
+        let want = expected_counts(&expected, "calls_by_function")?;
         ensure!(
             ours == want,
             "{name}: per-function counts {ours:?} vs {want:?}"
@@ -248,43 +208,27 @@ fn every_logger_log_imports_to_its_counted_ground_truth() -> Result<()> {
 /// `dur_ns` runs from `Calling` to `Received response`, never beyond `Entered`→`Returning`.
 fn stamps_agree(log: &Path, file: &str) -> Result<()> {
     let name = log.display();
-    let rows = duckdb(&format!(
-        "SELECT pid, tid, epoch_us(start) AS start, dur_ns FROM {file} ORDER BY pid, tid, seq"
-    ))?;
-    let mut threads = log_stamps(log)?;
-    let mut next: HashMap<(i64, i64), usize> = HashMap::new();
-    for row in &rows {
-        let key = (
-            row["pid"].as_i64().unwrap_or(-1),
-            row["tid"].as_i64().unwrap_or(-1),
-        );
-        let index = next.entry(key).or_insert(0);
-        let call = threads
-            .get_mut(&key)
-            .and_then(|calls| calls.get(*index))
-            .with_context(|| format!("{name}: no call {index} of thread {key:?} in the log"))?;
-        *index += 1;
-        ensure!(
-            row["start"] == call.calling.unwrap_or(call.entered),
-            "{name}: start {row} vs {call:?}"
-        );
-        let want = call.calling.zip(call.received).map(|(c, r)| (r - c) * 1000);
-        ensure!(
-            row["dur_ns"].as_i64() == want,
-            "{name}: dur_ns {row} vs {call:?}"
-        );
-        if let (Some(dur), Some(returning)) = (want, call.returning) {
-            ensure!(
-                dur >= 0 && dur <= (returning - call.entered) * 1000,
-                "{name}: {row} vs {call:?}"
-            );
-        }
-    }
-    let logged: usize = threads.values().map(Vec::len).sum();
+    let calls = log_stamps(log)?;
+    let check = &duckdb(&format!(
+        "WITH log(pid, tid, k, entered_at, calling_at, received_at, returned_at) AS (VALUES {}), \
+         rows AS (SELECT pid, tid, row_number() OVER (PARTITION BY pid, tid ORDER BY seq) - 1 AS k, \
+         start, dur_ns FROM {file}), \
+         joined AS (SELECT rows.*, log.*, (epoch_us(received_at) - epoch_us(calling_at)) * 1000 AS want, \
+         (epoch_us(returned_at) - epoch_us(entered_at)) * 1000 AS span \
+         FROM rows FULL JOIN log USING (pid, tid, k)) \
+         SELECT count(*) AS n, count(*) FILTER (epoch_us(start) IS DISTINCT FROM epoch_us(coalesce(calling_at, entered_at))) AS bad_start, \
+         count(*) FILTER (dur_ns IS DISTINCT FROM want) AS bad_dur, \
+         count(*) FILTER (dur_ns < 0 OR dur_ns > span) AS out_of_span, \
+         count(dur_ns) AS timed, count(*) FILTER (entered_at IS NULL OR start IS NULL) AS unmatched FROM joined",
+        calls.join(", ")
+    ))?[0];
     ensure!(
-        rows.len() == logged,
-        "{name}: {} rows, {logged} calls",
-        rows.len()
+        check["n"] == calls.len()
+            && check["bad_start"] == 0
+            && check["bad_dur"] == 0
+            && check["out_of_span"] == 0
+            && check["unmatched"] == 0,
+        "{name}: stamps {check}"
     );
     Ok(())
 }
@@ -292,7 +236,7 @@ fn stamps_agree(log: &Path, file: &str) -> Result<()> {
 #[test]
 fn threads_and_processes_of_one_file_are_told_apart() -> Result<()> {
     let dir = temp();
-    let log = logger_log("pl-threads.log");
+    let log = logger_fixture("pl-threads.log");
     let expected = expected_of(&log)?;
     ensure!(
         expected["process_thread_info"]["calls_overlapping_another_thread"].as_i64() > Some(0),
@@ -321,8 +265,8 @@ fn threads_and_processes_of_one_file_are_told_apart() -> Result<()> {
     ensure!(sessions.len() == 6, "{workers:?}");
     // Two processes appending to one file (the logger opens it with "a"): two clients.
     let (first, second) = (
-        logger_log("pl-list-slots.log"),
-        logger_log("pl-err-wrong-pin.log"),
+        logger_fixture("pl-list-slots.log"),
+        logger_fixture("pl-err-wrong-pin.log"),
     );
     let both = dir.path().join("appended.log");
     std::fs::write(
@@ -360,7 +304,7 @@ fn query_run(args: &[&str]) -> Result<Output> {
 #[test]
 fn the_format_is_told_by_content_and_asked_for_by_name() -> Result<()> {
     let dir = temp();
-    let log = logger_log("pl-sign-rsa-sha256.log");
+    let log = logger_fixture("pl-sign-rsa-sha256.log");
     let total = expected_of(&log)?["total_calls"].clone();
     let named = import_as(
         &log,
@@ -459,7 +403,7 @@ fn strict_fails(dir: &Path, log: &Path, line: usize, message: &str) -> Result<Pa
 #[test]
 fn damaged_and_truncated_logs_fail_cleanly_or_keep_what_they_hold() -> Result<()> {
     let dir = temp();
-    let original = std::fs::read_to_string(logger_log("pl-sign-rsa-sha256.log"))?;
+    let original = std::fs::read_to_string(logger_fixture("pl-sign-rsa-sha256.log"))?;
     let line_of = |needle: &str| {
         original
             .lines()
