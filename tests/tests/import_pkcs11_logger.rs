@@ -1,12 +1,13 @@
 //! pkcs11-logger logs import to what is really in them: each real log of
 //! `tests/fixtures/pkcs11-logger/` (pkcs11-logger 2.3.0 in front of the shim and SoftHSM2) to its
 //! independently counted ground truth — per-function counts, non-OK returns, sessions, pid and
-//! thread on every row and calls per thread, mechanism parameters — with `start` and `dur_ns` equal to the log's own
-//! `Calling` and `Received response` stamps (read here by a scanner of their own), and no PIN
-//! surviving even from the log that prints them. Threads' interleaved lines are told apart, two
-//! processes appended to one file are two clients, detection by content picks the format, and a
-//! damaged or truncated log gives what the spy importer gives: a file:line error under
-//! `--strict` with nothing written, or the unreturned call kept.
+//! thread on every row and calls per thread, mechanism parameters — with `start` and `dur_ns`
+//! equal to the log's own `Calling` and `Received response` stamps (found by a scan of the log
+//! here, their arithmetic done by DuckDB), and no PIN surviving even from the log that prints
+//! them. Threads' interleaved lines are told apart, two processes appended to one file are two
+//! clients, detection by content picks the format, and a damaged or truncated log gives what the
+//! spy importer gives: a file:line error under `--strict` with nothing written, or the unreturned
+//! call kept.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,7 +95,8 @@ fn every_logger_log_imports_to_its_counted_ground_truth() -> Result<()> {
             "{name}: per-function counts {ours:?} vs {want:?}"
         );
         let ours = counts(&format!(
-            "SELECT func || ' ' || rv_name || ' ' || rv AS k, count(*) AS n FROM {file} WHERE rv <> 0 GROUP BY 1"
+            "SELECT func || ' ' || rv_name || ' ' || rv AS k, count(*) AS n FROM {file} \
+             WHERE rv <> 0 GROUP BY 1"
         ))?;
         let want: BTreeMap<String, i64> = expected["non_ok_by_function"]
             .as_array()
@@ -211,15 +213,18 @@ fn stamps_agree(log: &Path, file: &str) -> Result<()> {
     let calls = log_stamps(log)?;
     let check = &duckdb(&format!(
         "WITH log(pid, tid, k, entered_at, calling_at, received_at, returned_at) AS (VALUES {}), \
-         rows AS (SELECT pid, tid, row_number() OVER (PARTITION BY pid, tid ORDER BY seq) - 1 AS k, \
-         start, dur_ns FROM {file}), \
-         joined AS (SELECT rows.*, log.*, (epoch_us(received_at) - epoch_us(calling_at)) * 1000 AS want, \
+         rows AS (SELECT pid, tid, start, dur_ns, \
+         row_number() OVER (PARTITION BY pid, tid ORDER BY seq) - 1 AS k FROM {file}), \
+         joined AS (SELECT rows.*, log.*, \
+         (epoch_us(received_at) - epoch_us(calling_at)) * 1000 AS want, \
          (epoch_us(returned_at) - epoch_us(entered_at)) * 1000 AS span \
          FROM rows FULL JOIN log USING (pid, tid, k)) \
-         SELECT count(*) AS n, count(*) FILTER (epoch_us(start) IS DISTINCT FROM epoch_us(coalesce(calling_at, entered_at))) AS bad_start, \
+         SELECT count(*) AS n, count(dur_ns) AS timed, \
+         count(*) FILTER (epoch_us(start) IS DISTINCT FROM \
+         epoch_us(coalesce(calling_at, entered_at))) AS bad_start, \
          count(*) FILTER (dur_ns IS DISTINCT FROM want) AS bad_dur, \
          count(*) FILTER (dur_ns < 0 OR dur_ns > span) AS out_of_span, \
-         count(dur_ns) AS timed, count(*) FILTER (entered_at IS NULL OR start IS NULL) AS unmatched FROM joined",
+         count(*) FILTER (entered_at IS NULL OR start IS NULL) AS unmatched FROM joined",
         calls.join(", ")
     ))?[0];
     ensure!(
@@ -246,7 +251,8 @@ fn threads_and_processes_of_one_file_are_told_apart() -> Result<()> {
     // p11client's six workers each open a session and ask for its info 30 times: grouped by
     // thread, every worker's calls name one session, its own.
     let workers = duckdb(&format!(
-        "SELECT tid, count(*) AS infos, count(DISTINCT session) AS sessions, min(session) AS session \
+        "SELECT tid, count(*) AS infos, count(DISTINCT session) AS sessions, \
+         min(session) AS session \
          FROM '{}' WHERE func = 'C_GetSessionInfo' GROUP BY tid",
         out.display()
     ))?;
@@ -275,7 +281,8 @@ fn threads_and_processes_of_one_file_are_told_apart() -> Result<()> {
     )?;
     let out = import_as(&both, dir.path(), "appended.parquet", &["--tz", "UTC"])?;
     let clients = duckdb(&format!(
-        "SELECT client_id, pid, count(*) AS n, max(seq) + 1 AS seqs, count(DISTINCT seq) AS distinct_seqs \
+        "SELECT client_id, pid, count(*) AS n, max(seq) + 1 AS seqs, \
+         count(DISTINCT seq) AS distinct_seqs \
          FROM '{}' GROUP BY 1, 2 ORDER BY min(start)",
         out.display()
     ))?;

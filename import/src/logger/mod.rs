@@ -23,7 +23,7 @@
 //! - Values: only what the shim's allowlist would record (`p11trace_record::policy`); PINs (which
 //!   `PKCS11_LOGGER_FLAGS` 0x08 prints), data and key material are never stored.
 //!
-//! Split by job: [`lex`] reads prefixes, stamps and values; [`args`] maps argument lines to
+//! Split by job: `lex` reads prefixes, stamps and values; `args` maps argument lines to
 //! columns; this module pairs lines with calls and calls with clients.
 
 mod args;
