@@ -98,6 +98,23 @@ mod tests {
         // A name alone is not enough: its `C_X = CKR_` must follow.
         assert_eq!(sniff(b"C_Initialize\n  IN: pInitArgs = NULL\n"), None);
         assert_eq!(sniff(b"0: C_Initialize\n"), None);
+        // pkcs11-logger: its banner, or stamped `Entered` lines, with or without pid and tid.
+        let logger = "0x00006766 : 0x00007f0100c03840 : *****\n\
+                      0x00006766 : 0x00007f0100c03840 : PKCS11-LOGGER 2.3.0\n";
+        assert_eq!(sniff(logger.as_bytes()), Some(LogFormat::Pkcs11Logger));
+        let entered = "0x00006766 : 0x00007f0100c03840 : 2026-12-02 18:22:35.142220 - \
+                       Entered C_Initialize\n";
+        assert_eq!(sniff(entered.as_bytes()), Some(LogFormat::Pkcs11Logger));
+        let bare = "2026-12-02 18:22:35.142220 - Entered C_Initialize\n";
+        assert_eq!(sniff(bare.as_bytes()), Some(LogFormat::Pkcs11Logger));
+        // A spy log whose stamps carry the same date shape is still a spy log.
+        let spy = "\n0: C_Initialize\nP:42801; T:0x140462040723456 2026-01-13 16:13:18.382\n\
+                   [in] pInitArgs = (nil)\nReturned:  0 CKR_OK\n";
+        assert_eq!(sniff(spy.as_bytes()), Some(LogFormat::Spy));
+        assert_eq!(
+            sniff(b"{\"func\":\"C_Login\",\"ts\":\"2026-12-02 18:22:35.142220 - Entered C_X\"}"),
+            Some(LogFormat::Observe)
+        );
         assert_eq!(sniff(b"PAR1\0\0"), None);
         assert_eq!(sniff(b""), None);
     }

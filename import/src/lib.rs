@@ -1,20 +1,22 @@
 //! # p11trace-import
 //!
-//! Turns pkcs11-spy plaintext logs and observe-core JSON lines into schema v1 datasets (one
-//! `.parquet` file, or a dataset folder partitioned by date), streamed in constant memory.
+//! Turns pkcs11-spy plaintext logs, pkcs11-logger logs and observe-core JSON lines into schema v1
+//! datasets (one `.parquet` file, or a dataset folder partitioned by date), streamed in constant
+//! memory.
 //! Lenient by default (an unreadable record is reported with file:line and counted); `strict`
 //! turns the first problem into a failure that leaves no output behind.
 //!
 //! Owns the log formats: what they look like ([`format`]: [`LogFormat`], [`sniff`]), how they
-//! are read ([`spy`], [`observe`]), and local spy stamps to UTC ([`Clock`]). Rows are written
-//! through `p11trace-dataset`; what a call is comes from `p11trace-record`.
+//! are read ([`spy`], [`logger`], [`observe`], with what they share in `common`), and local
+//! stamps to UTC ([`Clock`]). Rows are written through `p11trace-dataset`; what a call is comes
+//! from `p11trace-record`.
 //!
 //! Must never depend on polars (analysis lives in `p11trace-query`, which uses this crate, never
 //! the other way), nor on a command-line parser: callers map their own options onto
 //! [`ImportOptions`] and [`LogFormat`].
 
 mod clock;
-mod fields;
+mod common;
 pub mod format;
 pub mod logger;
 pub mod observe;
@@ -37,7 +39,8 @@ use output::{FLUSH_ROWS, Output, append};
 
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// Time zone of spy stamps (IANA name); default: `TZ`, else the machine's zone.
+    /// Time zone of local stamps (spy, pkcs11-logger; IANA name); default: `TZ`, else the
+    /// machine's zone.
     pub tz: Option<String>,
     /// Fail on the first unreadable record instead of reporting and counting it.
     pub strict: bool,

@@ -19,6 +19,8 @@ const SEED_PLACES: &[(LogFormat, &str)] = &[
     (LogFormat::Spy, "tests/fixtures/guide"),
     // p11-kit's `log-calls` output (the stderr of pkcs11-tool through p11-kit's proxy).
     (LogFormat::P11Kit, "tests/fixtures/p11kit"),
+    // pkcs11-logger (Pkcs11Interop): pid/tid on every line, µs stamps.
+    (LogFormat::Pkcs11Logger, "tests/fixtures/pkcs11-logger"),
 ];
 
 /// Real logs to mutate, each with its format: every place of [`SEED_PLACES`], and an observe
@@ -98,6 +100,11 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         Just(b"    {Attributes: CKA_TOKEN = TRUE; CKA_ID = 0x0\n".to_vec()),
         Just(b"Public Key: 99999999999999999999999\n".to_vec()),
         Just(b"\xff\xfe\x00\x7f".to_vec()),
+        // pkcs11-logger's vocabulary out of place.
+        Just(b"0x00000001 : 0x0000000000000002 : 2024-01-01 00:00:00.000000 - Entered C_Sign\n".to_vec()),
+        Just(b"0x00000001 : 0x0000000000000002 : 2024-13-45 99:99:99.999999 - Returning 0 (CKR_OK)\n".to_vec()),
+        Just(b"0x00000001 : 0x0000000000000002 :   *** Begin attribute template ***\n".to_vec()),
+        Just(b"   ulValueLen: 99999999999999999999\n   *pValue: HEX(0G)\n".to_vec()),
         // p11-kit's vocabulary out of place.
         Just(b"C_Sign\n  IN: hSession = S99999999999999999999\n".to_vec()),
         Just(b" OUT: pTemplate = (2) [ { CKA_LABEL = (99) \"a\\x\" } ]\n".to_vec()),

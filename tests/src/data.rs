@@ -47,6 +47,17 @@ pub fn counts(sql: &str) -> Result<BTreeMap<String, i64>> {
         .collect())
 }
 
+/// A name → count map of a ground truth `expected.json` (the corpus's, the pkcs11-logger
+/// fixtures'), such as `calls_by_function`.
+pub fn expected_counts(expected: &Value, key: &str) -> Result<BTreeMap<String, i64>> {
+    Ok(expected[key]
+        .as_object()
+        .with_context(|| format!("no `{key}` in the ground truth"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(-1)))
+        .collect())
+}
+
 /// `read_parquet` glob of a table of a dataset.
 pub fn table(dataset: &Path, table: &str) -> String {
     format!(
@@ -248,23 +259,4 @@ pub fn documented_paths(document: &str) -> Result<std::collections::BTreeSet<Str
         .filter_map(|rest| rest.split_once("` |"))
         .map(|(key, _)| key.to_owned())
         .collect())
-}
-
-/// Every value of every column of every row of the Parquet file `file`, decompressed: DuckDB
-/// writes it out as CSV (nested columns as their text form) under `scratch`.
-pub fn decompressed(file: &Path, scratch: &Path) -> Result<Vec<u8>> {
-    let name = file.file_name().context("a Parquet file without a name")?;
-    let csv = scratch.join(format!("{}.csv", name.to_string_lossy()));
-    duckdb(&format!(
-        "COPY (SELECT * FROM read_parquet('{}')) TO '{}' (FORMAT csv, HEADER)",
-        file.display(),
-        csv.display()
-    ))?;
-    let values = std::fs::read(&csv).with_context(|| format!("{}", csv.display()))?;
-    ensure!(
-        !values.is_empty(),
-        "DuckDB wrote nothing for {}",
-        file.display()
-    );
-    Ok(values)
 }

@@ -15,7 +15,8 @@
 //! - [`module`]: loading a PKCS#11 module (the test client's and the benchmark client's).
 //!
 //! The binaries under test are found in the cargo target folder (`just test` builds them first);
-//! the pkcs11-spy logs the tests import are in `tests/fixtures/corpus/`, inside this repository.
+//! the pkcs11-spy logs the tests import are in `tests/fixtures/corpus/`, the pkcs11-logger ones in
+//! `tests/fixtures/pkcs11-logger/`, inside this repository.
 
 use std::path::PathBuf;
 
@@ -97,7 +98,23 @@ pub fn corpus(name: &str) -> PathBuf {
 
 /// Every log of the corpus, sorted.
 pub fn corpus_logs() -> Vec<PathBuf> {
-    let folder = fixtures().join("corpus");
+    logs_in("corpus")
+}
+
+/// A file of the real pkcs11-logger logs (`tests/fixtures/pkcs11-logger/`, see its README): each
+/// `X.log` beside its independently counted ground truth `X.expected.json`.
+pub fn logger_fixture(name: &str) -> PathBuf {
+    fixtures().join("pkcs11-logger").join(name)
+}
+
+/// Every pkcs11-logger log of the fixtures, sorted.
+pub fn logger_fixture_logs() -> Vec<PathBuf> {
+    logs_in("pkcs11-logger")
+}
+
+/// The `.log` files of a folder of `tests/fixtures/`, sorted.
+fn logs_in(folder: &str) -> Vec<PathBuf> {
+    let folder = fixtures().join(folder);
     let mut logs: Vec<PathBuf> = std::fs::read_dir(&folder)
         .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -1,7 +1,12 @@
 //! Looking for secrets in what was written: every file below a folder, each secret raw, as hex
-//! (either case, also as pkcs11-spy's hex-dump lines) and as base64 at every alignment.
+//! (either case, also as pkcs11-spy's hex-dump lines) and as base64 at every alignment, and the
+//! decompressed values of Parquet files.
 
 use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::data::duckdb;
 
 /// Every file below `dir` (hidden ones included), for secret scans.
 pub fn all_files(dir: &Path) -> Vec<PathBuf> {
@@ -83,6 +88,25 @@ fn base64_variants(needle: &[u8]) -> Vec<String> {
             Some(out)
         })
         .collect()
+}
+
+/// Every value of every column of every row of the Parquet file `file`, decompressed: DuckDB
+/// writes it out as CSV (nested columns as their text form) under `scratch`.
+pub fn decompressed(file: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    let name = file.file_name().context("a Parquet file without a name")?;
+    let csv = scratch.join(format!("{}.csv", name.to_string_lossy()));
+    duckdb(&format!(
+        "COPY (SELECT * FROM read_parquet('{}')) TO '{}' (FORMAT csv, HEADER)",
+        file.display(),
+        csv.display()
+    ))?;
+    let values = std::fs::read(&csv).with_context(|| format!("{}", csv.display()))?;
+    ensure!(
+        !values.is_empty(),
+        "DuckDB wrote nothing for {}",
+        file.display()
+    );
+    Ok(values)
 }
 
 #[cfg(test)]

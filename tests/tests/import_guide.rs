@@ -229,7 +229,7 @@ fn no_pin_printed_inline_is_ever_stored() -> Result<()> {
     let dir = temp();
     let log = guide("pins-inline.log");
     let out = import_as(&log, dir.path(), "pins.parquet", &[])?;
-    let values = data::decompressed(&out, dir.path())?;
+    let values = decompressed(&out, dir.path())?;
     // Control: the scan sees what the log holds (its label's first word).
     ensure!(contains_secret(&values, b"MY_LABEL") || contains_secret(&values, b"C_Login"));
     for pin in [

@@ -11,16 +11,6 @@ use anyhow::{Context, Result, ensure};
 use p11trace_tests::*;
 use serde_json::{Value, json};
 
-/// A ground-truth map of the corpus's `expected.json` (name → count).
-fn counted(expected: &Value, key: &str) -> Result<BTreeMap<String, i64>> {
-    Ok(expected[key]
-        .as_object()
-        .context(key.to_owned())?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(-1)))
-        .collect())
-}
-
 #[test]
 fn every_corpus_log_imports_to_its_counted_ground_truth() -> Result<()> {
     let dir = temp();
@@ -40,7 +30,7 @@ fn every_corpus_log_imports_to_its_counted_ground_truth() -> Result<()> {
         // DuckDB's `k` → `n` counts of `sql` against the ground truth's `key`, which is returned.
         let agrees = |what: &str, sql: String, key: &str| -> Result<BTreeMap<String, i64>> {
             let ours = counts(&sql)?;
-            let want = counted(&expected, key)?;
+            let want = expected_counts(&expected, key)?;
             ensure!(ours == want, "{name}: {what} {ours:?} vs {want:?}");
             Ok(want)
         };

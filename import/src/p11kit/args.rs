@@ -11,7 +11,7 @@ use p11trace_record::policy::{ValuePolicy, fixed_text_of, value_from_bytes, valu
 use super::Call;
 use super::params::mechanism_params;
 use super::values::{AttrPrint, attributes, counted, list, quoted_to_end, scalar, unprefixed};
-use crate::fields::{parse_number, set_role};
+use crate::common::{parse_number, set_role_text as set_role};
 
 /// One argument as printed, its block's lines included.
 #[derive(Debug, Default)]

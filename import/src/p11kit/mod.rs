@@ -45,7 +45,7 @@ use p11trace_record::functions::{FunctionSpec, Role};
 use p11trace_record::names;
 use p11trace_record::wire::CallRecord;
 
-use crate::fields::{info_attrs, info_provider};
+use crate::common::{info_attrs, info_provider};
 use crate::{ImportedCall, LineParser, ParseTotals, Problems, SourceClient};
 use args::{Arg, apply};
 

@@ -3,7 +3,7 @@
 //! at about 120 characters with `...`), lists (`(2) [ SL1, SL2 ]`) and attribute arrays
 //! (`(1) [ { CKA_LABEL = (2) "k1" } ]`).
 
-/// A scalar in the form [`crate::fields::set_role`] reads: `S1` → `1`, `0x7FFC… = H2` → `2`,
+/// A scalar in the form [`crate::common::set_role_text`] reads: `S1` → `1`, `0x7FFC… = H2` → `2`,
 /// `6 = CKF_SERIAL_SESSION | …` → `6`, `CK_TRUE` → `1`, `CKM_0x00001234` → `0x00001234`.
 pub(super) fn scalar(value: &str) -> Option<String> {
     let value = value.trim();

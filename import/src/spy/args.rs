@@ -11,6 +11,7 @@ use p11trace_record::policy::{ValuePolicy, fixed_text_of, value_from_bytes, valu
 
 use super::lex::{buffer_len, is_hex_upper, parse_number};
 use super::{Open, Pending, TemplateBlock};
+use crate::common;
 
 /// Completes a pending value once enough bytes arrived (or when the record moves on).
 pub(super) fn settle(open: &mut Open) {
@@ -87,7 +88,7 @@ impl KindCode for Attr {
 }
 
 pub(super) fn set_role(open: &mut Open, role: Role, value: &str, input: bool) {
-    crate::fields::set_role(&mut open.record, &mut open.found, role, value, input);
+    common::set_role_text(&mut open.record, &mut open.found, role, value, input);
 }
 
 /// `name = value`, `name[len] addr / N`, `name[N]: ` (template or list), `pMechanism->…`.

@@ -1,6 +1,6 @@
 //! Info structures (`CK_INFO`, `CK_SLOT_INFO`, `CK_TOKEN_INFO`, `CK_MECHANISM_INFO`, the slot of
-//! `CK_SESSION_INFO`, `C_Initialize`'s flags) into the info fields the shim records, and the
-//! `provider` string from `C_GetInfo`.
+//! `CK_SESSION_INFO`, `C_Initialize`'s flags) as the spy prints them, collected as `(key, value)`
+//! pairs; [`crate::common::info_attrs`] turns them into the info fields the shim records.
 
 use super::Open;
 
@@ -53,5 +53,3 @@ pub(super) fn mechanism_info_line(open: &mut Open, line: &str) {
         }
     }
 }
-
-pub(super) use crate::fields::{info_attrs, info_provider};

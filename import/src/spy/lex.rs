@@ -1,6 +1,8 @@
 //! Lexing the spy's lines: record headers, stamp lines, hex dumps, lines glued onto others
 //! (`Returned:`, stamps and `[in]`/`[out]` anywhere outside quotes), and the values of arguments.
 
+pub(super) use crate::common::parse_number;
+
 /// Whether the start of a file looks like a pkcs11-spy log.
 pub fn looks_like_spy(head: &str) -> bool {
     head.contains("OpenSC PKCS#11 spy")
@@ -147,8 +149,6 @@ pub(super) fn glued_marker(line: &str) -> Option<usize> {
     }
     None
 }
-
-pub(super) use crate::fields::parse_number;
 
 /// `addr / len` of a buffer or attribute (`len` may be -1), or `NULL [size : 0xN (N)]`.
 pub(super) fn buffer_len(value: &str) -> Option<(bool, i64)> {

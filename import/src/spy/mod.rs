@@ -111,12 +111,6 @@ impl Open {
 
     /// The role of argument `name` (spy spellings accepted: `*phObject`, `hPublicKey`).
     fn role(&self, name: &str) -> Option<Role> {
-        let spec = self.spec?;
-        let name = name.trim_start_matches('*');
-        let find = |wanted: &str| spec.args.iter().find(|a| a.name == wanted).map(|a| a.role);
-        // The table spells C keywords with a trailing underscore (`type_`).
-        find(name)
-            .or_else(|| find(&format!("p{name}")))
-            .or_else(|| find(&format!("{name}_")))
+        crate::common::role_of(self.spec?, name)
     }
 }

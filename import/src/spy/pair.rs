@@ -8,10 +8,11 @@ use std::rc::Rc;
 use p11trace_record::params::MechParams;
 
 use super::args::{argument_line, attribute_line, print_print_line, settle};
-use super::info::{info_attrs, info_line, info_provider, mechanism_info_line};
+use super::info::{info_line, mechanism_info_line};
 use super::inline::{MAX_ARGUMENTS_BYTES, depth_after, inline_header, named_line, read_arguments};
 use super::lex::{glued_marker, header, hexdump, parse_number, stamp};
 use super::{Open, Pending};
+use crate::common::{info_attrs, info_provider};
 use crate::{Clock, ImportedCall, LineParser, ParseTotals, Problems, SourceClient};
 
 /// Per-segment state (one spy banner: one process, or a parent and its forked children).

@@ -1,45 +1,72 @@
-//! What every importer maps the same way: an argument's value into its column by its
-//! [`Role`] (the function table's), numbers as C prints them, and info structures into the info
-//! fields the shim records (and `provider` from `C_GetInfo`). Moved here from the spy parser so
-//! the p11-kit parser uses the same code.
+//! What the importers of several log formats share: numbers as C prints them, argument names to
+//! their [`Role`] in the function table, a role's value into its column, and info structures
+//! (`CK_INFO`, `CK_SLOT_INFO`, `CK_TOKEN_INFO`, `CK_MECHANISM_INFO`) into the info fields the shim
+//! records, with the `provider` string from `C_GetInfo`.
 
-use p11trace_record::attr::{Attr, AttrType, AttrValue, InfoField};
-use p11trace_record::functions::Role;
+use p11trace_record::attr::InfoField;
+use p11trace_record::attr::{Attr, AttrType, AttrValue};
+use p11trace_record::functions::{FunctionSpec, Role};
 use p11trace_record::names;
 use p11trace_record::policy::provider_string;
 use p11trace_record::wire::CallRecord;
 
-/// Sets the column of `role` from `value` (a number as [`parse_number`] reads it, or a name);
-/// `found` collects `C_FindObjects`' handles.
+pub(crate) fn parse_number(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    if let Some(negative) = text.strip_prefix('-') {
+        // Two's complement, as C prints an unsigned value cast to a signed one; `i64::MIN`
+        // has no positive counterpart to negate (`--9223372036854775808`).
+        return negative
+            .parse::<i64>()
+            .ok()
+            .and_then(i64::checked_neg)
+            .map(|v| v as u64);
+    }
+    text.parse().ok()
+}
+
+/// The role of argument `name` of `spec` (spellings accepted: `*phObject`, `hPublicKey` for
+/// `phPublicKey`, `type` for the table's `type_`).
+pub(crate) fn role_of(spec: &FunctionSpec, name: &str) -> Option<Role> {
+    let name = name.trim_start_matches('*');
+    let find = |wanted: &str| spec.args.iter().find(|a| a.name == wanted).map(|a| a.role);
+    // The table spells C keywords with a trailing underscore (`type_`).
+    find(name)
+        .or_else(|| find(&format!("p{name}")))
+        .or_else(|| find(&format!("{name}_")))
+}
+
+/// Puts the value of an argument of role `role` into its column of `record` (`number` already
+/// read from the log, names resolved); `found` collects `C_FindObjects`' handles. `input`: the
+/// value was printed before the call (outputs are taken only from after it).
 pub(crate) fn set_role(
     record: &mut CallRecord,
     found: &mut Option<Vec<u64>>,
     role: Role,
-    value: &str,
+    number: Option<u64>,
     input: bool,
 ) {
-    let number = || parse_number(value);
     match role {
-        Role::Session | Role::SessionOut => record.session = number().or(record.session),
-        Role::Slot | Role::SlotOut => record.slot_id = number(),
-        Role::Object => record.object = number(),
-        Role::Object2 => record.object2 = number(),
-        // The spy prints flags by name only, so no flags at all is an empty value.
-        Role::Flags if value.trim().is_empty() => record.ck_flags = Some(0),
-        Role::Flags | Role::TokenPresent | Role::FlagsOut => record.ck_flags = number(),
-        Role::User => record.user_type = names::USER.code(value.trim()),
-        Role::MechType => record.mechanism = names::MECHANISM.code(value.trim()),
-        Role::InLen => record.in_len = number().map(|v| v as i64),
+        Role::Session | Role::SessionOut => record.session = number.or(record.session),
+        Role::Slot | Role::SlotOut => record.slot_id = number,
+        Role::Object => record.object = number,
+        Role::Object2 => record.object2 = number,
+        Role::Flags | Role::TokenPresent | Role::FlagsOut => record.ck_flags = number,
+        Role::User => record.user_type = number,
+        Role::MechType => record.mechanism = number,
+        Role::InLen => record.in_len = number.map(|v| v as i64),
         Role::OutLen | Role::CountOut | Role::SizeOut | Role::OutSize | Role::SignatureLen => {
-            record.out_len = number().map(|v| v as i64)
+            record.out_len = number.map(|v| v as i64)
         }
         Role::ObjectOut if !input => {
-            if let Some(handle) = number() {
+            if let Some(handle) = number {
                 record.out_objects.get_or_insert_with(Vec::new).push(handle);
             }
         }
         Role::FoundObjects if !input => {
-            if let Some(count) = number() {
+            if let Some(count) = number {
                 record.out_len = Some(count as i64);
                 found.get_or_insert_with(Vec::new);
             }
@@ -68,22 +95,22 @@ pub(crate) fn set_role(
     }
 }
 
-/// A number as C prints it: decimal, `0x` hex, or negative (two's complement).
-pub(crate) fn parse_number(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16).ok();
-    }
-    if let Some(negative) = text.strip_prefix('-') {
-        // Two's complement, as C prints an unsigned value cast to a signed one; `i64::MIN`
-        // has no positive counterpart to negate (`--9223372036854775808`).
-        return negative
-            .parse::<i64>()
-            .ok()
-            .and_then(i64::checked_neg)
-            .map(|v| v as u64);
-    }
-    text.parse().ok()
+/// [`set_role`] of a value as the logs print it: a number as [`parse_number`] reads it, a user
+/// type or mechanism by name, and flags printed by name only (nothing left: no flags, 0).
+pub(crate) fn set_role_text(
+    record: &mut CallRecord,
+    found: &mut Option<Vec<u64>>,
+    role: Role,
+    value: &str,
+    input: bool,
+) {
+    let number = match role {
+        Role::Flags if value.trim().is_empty() => Some(0),
+        Role::User => names::USER.code(value.trim()),
+        Role::MechType => names::MECHANISM.code(value.trim()),
+        _ => parse_number(value),
+    };
+    set_role(record, found, role, number, input);
 }
 
 fn version_value(text: &str) -> AttrValue {
