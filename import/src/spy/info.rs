@@ -9,7 +9,7 @@ use p11trace_record::policy::provider_string;
 use super::Open;
 
 /// `      key: value` lines of an info structure (and `     flags: N` of C_Initialize).
-pub(super) fn info_line(open: &mut Open, line: &str) {
+pub(crate) fn info_line(open: &mut Open, line: &str) {
     let trimmed = line.trim();
     if trimmed.starts_with('\'') {
         // Continuation of a long quoted value (slotDescription is printed as two halves).
@@ -40,7 +40,7 @@ pub(super) fn info_line(open: &mut Open, line: &str) {
 }
 
 /// `CKM_X : min:16 max:32 flags:0x80300 ( … )` of C_GetMechanismInfo.
-pub(super) fn mechanism_info_line(open: &mut Open, line: &str) {
+pub(crate) fn mechanism_info_line(open: &mut Open, line: &str) {
     let Some((_, rest)) = line.split_once(" : ") else {
         return;
     };
@@ -101,7 +101,7 @@ fn info_order(func: &str) -> &'static [InfoField] {
 }
 
 /// Info fields as the shim records them (same fields, same order, same values).
-pub(super) fn info_attrs(func: &str, info: &[(String, String)]) -> Vec<Attr> {
+pub(crate) fn info_attrs(func: &str, info: &[(String, String)]) -> Vec<Attr> {
     let field = p11trace_record::attr::info_field;
     let text = |v: &str| AttrValue::Text(v.trim_end().to_owned());
     let hex_flags = |v: &str| {
@@ -142,7 +142,7 @@ pub(super) fn info_attrs(func: &str, info: &[(String, String)]) -> Vec<Attr> {
     attrs
 }
 
-pub(super) fn info_provider(info: &[(String, String)]) -> Option<String> {
+pub(crate) fn info_provider(info: &[(String, String)]) -> Option<String> {
     let get = |key: &str| info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let version = get("libraryVersion")?.split_once('.')?;
     Some(provider_string(
