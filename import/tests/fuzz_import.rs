@@ -11,25 +11,43 @@ use p11trace_import::{ImportOptions, LogFormat, import_file, sniff};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-/// Real logs to mutate: the corpus in `tests/fixtures/corpus/`, our own threaded fixture, and an
-/// observe sample (last).
-fn seeds() -> &'static [Vec<u8>] {
-    static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+/// The `.log` files of a folder of `tests/fixtures/`, sorted.
+fn logs_in(folder: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(folder))
+        .unwrap_or_else(|e| panic!("tests/fixtures/{folder}: {e}"))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    assert!(
+        !files.is_empty(),
+        "no logs to mutate in tests/fixtures/{folder}"
+    );
+    files.sort();
+    files
+}
+
+/// Real logs to mutate, each with its format: the spy corpus in `tests/fixtures/corpus/`, our own
+/// threaded spy fixture, the libpkcs11shim logs in `tests/fixtures/libpkcs11shim/`, and an
+/// observe sample.
+fn seeds() -> &'static [(LogFormat, Vec<u8>)] {
+    static SEEDS: OnceLock<Vec<(LogFormat, Vec<u8>)>> = OnceLock::new();
     SEEDS.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures/corpus"))
-            .expect("tests/fixtures/corpus")
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-            .collect();
-        assert!(!files.is_empty(), "no corpus logs to mutate");
-        files.push(root.join("tests/fixtures/spy-0.24-threads.log"));
-        files.sort();
-        let mut seeds: Vec<Vec<u8>> = files
+        let mut spy = logs_in("corpus");
+        spy.push(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/spy-0.24-threads.log"),
+        );
+        let read = |path: &PathBuf| std::fs::read(path).expect("readable seed log");
+        let mut seeds: Vec<(LogFormat, Vec<u8>)> = spy
             .iter()
-            .map(|path| std::fs::read(path).expect("readable seed log"))
+            .map(|path| (LogFormat::Spy, read(path)))
             .collect();
-        seeds.push(OBSERVE.as_bytes().to_vec());
+        seeds.extend(
+            logs_in("libpkcs11shim")
+                .iter()
+                .map(|path| (LogFormat::Pkcs11Shim, read(path))),
+        );
+        seeds.push((LogFormat::Observe, OBSERVE.as_bytes().to_vec()));
         seeds
     })
 }
@@ -71,6 +89,10 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         Just(b"\n*** OpenSC PKCS#11 spy ***\n".to_vec()),
         Just(b"0: C_Initialize\nP:1; T:0x1 2024-01-01 00:00:00.000\n".to_vec()),
         Just(b"[in] pTemplate[2]: \n".to_vec()),
+        Just(b"[cnt] 0000000000000007 - C_Sign\n[pid] 1\n[tid] 2\n".to_vec()),
+        Just(b"[tic] 2024-01-01 00:00:00.000000\n[lap] 99999999999999999.000000\n".to_vec()),
+        Just(b"[ret] 0 CKR_OK\n[toc] 2024-13-45 99:99:99.999999\n".to_vec()),
+        Just(b"      00000000  5A 5A 5A  ZZZ[in ] pData[ulDataLen] ".to_vec()),
         Just(b"    CKA_VALUE      00000000deadbeef / 99999999999999999999\n".to_vec()),
         Just(b"2024-13-45 99:99:99.999\n".to_vec()),
         Just(b"\xff\xfe\x00\x7f".to_vec()),
@@ -234,22 +256,20 @@ proptest! {
         forced in any::<bool>(),
     ) {
         let seeds = seeds();
-        let index = seed.index(seeds.len());
-        let mut log = seeds[index].clone();
+        let (own, seed) = &seeds[seed.index(seeds.len())];
+        let mut log = seed.clone();
         for mutation in &mutations {
             apply(&mut log, mutation);
         }
         // Forced: parse as the seed's own format even where detection would refuse the damage.
-        let own = if index == seeds.len() - 1 { LogFormat::Observe } else { LogFormat::Spy };
-        import_survives(&log, forced.then_some(own), strict)?;
+        import_survives(&log, forced.then_some(*own), strict)?;
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic_either_parser(
+    fn arbitrary_bytes_never_panic_any_parser(
         bytes in prop::collection::vec(any::<u8>(), 0..4096),
-        observe in any::<bool>(),
+        format in prop::sample::select(vec![LogFormat::Observe, LogFormat::Spy, LogFormat::Pkcs11Shim]),
     ) {
-        let format = if observe { LogFormat::Observe } else { LogFormat::Spy };
         import_survives(&bytes, Some(format), false)?;
     }
 }
@@ -258,7 +278,7 @@ proptest! {
 #[test]
 fn unmutated_seeds_import() {
     let seeds = seeds();
-    for (index, log) in seeds.iter().enumerate() {
+    for (index, (own, log)) in seeds.iter().enumerate() {
         let dir = tempfile::tempdir().expect("temp dir");
         let input = dir.path().join("input.log");
         std::fs::write(&input, log).expect("write seed");
@@ -268,12 +288,7 @@ fn unmutated_seeds_import() {
             ..ImportOptions::default()
         };
         let format = sniff(log).expect("seed format detected");
-        let own = if index == seeds.len() - 1 {
-            LogFormat::Observe
-        } else {
-            LogFormat::Spy
-        };
-        assert_eq!(format, own, "seed {index}");
+        assert_eq!(format, *own, "seed {index}");
         let summary = import_file(&input, format, &out, &options).expect("seed imports");
         assert!(summary.calls > 0 && out.is_file(), "seed {index}");
     }
