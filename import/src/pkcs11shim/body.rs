@@ -79,6 +79,10 @@ pub(super) fn argument(open: &mut Open, text: &str, input: bool) {
         }
         return;
     }
+    // `C_WaitForSlotEvent`'s `*pSlot` before the call: not the slot the call returns.
+    if input && argument_name(text) == "pSlot" {
+        return;
+    }
     if open.func == "C_Initialize" {
         // `CK_C_INITIALIZE_ARGS.flags`, printed as its own argument.
         if let Some(value) = text.strip_prefix("flags = ") {
