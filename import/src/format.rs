@@ -115,6 +115,20 @@ mod tests {
             sniff(b"{\"func\":\"C_Login\",\"ts\":\"2026-12-02 18:22:35.142220 - Entered C_X\"}"),
             Some(LogFormat::Observe)
         );
+        // libpkcs11shim renders bodies with the spy's code (`[in] pReserved`, 6-space dumps), but
+        // its records are tagged: its banner, or `[cnt]` headers with `[ret]`, tell it apart.
+        let shim =
+            b"\n\n************************* PKCS#11 shim library *****************************\n\
+                     pid: 28703\nppid: unforked\n";
+        assert_eq!(sniff(shim), Some(LogFormat::Pkcs11Shim));
+        let bare = b"\n[cnt] 0000000000000001 - C_Initialize\n[pid] 1\n[ppd] 1\n[tid] 1\n\
+                     [tic] 2026-12-02 18:23:13.165591\n[in ] pInitArgs = 0x7ffd\n\
+                     [in] pReserved = (nil)\n[toc] 2026-12-02 18:23:13.167887\n[lap] 0.002296\n\
+                     [ret] 0 CKR_OK\n";
+        assert_eq!(sniff(bare), Some(LogFormat::Pkcs11Shim));
+        assert_eq!(sniff(b"[cnt] 0000000000000001 - C_Initialize\n"), None);
+        let spy = b"0: C_Initialize\n[in] pInitArgs = (nil)\n[ret] x\nReturned:  0 CKR_OK\n";
+        assert_eq!(sniff(spy), Some(LogFormat::Spy));
         assert_eq!(sniff(b"PAR1\0\0"), None);
         assert_eq!(sniff(b""), None);
     }

@@ -21,6 +21,8 @@ const SEED_PLACES: &[(LogFormat, &str)] = &[
     (LogFormat::P11Kit, "tests/fixtures/p11kit"),
     // pkcs11-logger (Pkcs11Interop): pid/tid on every line, µs stamps.
     (LogFormat::Pkcs11Logger, "tests/fixtures/pkcs11-logger"),
+    // libpkcs11shim (Mastercard): tagged records, bodies in the spy's rendering.
+    (LogFormat::Pkcs11Shim, "tests/fixtures/libpkcs11shim"),
 ];
 
 /// Real logs to mutate, each with its format: every place of [`SEED_PLACES`], and an observe
@@ -93,6 +95,10 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         Just(b"\n*** OpenSC PKCS#11 spy ***\n".to_vec()),
         Just(b"0: C_Initialize\nP:1; T:0x1 2024-01-01 00:00:00.000\n".to_vec()),
         Just(b"[in] pTemplate[2]: \n".to_vec()),
+        Just(b"[cnt] 0000000000000007 - C_Sign\n[pid] 1\n[tid] 2\n".to_vec()),
+        Just(b"[tic] 2024-01-01 00:00:00.000000\n[lap] 99999999999999999.000000\n".to_vec()),
+        Just(b"[ret] 0 CKR_OK\n[toc] 2024-13-45 99:99:99.999999\n".to_vec()),
+        Just(b"      00000000  5A 5A 5A  ZZZ[in ] pData[ulDataLen] ".to_vec()),
         Just(b"    CKA_VALUE      00000000deadbeef / 99999999999999999999\n".to_vec()),
         Just(b"2024-13-45 99:99:99.999\n".to_vec()),
         Just(b"7: C_Login(6, 1, <pin>, 4)\n".to_vec()),

@@ -14,7 +14,7 @@ use super::{Open, Pending, TemplateBlock};
 use crate::common;
 
 /// Completes a pending value once enough bytes arrived (or when the record moves on).
-pub(super) fn settle(open: &mut Open) {
+pub(crate) fn settle(open: &mut Open) {
     let finished = match &open.pending {
         Pending::None => return,
         Pending::Attribute { index, keep, bytes } => {
@@ -92,7 +92,7 @@ pub(super) fn set_role(open: &mut Open, role: Role, value: &str, input: bool) {
 }
 
 /// `name = value`, `name[len] addr / N`, `name[N]: ` (template or list), `pMechanism->…`.
-pub(super) fn argument_line(open: &mut Open, argument: &str, input: bool) {
+pub(crate) fn argument_line(open: &mut Open, argument: &str, input: bool) {
     let argument = argument.trim_end();
     if let Some(field) = argument.strip_prefix("pMechanism->") {
         return mechanism_line(open, field);
@@ -171,7 +171,7 @@ pub(super) fn argument_line(open: &mut Open, argument: &str, input: bool) {
 
 /// `pMechanism->type = CKM_X`, `pMechanism->pParameter[ulParameterLen] …`, and decoded
 /// `pMechanism->pParameter->field = value` lines.
-pub(super) fn mechanism_line(open: &mut Open, field: &str) {
+pub(crate) fn mechanism_line(open: &mut Open, field: &str) {
     if let Some(name) = field.strip_prefix("type = ") {
         open.record.mechanism = names::MECHANISM.code(name.trim());
         return;
@@ -218,7 +218,7 @@ pub(super) fn mechanism_line(open: &mut Open, field: &str) {
 }
 
 /// An attribute line of the open template: `CKA_NAME<pad> value`.
-pub(super) fn attribute_line(open: &mut Open, attribute: &str) {
+pub(crate) fn attribute_line(open: &mut Open, attribute: &str) {
     let Some(block) = open.template else { return };
     if block.skip {
         return;
@@ -295,7 +295,7 @@ pub(super) fn attribute_line(open: &mut Open, attribute: &str) {
 }
 
 /// print_print (labels): a line of hex groups (`72736132 303438`), then one of spaced characters.
-pub(super) fn print_print_line(open: &mut Open, value: &str) {
+pub(crate) fn print_print_line(open: &mut Open, value: &str) {
     let Pending::Attribute {
         keep: true, bytes, ..
     } = &mut open.pending

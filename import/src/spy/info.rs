@@ -5,7 +5,7 @@
 use super::Open;
 
 /// `      key: value` lines of an info structure (and `     flags: N` of C_Initialize).
-pub(super) fn info_line(open: &mut Open, line: &str) {
+pub(crate) fn info_line(open: &mut Open, line: &str) {
     let trimmed = line.trim();
     if trimmed.starts_with('\'') {
         // Continuation of a long quoted value (slotDescription is printed as two halves).
@@ -36,7 +36,7 @@ pub(super) fn info_line(open: &mut Open, line: &str) {
 }
 
 /// `CKM_X : min:16 max:32 flags:0x80300 ( … )` of C_GetMechanismInfo.
-pub(super) fn mechanism_info_line(open: &mut Open, line: &str) {
+pub(crate) fn mechanism_info_line(open: &mut Open, line: &str) {
     let Some((_, rest)) = line.split_once(" : ") else {
         return;
     };

@@ -35,7 +35,7 @@ pub(super) fn is_hex_upper(b: u8) -> bool {
 }
 
 /// `    %08X  XX XX … ` hex dump line: returns its bytes and whatever was glued after it.
-pub(super) fn hexdump(line: &str) -> Option<(Vec<u8>, &str)> {
+pub(crate) fn hexdump(line: &str) -> Option<(Vec<u8>, &str)> {
     let bytes = line.as_bytes();
     if bytes.len() < 14
         || !bytes.starts_with(b"    ")
@@ -151,7 +151,7 @@ pub(super) fn glued_marker(line: &str) -> Option<usize> {
 }
 
 /// `addr / len` of a buffer or attribute (`len` may be -1), or `NULL [size : 0xN (N)]`.
-pub(super) fn buffer_len(value: &str) -> Option<(bool, i64)> {
+pub(crate) fn buffer_len(value: &str) -> Option<(bool, i64)> {
     let value = value.trim();
     if let Some(rest) = value.strip_prefix("NULL [size : ") {
         let decimal = rest.split_once('(')?.1.split_once(')')?.0;

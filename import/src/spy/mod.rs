@@ -28,10 +28,12 @@
 //! [`args`] maps arguments to columns by their [`Role`](p11trace_record::functions::Role), and
 //! [`info`] reads info structures. This module holds the record they all fill ([`Open`]).
 
-mod args;
-mod info;
+// `args`, `info` and `lex` are also the libpkcs11shim importer's: that tracer renders record
+// bodies with pkcs11-spy's own code (`crate::pkcs11shim`).
+pub(crate) mod args;
+pub(crate) mod info;
 mod inline;
-mod lex;
+pub(crate) mod lex;
 mod pair;
 
 use p11trace_record::Func;
@@ -71,14 +73,14 @@ enum Pending {
 }
 
 /// One record being assembled.
-struct Open {
+pub(crate) struct Open {
     line: u64,
-    func: String,
-    spec: Option<&'static FunctionSpec>,
+    pub(crate) func: String,
+    pub(crate) spec: Option<&'static FunctionSpec>,
     stamp: Option<Stamp>,
-    record: CallRecord,
+    pub(crate) record: CallRecord,
     params: MechParams,
-    info: Vec<(String, String)>,
+    pub(crate) info: Vec<(String, String)>,
     template: Option<TemplateBlock>,
     pending: Pending,
     found: Option<Vec<u64>>,
@@ -91,7 +93,7 @@ struct Open {
 }
 
 impl Open {
-    fn new(line: u64, func: &str) -> Open {
+    pub(crate) fn new(line: u64, func: &str) -> Open {
         Open {
             line,
             func: func.to_owned(),
@@ -110,7 +112,59 @@ impl Open {
     }
 
     /// The role of argument `name` (spy spellings accepted: `*phObject`, `hPublicKey`).
-    fn role(&self, name: &str) -> Option<Role> {
+    pub(crate) fn role(&self, name: &str) -> Option<Role> {
         crate::common::role_of(self.spec?, name)
+    }
+}
+
+impl Open {
+    /// An `[in]`/`[out]` argument line (its prefix removed): it ends any template or value
+    /// being read, as in `pair`.
+    pub(crate) fn argument(&mut self, text: &str, input: bool) {
+        self.template = None;
+        self.pending = Pending::None;
+        args::argument_line(self, text, input);
+    }
+
+    /// The bytes of a hex dump line, for the value being read (if it is kept).
+    pub(crate) fn dump_bytes(&mut self, bytes: &[u8]) {
+        match &mut self.pending {
+            Pending::Attribute {
+                keep: true,
+                bytes: value,
+                ..
+            }
+            | Pending::Buffer { bytes: value, .. } => {
+                value.extend_from_slice(bytes);
+                args::settle(self);
+            }
+            _ => {}
+        }
+    }
+
+    /// `Object 0x… matches` of `C_FindObjects`.
+    pub(crate) fn found_object(&mut self, handle: u64) {
+        self.found.get_or_insert_with(Vec::new).push(handle);
+    }
+
+    /// The record's columns once its lines are all read: the value still pending settled, the
+    /// handles found, the mechanism parameters and the info fields in place (what `pair` does
+    /// before it emits, for the importers that reuse these renderings).
+    pub(crate) fn complete(&mut self) {
+        args::settle(self);
+        if let Some(found) = self.found.take() {
+            self.record.out_len = Some(found.len() as i64);
+            self.record.out_objects = Some(found);
+        }
+        if self.params != MechParams::default() {
+            self.record.mech_params = self.params.render();
+        }
+        if !self.info.is_empty() {
+            let fields = crate::common::info_attrs(&self.func, &self.info);
+            self.record
+                .attrs
+                .get_or_insert_with(Vec::new)
+                .extend(fields);
+        }
     }
 }
