@@ -11,8 +11,8 @@ use p11trace_import::{ImportOptions, LogFormat, import_file, sniff};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-/// Real logs to mutate: the corpus in `tests/fixtures/corpus/`, our own threaded fixture, and an
-/// observe sample (last).
+/// Real logs to mutate: the corpus in `tests/fixtures/corpus/`, our own threaded fixture, a real
+/// threaded OpenSC 0.27 log (headers and stamps apart), and an observe sample (last).
 fn seeds() -> &'static [Vec<u8>] {
     static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     SEEDS.get_or_init(|| {
@@ -24,6 +24,7 @@ fn seeds() -> &'static [Vec<u8>] {
             .collect();
         assert!(!files.is_empty(), "no corpus logs to mutate");
         files.push(root.join("tests/fixtures/spy-0.24-threads.log"));
+        files.push(root.join("tests/fixtures/spy-0.27-threads.log"));
         files.sort();
         let mut seeds: Vec<Vec<u8>> = files
             .iter()
