@@ -102,6 +102,8 @@ pub struct ImportSummary {
     pub problems: u64,
     pub unreturned: u64,
     pub ambiguous: u64,
+    pub ambiguous_stamps: u64,
+    pub unstamped: u64,
     pub bytes: u64,
 }
 
@@ -131,6 +133,12 @@ pub struct ParseTotals {
     pub unreturned: u64,
     /// Pairings of a result with a call that had to be guessed (interleaved threads).
     pub ambiguous: u64,
+    /// Stamp lines (pid, thread, time) that had several waiting calls to go to (interleaved
+    /// threads): which one was guessed.
+    pub ambiguous_stamps: u64,
+    /// Calls whose record had no stamp line in the log (the integration guide's stamp-less
+    /// form, a log cut between a header and its stamp): their `pid`, `tid` and `start` are null.
+    pub unstamped: u64,
 }
 
 /// A line-oriented log format.
@@ -266,6 +274,8 @@ pub fn import_files(
             summary.processes += totals.processes;
             summary.unreturned += totals.unreturned;
             summary.ambiguous += totals.ambiguous;
+            summary.ambiguous_stamps += totals.ambiguous_stamps;
+            summary.unstamped += totals.unstamped;
             read
         };
         if let Some(bar) = bar {

@@ -15,6 +15,8 @@ use proptest::test_runner::Config;
 const SEED_PLACES: &[(LogFormat, &str)] = &[
     (LogFormat::Spy, "tests/fixtures/corpus"),
     (LogFormat::Spy, "tests/fixtures/spy-0.24-threads.log"),
+    // A real threaded OpenSC 0.27 log: headers and their stamps apart, stamps glued mid-line.
+    (LogFormat::Spy, "tests/fixtures/spy-0.27-threads.log"),
     // The integration guide's form: inline arguments, named outputs, multi-line templates.
     (LogFormat::Spy, "tests/fixtures/guide"),
     // p11-kit's `log-calls` output (the stderr of pkcs11-tool through p11-kit's proxy).

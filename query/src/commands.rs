@@ -36,7 +36,8 @@ pub fn import(args: &ImportArgs) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "p11trace-query: imported {} calls from {} process(es) into {} ({:.1} MB in {:.2} s, {:.0} MB/s); \
-         {} unreadable record(s), {} never returned, {} ambiguous return pairing(s)",
+         {} unreadable record(s), {} never returned, {} ambiguous return pairing(s), \
+         {} ambiguous stamp pairing(s), {} call(s) without a stamp line",
         summary.calls,
         summary.processes,
         args.output.display(),
@@ -46,6 +47,8 @@ pub fn import(args: &ImportArgs) -> Result<()> {
         summary.problems,
         summary.unreturned,
         summary.ambiguous,
+        summary.ambiguous_stamps,
+        summary.unstamped,
     );
     Ok(())
 }

@@ -414,6 +414,7 @@ impl LineParser for LoggerParser<'_> {
             processes: self.clients,
             unreturned: self.unreturned,
             ambiguous: 0,
+            ..ParseTotals::default()
         }
     }
 }

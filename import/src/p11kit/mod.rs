@@ -347,6 +347,7 @@ impl LineParser for P11KitParser<'_> {
             processes: u64::from(self.emitted > 0),
             unreturned: self.unreturned,
             ambiguous: self.ambiguous,
+            ..ParseTotals::default()
         }
     }
 }

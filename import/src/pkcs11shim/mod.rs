@@ -419,6 +419,7 @@ impl LineParser for ShimLogParser<'_> {
             processes: self.processes,
             unreturned: self.unreturned,
             ambiguous: self.ambiguous,
+            ..ParseTotals::default()
         }
     }
 }

@@ -6,9 +6,13 @@
 //! - Several processes appended to one file: each `*** OpenSC PKCS#11 spy ***` banner starts a new
 //!   *segment* with its own `Loaded:` module. Within a segment, records are split into clients by
 //!   pid where the log prints one (a forked child continues its parent's numbering).
-//! - Threads interleave records, and `Returned:` names neither the function nor the thread. Input
-//!   lines go to the newest open record, output lines and `Returned:` to the oldest (first in,
-//!   first out); every pairing made while several records were open is counted as ambiguous.
+//! - Threads interleave records, and `Returned:` names neither the function nor the thread. A
+//!   header and its stamp line come apart (other threads' lines between them, the stamp glued
+//!   after another record's partial line): a stamp goes to the newest record still without one,
+//!   and the other lines only to records that have their stamp (input lines to the newest,
+//!   output lines and `Returned:` to the oldest, first in, first out), so every stamp in the log
+//!   finds its call. Every pairing made while several records were candidates is counted as
+//!   ambiguous (see [`pair`]).
 //! - Lines glued to the end of another line (after a hex dump without its newline, or the 0.23
 //!   `[in] type = CKM_X` run-on) are split off: a hex dump line is exactly 79 characters, so
 //!   whatever follows is another line, and its ASCII column (which may hold spaces, `:`, `=`, 0x7F)

@@ -1,6 +1,18 @@
 //! Pairing: which open record each line belongs to, which client (segment and pid) and thread a
-//! record came from, and which record a `Returned:` ends. Input lines go to the newest open
-//! record, output lines and `Returned:` to the oldest (first in, first out).
+//! record came from, and which record a `Returned:` ends.
+//!
+//! The spy's `enter()` prints a record's header and then its stamp line, two separate writes:
+//! other threads' lines may come between them, and the stamp may land after a partial line of
+//! another record (split off by [`glued_marker`]). Everything else of a record (its `[in]` and
+//! `[out]` lines, its `Returned:`) is printed by the same thread after its stamp. So:
+//! - a stamp goes to the newest open record that has none yet (a thread that printed its header
+//!   and was held up before its stamp is most often overtaken by whole header-and-stamp pairs of
+//!   other threads; which waiting header is whose cannot be read from the log, so a stamp that
+//!   had several candidates is counted in `ambiguous_stamps`);
+//! - every other line goes only to records that already have their stamp (in a segment that
+//!   prints stamps): input lines to the newest, output lines and `Returned:` to the oldest (first
+//!   in, first out). A record is therefore never ended before its stamp arrives, and every stamp
+//!   in the log finds its record.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -23,6 +35,9 @@ struct Segment {
     provider: Option<Rc<str>>,
     /// Clients by pid (`None` when the log prints no pids).
     clients: HashMap<Option<i64>, Rc<SourceClient>>,
+    /// Whether this segment has printed a stamp line (0.23+); then only stamped records take
+    /// argument lines and `Returned:`.
+    stamps: bool,
 }
 
 /// The most records open (called, not yet returned) at once: pkcs11-spy interleaves the calls
@@ -41,7 +56,9 @@ pub struct SpyParser<'a> {
     arguments: Option<(Open, String, i64)>,
     seqs: HashMap<String, i64>,
     pub ambiguous: u64,
+    pub ambiguous_stamps: u64,
     pub unreturned: u64,
+    pub unstamped: u64,
     pub processes: u64,
 }
 
@@ -57,7 +74,9 @@ impl<'a> SpyParser<'a> {
             arguments: None,
             seqs: HashMap::new(),
             ambiguous: 0,
+            ambiguous_stamps: 0,
             unreturned: 0,
+            unstamped: 0,
             processes: 0,
         }
     }
@@ -141,12 +160,49 @@ impl<'a> SpyParser<'a> {
         self.open.push_back(open);
     }
 
+    /// Where the newest record ready for lines is: one with its stamp, or any when the segment
+    /// prints no stamps or none has one yet.
+    fn newest_index(&self) -> Option<usize> {
+        let stamps = self.segment.stamps;
+        self.open
+            .iter()
+            .rposition(|open| open.stamp.is_some() || !stamps)
+            .or_else(|| self.open.len().checked_sub(1))
+    }
+
+    /// Where the oldest record ready for lines is (as [`Self::newest_index`]).
+    fn oldest_index(&self) -> Option<usize> {
+        let stamps = self.segment.stamps;
+        self.open
+            .iter()
+            .position(|open| open.stamp.is_some() || !stamps)
+            .or_else(|| (!self.open.is_empty()).then_some(0))
+    }
+
     fn newest(&mut self) -> Option<&mut Open> {
-        self.open.back_mut()
+        let index = self.newest_index()?;
+        self.open.get_mut(index)
     }
 
     fn oldest(&mut self) -> Option<&mut Open> {
-        self.open.front_mut()
+        let index = self.oldest_index()?;
+        self.open.get_mut(index)
+    }
+
+    /// Ends the record a `Returned:` belongs to (the oldest ready one), counting the guess when
+    /// several were ready.
+    fn take_returning(&mut self) -> Option<Open> {
+        let stamps = self.segment.stamps;
+        let ready = self
+            .open
+            .iter()
+            .filter(|open| open.stamp.is_some() || !stamps)
+            .count();
+        if ready > 1 {
+            self.ambiguous += 1;
+        }
+        let index = self.oldest_index()?;
+        self.open.remove(index)
     }
 
     fn logical(&mut self, number: u64, line: &str, emit: &mut impl FnMut(ImportedCall)) {
@@ -202,6 +258,11 @@ impl<'a> SpyParser<'a> {
             return;
         }
         if let Some(stamp) = stamp(line) {
+            self.segment.stamps = true;
+            let waiting = self.open.iter().filter(|open| open.stamp.is_none()).count();
+            if waiting > 1 {
+                self.ambiguous_stamps += 1;
+            }
             match self.open.iter_mut().rev().find(|open| open.stamp.is_none()) {
                 Some(open) => open.stamp = Some(stamp),
                 None => {
@@ -219,16 +280,13 @@ impl<'a> SpyParser<'a> {
                     number,
                     &format!("unreadable return value `{}`", result.trim()),
                 );
-                if let Some(open) = self.open.pop_front() {
+                if let Some(open) = self.take_returning() {
                     self.unreturned += 1;
                     self.emit(open, None, emit);
                 }
                 return;
             };
-            if self.open.len() > 1 {
-                self.ambiguous += 1;
-            }
-            match self.open.pop_front() {
+            match self.take_returning() {
                 Some(open) => self.emit(open, Some(rv as u64), emit),
                 None => self
                     .problems
@@ -280,7 +338,7 @@ impl<'a> SpyParser<'a> {
     }
 
     /// The record that continuation lines (attributes, dumps, info fields) belong to: the one
-    /// whose block was opened last.
+    /// whose block was opened last, else the newest ready one.
     fn current_block(&mut self) -> Option<&mut Open> {
         let index = self
             .open
@@ -290,7 +348,7 @@ impl<'a> SpyParser<'a> {
                     || !matches!(open.pending, Pending::None)
                     || !open.info.is_empty()
             })
-            .unwrap_or(self.open.len().checked_sub(1)?);
+            .or_else(|| self.newest_index())?;
         self.open.get_mut(index)
     }
 
@@ -336,6 +394,9 @@ impl<'a> SpyParser<'a> {
 
     fn emit(&mut self, mut open: Open, rv: Option<u64>, emit: &mut impl FnMut(ImportedCall)) {
         settle(&mut open);
+        if open.stamp.is_none() {
+            self.unstamped += 1;
+        }
         let pid = open.stamp.as_ref().and_then(|s| s.pid);
         let client = self.client(pid);
         let seq = self.seqs.entry(client.client_id.clone()).or_insert(0);
@@ -409,6 +470,52 @@ impl LineParser for SpyParser<'_> {
             processes: self.processes,
             unreturned: self.unreturned,
             ambiguous: self.ambiguous,
+            ambiguous_stamps: self.ambiguous_stamps,
+            unstamped: self.unstamped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thread 1 prints its header and is held up; thread 2 prints a whole call in between, so
+    /// thread 1's stamp comes after thread 2's `Returned:`.
+    const HELD_UP: &str = "0: C_Sign
+1: C_SignInit
+P:7; T:0x2 2026-12-02 18:00:00.001
+[in] hSession = 0x2
+Returned:  0 CKR_OK
+P:7; T:0x1 2026-12-02 18:00:00.002
+[in] hSession = 0x1
+Returned:  0 CKR_OK
+";
+
+    #[test]
+    fn a_stamp_after_another_threads_whole_call_still_finds_its_header() {
+        let mut clock = Clock::new(Some("UTC")).unwrap();
+        let mut problems = Problems::default();
+        let mut calls = Vec::new();
+        let mut parser = SpyParser::new("t.log", &mut clock, &mut problems);
+        for (number, line) in (1..).zip(HELD_UP.lines()) {
+            parser.feed(number, line, &mut |call| calls.push(call));
+        }
+        parser.end(&mut |call| calls.push(call));
+        let totals = parser.totals();
+        let got: Vec<_> = calls
+            .iter()
+            .map(|c| (c.func.as_str(), c.tid, c.record.session, c.returned))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("C_SignInit", Some(2), Some(2), true),
+                ("C_Sign", Some(1), Some(1), true)
+            ]
+        );
+        assert!(calls.iter().all(|c| c.start_us.is_some()));
+        assert_eq!((totals.unstamped, totals.ambiguous_stamps), (0, 1));
+        assert_eq!(problems.count, 0);
     }
 }
