@@ -19,7 +19,14 @@ const FORMATS: &[(&str, &str, &str)] = &[
     ("pkcs11-spy 0.23 (corpus)", "spy", "corpus"),
     ("pkcs11-spy 0.24+ threads", "spy", "spy-0.24-threads.log"),
     ("pkcs11-spy guide form", "spy", "guide"),
+    (
+        "pkcs11-spy 0.27 threads (real)",
+        "spy",
+        "spy-0.27-threads.log",
+    ),
     ("p11-kit log-calls", "p11-kit", "p11kit"),
+    ("pkcs11-logger", "pkcs11-logger", "pkcs11-logger"),
+    ("libpkcs11shim", "libpkcs11shim", "libpkcs11shim"),
 ];
 
 fn logs(place: &str) -> Result<Vec<PathBuf>> {
@@ -45,7 +52,7 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
     let mut lines = Vec::new();
     let mut figures = Vec::new();
     for &(name, format, place) in FORMATS {
-        let log = dir.path().join(format!("{format}.log"));
+        let log = dir.path().join("repeated.log");
         let log_bytes = synth::repeated_log(&log, &logs(place)?, size)?;
         let out = dir.path().join("imported.parquet");
         let wc = timed(ctx, "wc -l", reps + 1, || {

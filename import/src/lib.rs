@@ -1,13 +1,14 @@
 //! # p11trace-import
 //!
-//! Turns pkcs11-spy plaintext logs, pkcs11-logger logs and observe-core JSON lines into schema v1
+//! Turns other tracers' logs — pkcs11-spy (every OpenSC form and the integration guide's),
+//! p11-kit `log-calls`, pkcs11-logger, libpkcs11shim — and observe-core JSON lines into schema v1
 //! datasets (one `.parquet` file, or a dataset folder partitioned by date), streamed in constant
 //! memory.
 //! Lenient by default (an unreadable record is reported with file:line and counted); `strict`
 //! turns the first problem into a failure that leaves no output behind.
 //!
 //! Owns the log formats: what they look like ([`format`]: [`LogFormat`], [`sniff`]), how they
-//! are read ([`spy`], [`logger`], [`observe`], with what they share in `common`), and local
+//! are read ([`spy`], [`p11kit`], [`logger`], [`pkcs11shim`], [`observe`], with what they share in `common`), and local
 //! stamps to UTC ([`Clock`]). Rows are written through `p11trace-dataset`; what a call is comes
 //! from `p11trace-record`.
 //!

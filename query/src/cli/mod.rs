@@ -8,7 +8,8 @@ use crate::input::InputFormat;
 
 pub mod trail;
 
-/// Analyse PKCS#11 call traces: p11trace datasets, Parquet files, pkcs11-spy logs and observe
+/// Analyse PKCS#11 call traces: p11trace datasets, Parquet files, tracers' logs (pkcs11-spy,
+/// p11-kit log-calls, pkcs11-logger, libpkcs11shim) and observe
 /// JSON lines (told apart by content).
 ///
 /// Exit status: 0 success, 1 runtime or input error, 2 usage error; `compare` and `diff` exit 2
@@ -22,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Convert pkcs11-spy logs or observe JSON lines to schema v1 Parquet.
+    /// Convert tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines to schema v1 Parquet.
     Import(ImportArgs),
     /// The PKCS#11 Operation Analysis: summary, latency, return codes, sessions, issues.
     Analyze(AnalyzeArgs),
@@ -86,7 +87,7 @@ pub enum AuditFormat {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Datasets, archives, Parquet files, pkcs11-spy logs or observe JSON lines.
+    /// Datasets, archives, Parquet files, tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
@@ -131,7 +132,7 @@ impl InputArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// pkcs11-spy logs or observe JSON-lines files.
+    /// tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON-lines files.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
@@ -193,7 +194,7 @@ pub enum ReportFormat {
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
-    /// Datasets, Parquet files, pkcs11-spy logs or observe JSON lines.
+    /// Datasets, Parquet files, tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
@@ -230,7 +231,7 @@ pub struct SqlArgs {
     #[arg(value_name = "QUERY")]
     pub query: String,
 
-    /// Datasets, Parquet files, pkcs11-spy logs or observe JSON lines.
+    /// Datasets, Parquet files, tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 

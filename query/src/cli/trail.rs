@@ -15,7 +15,7 @@ pub enum Period {
 #[derive(Debug, Args)]
 #[command(after_help = ARCHIVE_EXAMPLES)]
 pub struct ArchiveArgs {
-    /// Datasets, Parquet files, pkcs11-spy logs or observe JSON lines.
+    /// Datasets, Parquet files, tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
