@@ -19,10 +19,10 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub dataset: PathBuf,
 
-    /// Unix socket to listen on.
+    /// Unix socket to listen on; `P11TRACE_SOCKET` is the variable the shim reads too.
     /// [default: /run/user/<uid>/p11trace.sock where /run/user/<uid> exists,
     /// else /tmp/p11trace-<uid>/p11trace.sock; the shim uses the same rule]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "P11TRACE_SOCKET")]
     pub socket: Option<PathBuf>,
 
     /// Identifier stored in every row of this run [default: a new UUIDv7].

@@ -12,6 +12,7 @@
 //! - [`data`]: reading datasets and imports back with DuckDB and `p11trace-query`.
 //! - [`process`]: running commands with a timeout, and what a process cost.
 //! - [`scan`]: looking for secrets in what was written.
+//! - [`readme`]: the README's runnable blocks.
 //! - [`module`]: loading a PKCS#11 module (the test client's and the benchmark client's).
 //!
 //! The binaries under test are found in the cargo target folder (`just test` builds them first);
@@ -26,6 +27,7 @@ pub mod module;
 pub mod oracle;
 pub mod p11kit;
 pub mod process;
+pub mod readme;
 pub mod recorder;
 pub mod scan;
 pub mod token;
