@@ -44,6 +44,8 @@ deps:
             p11-kit p11-kit-modules >/dev/null
     fi
     command -v duckdb >/dev/null || python3 -m pip install -q duckdb-cli==1.5.6
+    # The README's Python examples (pyarrow, polars).
+    python3 -c 'import pyarrow, polars' 2>/dev/null || python3 -m pip install -q pyarrow==26.0.1 polars==2.1.0
 
 # The main job end to end (scripts/demo.sh): a token, the recorder, pkcs11-tool and OpenSSL
 # through the shim (keys, signatures verified, a decryption, a wrong PIN), then the analysis.
