@@ -70,7 +70,7 @@ mod tests {
         assert_eq!(blocks.len(), 2);
         assert_eq!((blocks[0].name.as_str(), blocks[0].lang.as_str()), ("a", "sh"));
         assert_eq!(blocks[0].code, "echo 1\necho 2\n");
-        assert_eq!((blocks[1].name.as_str(), blocks[1].line), ("b", 9));
+        assert_eq!((blocks[1].name.as_str(), blocks[1].line), ("b", 10));
         assert!(runnable_blocks("<!-- runs: c -->\ntext\n").is_err());
         assert!(runnable_blocks("<!-- runs: d -->\n```sh\nopen\n").is_err());
     }
