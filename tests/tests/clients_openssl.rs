@@ -1,0 +1,157 @@
+//! OpenSSL 3 through its pkcs11 engine (Debian's libengine-pkcs11-openssl, libp11), the engine's
+//! module the shim (`PKCS11_MODULE_PATH`): `openssl pkeyutl -sign` with the token's RSA key and
+//! `openssl dgst -sign` with its EC key exit and print as they do direct; the RSA signature
+//! (PKCS#1 v1.5, deterministic) is byte for byte the direct one; both verify with the public key
+//! exported from the token; and the dataset holds each process's login and its one `C_Sign`
+//! with the mechanism libp11 uses (CKM_RSA_PKCS over a DigestInfo, CKM_ECDSA over a digest).
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use p11trace_tests::clients::*;
+use p11trace_tests::*;
+
+fn module(through_shim: bool) -> std::path::PathBuf {
+    if through_shim {
+        shim()
+    } else {
+        SOFTHSM.into()
+    }
+}
+
+fn verify(args: &[&str], files: &[&Path]) -> Result<String> {
+    let mut command = std::process::Command::new("openssl");
+    command.args(args);
+    for file in files {
+        command.arg(file);
+    }
+    let output = run_ok(&mut command, std::time::Duration::from_secs(60))?;
+    Ok(text(&output.stdout))
+}
+
+#[test]
+fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<()> {
+    assert!(
+        Path::new(ENGINE).exists(),
+        "{ENGINE} is missing: apt-get install libengine-pkcs11-openssl"
+    );
+    let mut traced = traced_with_keys("openssl")?;
+    let dir = temp();
+    let message = dir.path().join("message.txt");
+    std::fs::write(&message, b"a file OpenSSL signs with a token key\n")?;
+    let digest = dir.path().join("message.sha256");
+    run_ok(
+        std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-binary", "-out"])
+            .arg(&digest)
+            .arg(&message),
+        std::time::Duration::from_secs(60),
+    )?;
+    let signature = |kind: &str, through_shim: bool| dir.path().join(format!("{kind}-{through_shim}.sig"));
+    let rsa_uri = key_uri(&traced.token, RSA);
+    let ec_uri = key_uri(&traced.token, EC);
+
+    same_both_ways(
+        &traced.token,
+        "openssl pkeyutl -sign (RSA)",
+        &mut |through_shim| {
+            let mut command = openssl(&traced.token, &module(through_shim));
+            command
+                .args(["pkeyutl", "-engine", "pkcs11", "-keyform", "engine", "-sign"])
+                .args(["-inkey", &rsa_uri, "-pkeyopt", "digest:sha256", "-in"])
+                .arg(&digest)
+                .arg("-out")
+                .arg(signature("rsa", through_shim));
+            if through_shim {
+                traced.trace(&mut command);
+            }
+            command
+        },
+        &|s| s,
+    )?;
+    same_both_ways(
+        &traced.token,
+        "openssl dgst -sign (ECDSA)",
+        &mut |through_shim| {
+            let mut command = openssl(&traced.token, &module(through_shim));
+            command
+                .args(["dgst", "-engine", "pkcs11", "-keyform", "engine", "-sha256"])
+                .args(["-sign", &ec_uri, "-out"])
+                .arg(signature("ec", through_shim))
+                .arg(&message);
+            if through_shim {
+                traced.trace(&mut command);
+            }
+            command
+        },
+        &|s| s,
+    )?;
+    let rsa = std::fs::read(signature("rsa", true))?;
+    ensure!(
+        rsa.len() == 256 && rsa == std::fs::read(signature("rsa", false))?,
+        "the traced RSA signature differs from the direct one"
+    );
+
+    let (rsa_pub, ec_pub) = (dir.path().join("rsa.pem"), dir.path().join("ec.pem"));
+    export_public_key(&traced.token, "01", &rsa_pub)?;
+    export_public_key(&traced.token, "02", &ec_pub)?;
+    let rsa_ok = verify(
+        &["pkeyutl", "-verify", "-pubin", "-pkeyopt", "digest:sha256", "-inkey"],
+        &[&rsa_pub, Path::new("-in"), &digest, Path::new("-sigfile"), &signature("rsa", true)],
+    )?;
+    ensure!(rsa_ok.contains("Signature Verified Successfully"), "{rsa_ok}");
+    for through_shim in [false, true] {
+        let ec_ok = verify(
+            &["dgst", "-sha256", "-verify"],
+            &[&ec_pub, Path::new("-signature"), &signature("ec", through_shim), &message],
+        )?;
+        ensure!(ec_ok.trim() == "Verified OK", "ECDSA ({through_shim}): {ec_ok}");
+    }
+
+    let (status, stderr) = traced.recorder.stop()?;
+    ensure!(status.success(), "recorder: {stderr}");
+    let recorder = &traced.recorder;
+    let calls = recorder.table("calls");
+    // (mechanism, C_Sign's input: a SHA-256 DigestInfo / a SHA-256 digest, its output)
+    for (mechanism, in_len, out_len) in [("CKM_RSA_PKCS", 51, 256), ("CKM_ECDSA", 32, 64)] {
+        let pid = one_pid(
+            recorder,
+            &format!("func = 'C_SignInit' AND mechanism = '{mechanism}'"),
+        )?;
+        let by_function = calls_by_function(recorder, &format!("pid = {pid}"))?;
+        println!("openssl {mechanism}: {by_function:?}");
+        expect_counts(
+            &format!("openssl {mechanism}"),
+            &by_function,
+            &[
+                ("C_Initialize", 1),
+                ("C_OpenSession", 1),
+                ("C_Login", 1),
+                ("C_SignInit", 1),
+                ("C_Sign", 1),
+                ("C_SignUpdate", 0),
+            ],
+        )?;
+        let sign = duckdb(&format!(
+            "SELECT s.rv_name, s.in_len, s.out_len, s.op_id = i.op_id AS same_op FROM {calls} s JOIN {calls} i USING (pid) WHERE pid = {pid} AND s.func = 'C_Sign' AND i.func = 'C_SignInit'"
+        ))?;
+        ensure!(
+            sign.len() == 1
+                && sign[0]["rv_name"] == "CKR_OK"
+                && sign[0]["in_len"] == in_len
+                && sign[0]["out_len"] == out_len
+                && sign[0]["same_op"] == true,
+            "{mechanism}: C_Sign {sign:?}"
+        );
+        let login = duckdb(&format!(
+            "SELECT user_type, rv_name FROM {calls} WHERE pid = {pid} AND func = 'C_Login'"
+        ))?;
+        ensure!(
+            login[0]["user_type"] == "CKU_USER" && login[0]["rv_name"] == "CKR_OK",
+            "{mechanism}: {login:?}"
+        );
+        let process = count_where(recorder, &format!("pid = {pid} AND process <> 'openssl'"))?;
+        ensure!(process == 0, "rows of pid {pid} not named openssl");
+    }
+    Ok(())
+}
