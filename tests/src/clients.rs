@@ -4,13 +4,13 @@
 //! run them direct or traced, and what the dataset says each process called.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 
-use crate::process::{RunResult, normalized, run, run_ok, text};
+use crate::process::{RunResult, normalized, run, run_ok};
 use crate::{Recorder, Token, Traced, USER_PIN, count_of, duckdb, login};
 
 /// OpenSSL 3's pkcs11 engine (Debian's libengine-pkcs11-openssl).
@@ -33,7 +33,15 @@ pub fn traced_with_keys(label: &str) -> Result<Traced> {
     run_ok(
         &mut token.pkcs11_tool(
             &direct,
-            &login(&["--keygen", "--key-type", "AES:32", "--id", "03", "--label", AES]),
+            &login(&[
+                "--keygen",
+                "--key-type",
+                "AES:32",
+                "--id",
+                "03",
+                "--label",
+                AES,
+            ]),
         ),
         TIMEOUT,
     )?;
@@ -42,7 +50,9 @@ pub fn traced_with_keys(label: &str) -> Result<Traced> {
         let cert = dir.path().join(format!("{key}.der"));
         run_ok(
             openssl(token, &direct)
-                .args(["req", "-new", "-x509", "-engine", "pkcs11", "-keyform", "engine"])
+                .args([
+                    "req", "-new", "-x509", "-engine", "pkcs11", "-keyform", "engine",
+                ])
                 .args(["-key", &key_uri(token, key), "-subj", &format!("/CN={key}")])
                 .args(["-days", "3650", "-sha256", "-outform", "DER", "-out"])
                 .arg(&cert),
@@ -93,7 +103,15 @@ pub fn export_public_key(token: &Token, id: &str, pem: &Path) -> Result<()> {
     run_ok(
         &mut token.pkcs11_tool(
             &token.module(),
-            &["--read-object", "--type", "pubkey", "--id", id, "-o", &der_arg],
+            &[
+                "--read-object",
+                "--type",
+                "pubkey",
+                "--id",
+                id,
+                "-o",
+                &der_arg,
+            ],
         ),
         TIMEOUT,
     )?;
@@ -159,7 +177,10 @@ pub fn one_pid(recorder: &Recorder, filter: &str) -> Result<i64> {
         "SELECT DISTINCT pid FROM {} WHERE {filter}",
         recorder.table("calls")
     ))?;
-    ensure!(pids.len() == 1, "one process expected for {filter}: {pids:?}");
+    ensure!(
+        pids.len() == 1,
+        "one process expected for {filter}: {pids:?}"
+    );
     Ok(pids[0]["pid"].as_i64().unwrap_or(-1))
 }
 
@@ -180,7 +201,12 @@ pub fn expect_counts(
     let wrong: Vec<String> = expected
         .iter()
         .filter(|(f, n)| counts.get(*f).copied().unwrap_or(0) != *n)
-        .map(|(f, n)| format!("{f}: {} (expected {n})", counts.get(*f).copied().unwrap_or(0)))
+        .map(|(f, n)| {
+            format!(
+                "{f}: {} (expected {n})",
+                counts.get(*f).copied().unwrap_or(0)
+            )
+        })
         .collect();
     ensure!(
         wrong.is_empty(),
@@ -198,15 +224,4 @@ pub fn stdout_of(result: &RunResult) -> &str {
 /// A path as text (for command arguments built with `format!`).
 pub fn arg(path: &Path) -> String {
     path.display().to_string()
-}
-
-/// The text of a file under `tests/fixtures/`.
-pub fn fixture_text(relative: &str) -> Result<String> {
-    let path: PathBuf = crate::fixtures().join(relative);
-    std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-/// `text` of an output, for messages.
-pub fn shown(bytes: &[u8]) -> String {
-    text(bytes)
 }

@@ -19,10 +19,7 @@ pub struct P11Kit {
 
 impl P11Kit {
     pub fn new() -> Result<P11Kit> {
-        Self::with_module_file(&format!(
-            "module: {}\nlog-calls: yes\n",
-            shim().display()
-        ))
+        Self::with_module_file(&format!("module: {}\nlog-calls: yes\n", shim().display()))
     }
 
     /// The same, its one module file `p11trace.module` holding `module_file` instead.

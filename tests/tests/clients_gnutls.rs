@@ -66,7 +66,10 @@ fn p11tool_lists_the_same_through_the_shim_and_its_calls_are_recorded() -> Resul
     ensure!(status.success(), "recorder: {stderr}");
     let recorder = &traced.recorder;
     let lister = one_pid(recorder, "func = 'C_Login'")?;
-    let walker = one_pid(recorder, &format!("process = 'p11tool' AND pid <> {lister}"))?;
+    let walker = one_pid(
+        recorder,
+        &format!("process = 'p11tool' AND pid <> {lister}"),
+    )?;
 
     // --list-tokens: every slot and its token, a session tried on each, never a login.
     let walk = calls_by_function(recorder, &format!("pid = {walker}"))?;
@@ -141,6 +144,9 @@ fn p11tool_lists_the_same_through_the_shim_and_its_calls_are_recorded() -> Resul
         "SELECT count(DISTINCT tid) AS n FROM {} WHERE process = 'p11tool'",
         recorder.table("calls")
     ))?;
-    ensure!(threads == 2, "each p11tool runs on one thread: {threads} tids");
+    ensure!(
+        threads == 2,
+        "each p11tool runs on one thread: {threads} tids"
+    );
     Ok(())
 }

@@ -55,7 +55,11 @@ fn sunpkcs11_through_the_shim_lists_and_signs_from_several_threads() -> Result<(
             let mut keytool = command(through_shim, "keytool");
             keytool
                 .args(["-list", "-storetype", "PKCS11", "-providerClass"])
-                .args(["sun.security.pkcs11.SunPKCS11", "-providerArg", &cfg(through_shim)])
+                .args([
+                    "sun.security.pkcs11.SunPKCS11",
+                    "-providerArg",
+                    &cfg(through_shim),
+                ])
                 .args(["-storepass", USER_PIN]);
             keytool
         },
@@ -131,7 +135,11 @@ fn sunpkcs11_through_the_shim_lists_and_signs_from_several_threads() -> Result<(
     )?;
     ensure!(
         keytool_calls.get("C_FindObjectsInit").copied().unwrap_or(0) >= 3
-            && keytool_calls.get("C_GetMechanismInfo").copied().unwrap_or(0) >= 60,
+            && keytool_calls
+                .get("C_GetMechanismInfo")
+                .copied()
+                .unwrap_or(0)
+                >= 60,
         "keytool: {keytool_calls:?}"
     );
     let keytool_tids = count_of(&format!(
@@ -151,13 +159,21 @@ fn sunpkcs11_through_the_shim_lists_and_signs_from_several_threads() -> Result<(
         let by_function = calls_by_function(recorder, &format!("pid = {pid}"))?;
         println!("ThreadedSign {mechanism}: {by_function:?}");
         let signatures = threads * each;
-        let mut expected = vec![("C_Login", 1), ("C_SignInit", signatures), (func, signatures)];
+        let mut expected = vec![
+            ("C_Login", 1),
+            ("C_SignInit", signatures),
+            (func, signatures),
+        ];
         if func == "C_SignFinal" {
             expected.extend([("C_SignUpdate", signatures), ("C_Sign", 0)]);
         } else {
             expected.extend([("C_SignUpdate", 0), ("C_SignFinal", 0)]);
         }
-        expect_counts(&format!("ThreadedSign {mechanism}"), &by_function, &expected)?;
+        expect_counts(
+            &format!("ThreadedSign {mechanism}"),
+            &by_function,
+            &expected,
+        )?;
         let per_tid: BTreeMap<String, i64> = counts(&format!(
             "SELECT tid::VARCHAR AS k, count(*) AS n FROM {calls} WHERE pid = {pid} AND func = '{func}' AND rv = 0 GROUP BY 1"
         ))?;

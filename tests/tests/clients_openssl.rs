@@ -12,11 +12,7 @@ use p11trace_tests::clients::*;
 use p11trace_tests::*;
 
 fn module(through_shim: bool) -> std::path::PathBuf {
-    if through_shim {
-        shim()
-    } else {
-        SOFTHSM.into()
-    }
+    if through_shim { shim() } else { SOFTHSM.into() }
 }
 
 fn verify(args: &[&str], files: &[&Path]) -> Result<String> {
@@ -47,7 +43,8 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
             .arg(&message),
         std::time::Duration::from_secs(60),
     )?;
-    let signature = |kind: &str, through_shim: bool| dir.path().join(format!("{kind}-{through_shim}.sig"));
+    let signature =
+        |kind: &str, through_shim: bool| dir.path().join(format!("{kind}-{through_shim}.sig"));
     let rsa_uri = key_uri(&traced.token, RSA);
     let ec_uri = key_uri(&traced.token, EC);
 
@@ -57,7 +54,9 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
         &mut |through_shim| {
             let mut command = openssl(&traced.token, &module(through_shim));
             command
-                .args(["pkeyutl", "-engine", "pkcs11", "-keyform", "engine", "-sign"])
+                .args([
+                    "pkeyutl", "-engine", "pkcs11", "-keyform", "engine", "-sign",
+                ])
                 .args(["-inkey", &rsa_uri, "-pkeyopt", "digest:sha256", "-in"])
                 .arg(&digest)
                 .arg("-out")
@@ -96,16 +95,40 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
     export_public_key(&traced.token, "01", &rsa_pub)?;
     export_public_key(&traced.token, "02", &ec_pub)?;
     let rsa_ok = verify(
-        &["pkeyutl", "-verify", "-pubin", "-pkeyopt", "digest:sha256", "-inkey"],
-        &[&rsa_pub, Path::new("-in"), &digest, Path::new("-sigfile"), &signature("rsa", true)],
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-pkeyopt",
+            "digest:sha256",
+            "-inkey",
+        ],
+        &[
+            &rsa_pub,
+            Path::new("-in"),
+            &digest,
+            Path::new("-sigfile"),
+            &signature("rsa", true),
+        ],
     )?;
-    ensure!(rsa_ok.contains("Signature Verified Successfully"), "{rsa_ok}");
+    ensure!(
+        rsa_ok.contains("Signature Verified Successfully"),
+        "{rsa_ok}"
+    );
     for through_shim in [false, true] {
         let ec_ok = verify(
             &["dgst", "-sha256", "-verify"],
-            &[&ec_pub, Path::new("-signature"), &signature("ec", through_shim), &message],
+            &[
+                &ec_pub,
+                Path::new("-signature"),
+                &signature("ec", through_shim),
+                &message,
+            ],
         )?;
-        ensure!(ec_ok.trim() == "Verified OK", "ECDSA ({through_shim}): {ec_ok}");
+        ensure!(
+            ec_ok.trim() == "Verified OK",
+            "ECDSA ({through_shim}): {ec_ok}"
+        );
     }
 
     let (status, stderr) = traced.recorder.stop()?;

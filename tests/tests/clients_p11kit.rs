@@ -52,8 +52,16 @@ fn p11kit_loads_the_shim_from_the_shipped_module_file_and_the_real_module_from_i
     let label = traced.token.label.clone();
     // (program, arguments, a line of what it prints)
     let workloads: [(&str, Vec<&str>, String); 3] = [
-        ("p11-kit", vec!["list-modules"], format!("    token: {label}")),
-        ("p11tool", vec!["--list-tokens"], format!("\tLabel: {label}")),
+        (
+            "p11-kit",
+            vec!["list-modules"],
+            format!("    token: {label}"),
+        ),
+        (
+            "p11tool",
+            vec!["--list-tokens"],
+            format!("\tLabel: {label}"),
+        ),
         (
             "pkcs11-tool",
             login(&["--module", PROXY, "--token-label", &label, "--list-objects"]),
