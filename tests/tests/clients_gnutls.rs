@@ -1,7 +1,9 @@
 //! GnuTLS's `p11tool --provider <shim>` on SoftHSM2: `--list-tokens` and `--list-all --login`
-//! (PIN from `GNUTLS_PIN`) print exactly what they print direct and exit 0, and the dataset
-//! holds the calls p11tool is known to make: the token walk without a login, then one login per
-//! session it opens for the object listing, the objects' labels read back, all on one thread.
+//! (PIN from `GNUTLS_PIN`) and `--generate-privkey ecdsa` print exactly what they print direct
+//! (the generated public key aside) and exit 0, and the dataset holds the calls p11tool is known
+//! to make: the token walk without a login, then a login per session it opens for the object
+//! listing, the objects' labels read back, the EC key pair generated with its label, each run on
+//! one thread.
 
 use anyhow::{Result, ensure};
 use p11trace_tests::clients::*;
@@ -62,13 +64,66 @@ fn p11tool_lists_the_same_through_the_shim_and_its_calls_are_recorded() -> Resul
         );
     }
 
+    // A key pair generated on the token: the public key printed differs every run.
+    let pem_masked = |s: String| {
+        s.lines()
+            .map(|l| {
+                if !l.starts_with("-----")
+                    && l.len() > 40
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+                {
+                    "<base64>"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let generate = [
+        "--generate-privkey",
+        "ecdsa",
+        "--curve",
+        "secp256r1",
+        "--label",
+        "gen1",
+        "--login",
+        &url,
+    ];
+    let generated = same_both_ways(
+        &traced.token,
+        "p11tool --generate-privkey",
+        &mut |through_shim| {
+            let mut command = if through_shim {
+                traced.p11tool(&generate)
+            } else {
+                let mut command = traced.token.command("p11tool");
+                command.args(["--provider", SOFTHSM]).args(generate);
+                command
+            };
+            command.env("GNUTLS_PIN", USER_PIN);
+            command
+        },
+        &pem_masked,
+    )?;
+    ensure!(
+        stdout_of(&generated).starts_with("-----BEGIN PUBLIC KEY-----"),
+        "no public key printed: {}",
+        stdout_of(&generated)
+    );
+
     let (status, stderr) = traced.recorder.stop()?;
     ensure!(status.success(), "recorder: {stderr}");
     let recorder = &traced.recorder;
-    let lister = one_pid(recorder, "func = 'C_Login'")?;
+    let generator = one_pid(recorder, "func = 'C_GenerateKeyPair'")?;
+    let lister = one_pid(
+        recorder,
+        &format!("func = 'C_Login' AND pid <> {generator}"),
+    )?;
     let walker = one_pid(
         recorder,
-        &format!("process = 'p11tool' AND pid <> {lister}"),
+        &format!("process = 'p11tool' AND pid NOT IN ({lister}, {generator})"),
     )?;
 
     // --list-tokens: every slot and its token, a session tried on each, never a login.
@@ -140,12 +195,26 @@ fn p11tool_lists_the_same_through_the_shim_and_its_calls_are_recorded() -> Resul
         labels.contains(&RSA) && labels.contains(&EC),
         "labels read back: {labels:?}"
     );
+
+    // --generate-privkey: one EC key pair, the label in the private template, both handles out.
+    let pairs = duckdb(&format!(
+        "SELECT mechanism, rv_name, len(out_objects) AS handles, list_filter(attrs, lambda a: a.template = 'private' AND a.type = 'CKA_LABEL') AS label FROM {} WHERE pid = {generator} AND func = 'C_GenerateKeyPair'",
+        recorder.table("calls")
+    ))?;
+    ensure!(
+        pairs.len() == 1
+            && pairs[0]["mechanism"] == "CKM_EC_KEY_PAIR_GEN"
+            && pairs[0]["rv_name"] == "CKR_OK"
+            && pairs[0]["handles"] == 2
+            && pairs[0]["label"][0]["value"] == "gen1",
+        "C_GenerateKeyPair: {pairs:?}"
+    );
     let threads = count_of(&format!(
         "SELECT count(DISTINCT tid) AS n FROM {} WHERE process = 'p11tool'",
         recorder.table("calls")
     ))?;
     ensure!(
-        threads == 2,
+        threads == 3,
         "each p11tool runs on one thread: {threads} tids"
     );
     Ok(())
