@@ -225,3 +225,27 @@ pub fn stdout_of(result: &RunResult) -> &str {
 pub fn arg(path: &Path) -> String {
     path.display().to_string()
 }
+
+/// Fails if the user PIN (which every client here sent to `C_Login`) is in any file of the
+/// recorder's dataset, raw, hex or base64, or in a Parquet file's decompressed values.
+pub fn no_pin_in(recorder: &Recorder) -> Result<()> {
+    let scratch = crate::temp();
+    let files = crate::all_files(&recorder.dataset);
+    ensure!(
+        !files.is_empty(),
+        "no files in {}",
+        recorder.dataset.display()
+    );
+    for file in files {
+        let mut bytes = std::fs::read(&file)?;
+        if file.extension().is_some_and(|e| e == "parquet") {
+            bytes.extend(crate::decompressed(&file, scratch.path())?);
+        }
+        ensure!(
+            !crate::contains_secret(&bytes, USER_PIN.as_bytes()),
+            "the user PIN is in {}",
+            file.display()
+        );
+    }
+    Ok(())
+}
