@@ -1,8 +1,9 @@
 //! OpenSSL 3 through its pkcs11 engine (Debian's libengine-pkcs11-openssl, libp11), the engine's
 //! module the shim (`PKCS11_MODULE_PATH`): `openssl pkeyutl -sign` with the token's RSA key and
 //! `openssl dgst -sign` with its EC key exit and print as they do direct; the RSA signature
-//! (PKCS#1 v1.5, deterministic) is byte for byte the direct one; both verify with the public key
-//! exported from the token; and the dataset holds each process's login and its one `C_Sign`
+//! (PKCS#1 v1.5, deterministic) is byte for byte the direct one; the EC job again with the module
+//! from an openssl.cnf engine section (`MODULE_PATH`); every signature verifies with the public
+//! key exported from the token; and the dataset holds each process's login and its one `C_Sign`
 //! with the mechanism libp11 uses (CKM_RSA_PKCS over a DigestInfo, CKM_ECDSA over a digest).
 
 use std::path::Path;
@@ -43,8 +44,7 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
             .arg(&message),
         std::time::Duration::from_secs(60),
     )?;
-    let signature =
-        |kind: &str, through_shim: bool| dir.path().join(format!("{kind}-{through_shim}.sig"));
+    let signature = |kind: &str, run: &str| dir.path().join(format!("{kind}-{run}.sig"));
     let rsa_uri = key_uri(&traced.token, RSA);
     let ec_uri = key_uri(&traced.token, EC);
 
@@ -60,7 +60,7 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
                 .args(["-inkey", &rsa_uri, "-pkeyopt", "digest:sha256", "-in"])
                 .arg(&digest)
                 .arg("-out")
-                .arg(signature("rsa", through_shim));
+                .arg(signature("rsa", &through_shim.to_string()));
             if through_shim {
                 traced.trace(&mut command);
             }
@@ -76,7 +76,7 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
             command
                 .args(["dgst", "-engine", "pkcs11", "-keyform", "engine", "-sha256"])
                 .args(["-sign", &ec_uri, "-out"])
-                .arg(signature("ec", through_shim))
+                .arg(signature("ec", &through_shim.to_string()))
                 .arg(&message);
             if through_shim {
                 traced.trace(&mut command);
@@ -85,9 +85,9 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
         },
         &|s| s,
     )?;
-    let rsa = std::fs::read(signature("rsa", true))?;
+    let rsa = std::fs::read(signature("rsa", "true"))?;
     ensure!(
-        rsa.len() == 256 && rsa == std::fs::read(signature("rsa", false))?,
+        rsa.len() == 256 && rsa == std::fs::read(signature("rsa", "false"))?,
         "the traced RSA signature differs from the direct one"
     );
 
@@ -108,27 +108,47 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
             Path::new("-in"),
             &digest,
             Path::new("-sigfile"),
-            &signature("rsa", true),
+            &signature("rsa", "true"),
         ],
     )?;
     ensure!(
         rsa_ok.contains("Signature Verified Successfully"),
         "{rsa_ok}"
     );
-    for through_shim in [false, true] {
+    // The engine's module from an openssl.cnf engine section (`MODULE_PATH`) instead of
+    // PKCS11_MODULE_PATH: the same ECDSA signature job, traced.
+    let cnf = dir.path().join("openssl.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "openssl_conf = openssl_init\n\n[openssl_init]\nengines = engine_section\n\n\
+             [engine_section]\npkcs11 = pkcs11_section\n\n[pkcs11_section]\n\
+             engine_id = pkcs11\ndynamic_path = {ENGINE}\nMODULE_PATH = {}\ninit = 0\n",
+            shim().display()
+        ),
+    )?;
+    traced.token.restore()?;
+    let mut from_cnf = traced.token.command("openssl");
+    from_cnf
+        .args(["dgst", "-engine", "pkcs11", "-keyform", "engine", "-sha256"])
+        .args(["-sign", &ec_uri, "-out"])
+        .arg(signature("ec", "cnf"))
+        .arg(&message)
+        .env("OPENSSL_CONF", &cnf)
+        .env_remove("PKCS11_MODULE_PATH");
+    traced.trace(&mut from_cnf);
+    run_ok(&mut from_cnf, std::time::Duration::from_secs(60))?;
+    for run in ["false", "true", "cnf"] {
         let ec_ok = verify(
             &["dgst", "-sha256", "-verify"],
             &[
                 &ec_pub,
                 Path::new("-signature"),
-                &signature("ec", through_shim),
+                &signature("ec", run),
                 &message,
             ],
         )?;
-        ensure!(
-            ec_ok.trim() == "Verified OK",
-            "ECDSA ({through_shim}): {ec_ok}"
-        );
+        ensure!(ec_ok.trim() == "Verified OK", "ECDSA ({run}): {ec_ok}");
     }
 
     let (status, stderr) = traced.recorder.stop()?;
@@ -136,12 +156,25 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
     no_pin_in(&traced.recorder)?;
     let recorder = &traced.recorder;
     let calls = recorder.table("calls");
-    // (mechanism, C_Sign's input: a SHA-256 DigestInfo / a SHA-256 digest, its output)
-    for (mechanism, in_len, out_len) in [("CKM_RSA_PKCS", 51, 256), ("CKM_ECDSA", 32, 64)] {
-        let pid = one_pid(
-            recorder,
-            &format!("func = 'C_SignInit' AND mechanism = '{mechanism}'"),
-        )?;
+    // (mechanism, C_Sign's input: a SHA-256 DigestInfo / a SHA-256 digest, its output, the
+    // traced processes: pkeyutl; dgst with PKCS11_MODULE_PATH and with openssl.cnf)
+    let jobs = [("CKM_RSA_PKCS", 51, 256, 1), ("CKM_ECDSA", 32, 64, 2)];
+    let mut pids = Vec::new();
+    for (mechanism, in_len, out_len, processes) in jobs {
+        let of_mechanism = duckdb(&format!(
+            "SELECT DISTINCT pid FROM {calls} WHERE func = 'C_SignInit' AND mechanism = '{mechanism}'"
+        ))?;
+        ensure!(
+            of_mechanism.len() == processes,
+            "{mechanism}: {processes} processes expected: {of_mechanism:?}"
+        );
+        pids.extend(
+            of_mechanism
+                .iter()
+                .map(|r| (mechanism, in_len, out_len, r["pid"].clone())),
+        );
+    }
+    for (mechanism, in_len, out_len, pid) in pids {
         let by_function = calls_by_function(recorder, &format!("pid = {pid}"))?;
         println!("openssl {mechanism}: {by_function:?}");
         expect_counts(
