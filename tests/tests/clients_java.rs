@@ -4,7 +4,8 @@
 //! here with javac) signs from several threads at once: the dataset shows each thread's
 //! signatures under a `tid` of its own, with the mechanism SunPKCS11 picks for the algorithm
 //! (SHA256withECDSA: CKM_ECDSA over a digest made in Java, single-part `C_Sign`;
-//! SHA256withRSA: CKM_SHA256_RSA_PKCS, `C_SignInit`/`C_SignUpdate`/`C_SignFinal`).
+//! SHA256withRSA: CKM_SHA256_RSA_PKCS, `C_SignInit`/`C_SignUpdate`/`C_SignFinal`). The JVM never
+//! calls `C_Finalize`; nothing is dropped or lost anyway.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -186,6 +187,15 @@ fn sunpkcs11_through_the_shim_lists_and_signs_from_several_threads() -> Result<(
             "SELECT count(*) AS n FROM {calls} WHERE pid = {pid} AND func = 'C_SignInit' AND mechanism = '{mechanism}' AND rv = 0"
         ))?;
         ensure!(inits == signatures, "{mechanism}: {inits} C_SignInit");
+    }
+    // The JVM exits without C_Finalize: the shim's exit handler still delivers every record.
+    let finalized = count_where(recorder, "func = 'C_Finalize'")?;
+    ensure!(finalized == 0, "{finalized} C_Finalize from a JVM");
+    for (pid, tally) in tallies(&recorder.dataset)? {
+        ensure!(
+            tally.rows > 100 && tally.dropped == 0 && tally.lost == 0,
+            "pid {pid}: {tally:?}"
+        );
     }
     // ECDSA: a SHA-256 digest in, a P-256 signature (r ‖ s) out.
     let sizes = duckdb(&format!(
