@@ -38,14 +38,20 @@ deps:
     for tool in softhsm2-util pkcs11-tool p11tool openssl jq valgrind strace; do command -v $tool >/dev/null || missing=1; done
     # p11-kit's proxy module: the p11-kit import tests make real `log-calls` logs through it.
     [ -e /usr/lib/x86_64-linux-gnu/p11-kit-proxy.so ] || missing=1
+    # Real clients traced in tests/tests/clients_*.rs: OpenSSL's pkcs11 engine, and a JDK
+    # (java, javac, keytool) for SunPKCS11.
+    [ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || missing=1
+    for tool in java javac keytool; do command -v $tool >/dev/null || missing=1; done
     if [ $missing = 1 ]; then
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin openssl jq valgrind strace \
-            p11-kit p11-kit-modules >/dev/null
+            p11-kit p11-kit-modules libengine-pkcs11-openssl openjdk-17-jdk-headless >/dev/null
     fi
     command -v duckdb >/dev/null || python3 -m pip install -q duckdb-cli==1.5.6
     # The README's Python examples (pyarrow, polars).
     python3 -c 'import pyarrow, polars' 2>/dev/null || python3 -m pip install -q pyarrow==26.0.1 polars==2.1.0
+    # python-pkcs11: a real client traced by tests/tests/clients_python.rs.
+    python3 -c 'import pkcs11' 2>/dev/null || python3 -m pip install -q python-pkcs11==0.10.1
 
 # The main job end to end (scripts/demo.sh): a token, the recorder, pkcs11-tool and OpenSSL
 # through the shim (keys, signatures verified, a decryption, a wrong PIN), then the analysis.

@@ -9,6 +9,8 @@
 //! - [`token`] and [`recorder`]: the two halves on their own.
 //! - [`oracle`]: modules that log every call between the shim and the token.
 //! - [`p11kit`]: p11-kit managing the shim, logging every call (`log-calls: yes`).
+//! - [`clients`]: real applications (GnuTLS, p11-kit, Java, OpenSSL, python-pkcs11) and the
+//!   token they look for.
 //! - [`data`]: reading datasets and imports back with DuckDB and `p11trace-query`.
 //! - [`process`]: running commands with a timeout, and what a process cost.
 //! - [`scan`]: looking for secrets in what was written.
@@ -21,6 +23,7 @@
 
 use std::path::PathBuf;
 
+pub mod clients;
 pub mod data;
 pub mod fixture;
 pub mod module;

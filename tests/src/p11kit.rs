@@ -1,5 +1,6 @@
 //! p11-kit managing the shim with `log-calls: yes`, in a configuration of its own: clients
-//! whose p11-kit log (their stderr) and the recorder's dataset describe the same calls.
+//! whose p11-kit log (their stderr) and the recorder's dataset describe the same calls; or any
+//! module file of one's own (the shipped `packaging/p11trace.module`).
 
 use std::process::Command;
 
@@ -18,15 +19,22 @@ pub struct P11Kit {
 
 impl P11Kit {
     pub fn new() -> Result<P11Kit> {
+        Self::with_module_file(&format!("module: {}\nlog-calls: yes\n", shim().display()))
+    }
+
+    /// The same, its one module file `p11trace.module` holding `module_file` instead.
+    pub fn with_module_file(module_file: &str) -> Result<P11Kit> {
         let home = temp();
         let config = home.path().join(".config/pkcs11");
         std::fs::create_dir_all(config.join("modules"))?;
         std::fs::write(config.join("pkcs11.conf"), "user-config: only\n")?;
-        std::fs::write(
-            config.join("modules/p11trace.module"),
-            format!("module: {}\nlog-calls: yes\n", shim().display()),
-        )?;
+        std::fs::write(config.join("modules/p11trace.module"), module_file)?;
         Ok(P11Kit { home })
+    }
+
+    /// The home folder (its `.config/pkcs11/` is this configuration).
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
     }
 
     /// `program args`, its p11-kit configuration this one, its calls traced into `traced`.
