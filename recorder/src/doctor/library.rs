@@ -119,7 +119,7 @@ fn version(version: CK_VERSION) -> String {
 }
 
 fn rv_name(rv: CK_RV) -> String {
-    names::RV.render(rv as u64).into_owned()
+    names::RV.render(rv).into_owned()
 }
 
 /// Loads the real module at `path` and asks it `C_GetInfo` (between `C_Initialize` and

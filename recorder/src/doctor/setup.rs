@@ -58,7 +58,7 @@ impl Setup {
             .and_then(|(_, v)| v.as_deref())
     }
 
-    fn from_file(&self, key: &str) -> Option<Sourced> {
+    fn in_file(&self, key: &str) -> Option<Sourced> {
         let settings = self.config.as_ref().ok()?;
         let (_, value) = settings.iter().rev().find(|(k, _)| k == key)?;
         Some(Sourced {
@@ -67,7 +67,7 @@ impl Setup {
         })
     }
 
-    fn from_var(&self, name: &str) -> Option<Sourced> {
+    fn in_var(&self, name: &str) -> Option<Sourced> {
         self.var(name).map(|value| Sourced {
             value: PathBuf::from(value),
             source: name.to_owned(),
@@ -76,15 +76,15 @@ impl Setup {
 
     /// The real module the shim would load: P11TRACE_MODULE, else PKCS11SPY, else the file.
     pub fn module(&self) -> Option<Sourced> {
-        self.from_var("P11TRACE_MODULE")
-            .or_else(|| self.from_var("PKCS11SPY"))
-            .or_else(|| self.from_file("module"))
+        self.in_var("P11TRACE_MODULE")
+            .or_else(|| self.in_var("PKCS11SPY"))
+            .or_else(|| self.in_file("module"))
     }
 
     /// The socket the shim would use: P11TRACE_SOCKET, else the file, else the default rule.
     pub fn socket(&self) -> Sourced {
-        self.from_var("P11TRACE_SOCKET")
-            .or_else(|| self.from_file("socket"))
+        self.in_var("P11TRACE_SOCKET")
+            .or_else(|| self.in_file("socket"))
             .unwrap_or_else(|| Sourced {
                 value: p11trace_record::socket::default_socket_path(
                     p11trace_record::socket::current_uid(),
@@ -98,7 +98,7 @@ impl Setup {
         self.var("P11TRACE_MODE")
             .map(str::to_owned)
             .or_else(|| {
-                self.from_file("mode")
+                self.in_file("mode")
                     .map(|s| s.value.display().to_string())
             })
             .unwrap_or_else(|| "record".into())
