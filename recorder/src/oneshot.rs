@@ -82,11 +82,33 @@ fn shell_status(status: ExitStatus) -> u8 {
     }
 }
 
+/// `YYYYMMDDTHHMMSSZ` of a Unix time (UTC), for folder names.
+fn utc_stamp(secs: u64) -> String {
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    let days = (secs / 86_400) as i64;
+    let rest = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
 fn unique_suffix() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    format!("{secs}-{}", std::process::id())
+    format!("{}-{}", utc_stamp(secs), std::process::id())
 }
 
 /// A fresh 0700 folder for the private socket (never the default socket's folder).
@@ -378,6 +400,13 @@ mod tests {
         let line = "p11trace-recorder: stopped: clients=1 records=12 files=2 dropped=0";
         assert_eq!(records_in(line), Some(12));
         assert_eq!(records_in("p11trace-recorder: stopped: clients=0"), None);
+    }
+
+    #[test]
+    fn stamps_are_utc_dates() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400 + 3_723), "20000229T010203Z");
+        assert_eq!(utc_stamp(1_796_283_768), "20261203T074248Z");
     }
 
     #[test]

@@ -155,7 +155,7 @@ it could not be executed; 1 if the recorder could not be started (the command is
 #[derive(Debug, Clone, Args)]
 #[command(after_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
-    /// Dataset folder to write [default: a fresh ./p11trace-run-<time>-<pid>, named on stderr].
+    /// Dataset folder to write [default: a fresh ./p11trace-run-<UTC time>-<pid>, named on stderr].
     #[arg(long, value_name = "DIR")]
     pub dataset: Option<PathBuf>,
 

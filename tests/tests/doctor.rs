@@ -121,6 +121,20 @@ fn a_good_setup_passes_every_check_and_leaves_one_clean_client() -> Result<()> {
         "socket details: {socket_details:#}"
     );
 
+    // Every key written is documented, and every documented key is written here but `fix`
+    // (no check needs advice in this setup).
+    let written = json_paths(&report, &["checks[].details.variables"]);
+    let documented = documented_paths("doctor.md")?;
+    let undocumented: Vec<_> = written.difference(&documented).collect();
+    let unwritten: Vec<_> = documented
+        .difference(&written)
+        .filter(|k| *k != "checks[].fix")
+        .collect();
+    ensure!(
+        undocumented.is_empty() && unwritten.is_empty(),
+        "schemas/doctor.md: undocumented {undocumented:?}, never written {unwritten:?}"
+    );
+
     // The hello was a clean client of no calls: finalized, nothing lost, no protocol error.
     let (_, stderr) = recorder.stop()?;
     let stats = Summary::parse(&stderr).context("no recorder summary")?;
@@ -317,6 +331,14 @@ fn a_pkcs11spy_environment_gets_the_advice() -> Result<()> {
             && advice.contains("instead of pkcs11-spy.so")
             && advice.contains("PKCS11SPY_OUTPUT"),
         "advice: {advice}"
+    );
+    let undocumented: Vec<_> = json_paths(&report, &["checks[].details.variables"])
+        .difference(&documented_paths("doctor.md")?)
+        .cloned()
+        .collect();
+    ensure!(
+        undocumented.is_empty(),
+        "undocumented keys: {undocumented:?}"
     );
     // The shim takes PKCS11SPY as the real module: the module check runs on it.
     ensure!(

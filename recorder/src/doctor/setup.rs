@@ -97,10 +97,7 @@ impl Setup {
     pub fn mode(&self) -> String {
         self.var("P11TRACE_MODE")
             .map(str::to_owned)
-            .or_else(|| {
-                self.in_file("mode")
-                    .map(|s| s.value.display().to_string())
-            })
+            .or_else(|| self.in_file("mode").map(|s| s.value.display().to_string()))
             .unwrap_or_else(|| "record".into())
     }
 }
