@@ -191,8 +191,12 @@ and speaks the recorder's protocol.)
 
 Exit status: 0 when every check that ran passed, 1 when one failed, 2 on a usage error.";
 
-/// Check a tracing setup, as the pkcs11-spy guide's Troubleshooting section would: the real
-/// module, the shim, the socket, the recorder, the dataset folder and the environment.
+/// Check a tracing setup: module, shim, socket, recorder, dataset folder, environment.
+///
+/// The pkcs11-spy guide's Troubleshooting section as a command: the real module loads and answers
+/// C_GetInfo; the shim is p11trace's (and which version); the socket's folder is one the shim
+/// accepts; a recorder listens there and accepts a hello; the dataset folder is writable; which
+/// variables are set, what is missing, and what a pkcs11-spy setup should change.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = DOCTOR_AFTER_HELP)]
 pub struct DoctorArgs {
@@ -212,6 +216,7 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "DIR")]
     pub dataset: Option<PathBuf>,
 
+    /// `text` for people, `json` for scripts (keys in schemas/doctor.md).
     #[arg(long, value_enum, default_value_t = DoctorFormat::Text)]
     pub format: DoctorFormat,
 }

@@ -1,7 +1,7 @@
 //! `p11trace-recorder run -- COMMAND`: one command traced like `strace -c`. A real pkcs11-tool on
 //! SoftHSM2 keeps its output and exit status and its calls land in the dataset; the command's
 //! exit status (and 128+N for a signal) is `run`'s; SIGINT sent to `run` reaches the command and
-//! the dataset is still complete; a missing command is 127, a non-executable one 126; without
+//! the dataset is still complete; a terminal's Ctrl-C reaches the command but not the recorder; a missing command is 127, a non-executable one 126; without
 //! p11trace-query beside it, `run` says the analysis was skipped and why.
 
 use std::os::unix::fs::PermissionsExt;
@@ -366,6 +366,75 @@ fn without_p11trace_query_beside_it_run_says_the_analysis_was_skipped() -> Resul
     ensure!(
         in_order(&funcs_in_order(&dataset)?, &["C_Initialize", "C_Finalize"]),
         "nothing recorded"
+    );
+    Ok(())
+}
+
+/// Runs `argv` on a new pseudo-terminal (its controlling terminal, `run` in the foreground
+/// process group), types Ctrl-C once the output holds `ready`, and prints what the terminal
+/// showed and then `status=N`.
+const CTRL_C_ON_A_TERMINAL: &str = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out, sent, deadline = b"", False, time.time() + 60
+while time.time() < deadline:
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    out += data
+    if b"ready" in out and not sent:
+        time.sleep(0.2)
+        os.write(fd, b"\x03")
+        sent = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+print("status=%d" % os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn a_terminal_s_ctrl_c_reaches_the_command_and_not_the_recorder() -> Result<()> {
+    let token = Token::new("run-ctrl-c")?;
+    let dir = temp();
+    let dataset = dir.path().join("ds");
+    // The command counts its SIGINTs, and makes its PKCS#11 calls only after Ctrl-C: had the
+    // terminal's signal reached the recorder too, it would have stopped before them. (`run`
+    // does not pass a terminal's signal on again, but a shell merges two SIGINTs that arrive
+    // together, so `sigints=1` alone would not catch it.)
+    let script = format!(
+        "n=0; trap 'n=$((n+1))' INT; echo ready; i=0; \
+         while [ $i -lt 40 ] && [ $n -eq 0 ]; do sleep 0.05; i=$((i+1)); done; sleep 0.3; \
+         echo sigints=$n; pkcs11-tool --module '{}' --list-slots >/dev/null; exit 4",
+        shim().display()
+    );
+    let recorder = recorder_bin().display().to_string();
+    let dataset_arg = dataset.display().to_string();
+    let output = run_ok(
+        token
+            .command("python3")
+            .env_remove("P11TRACE_SOCKET")
+            .args(["-c", CTRL_C_ON_A_TERMINAL, &recorder, "run"])
+            .args(["--dataset", &dataset_arg, "--module", SOFTHSM, "--"])
+            .args(["sh", "-c", &script]),
+        TIMEOUT,
+    )?;
+    let shown = text(&output.stdout);
+    ensure!(
+        shown.contains("sigints=1") && shown.trim_end().ends_with("status=4"),
+        "the command did not get exactly one SIGINT, or run's status is not its 4: {shown}"
+    );
+    ensure!(
+        !shown.contains("second signal") && !shown.contains("the recorder ended with"),
+        "the recorder was interrupted: {shown}"
+    );
+    let calls = funcs_in_order(&dataset)?;
+    ensure!(
+        in_order(&calls, &["C_Initialize", "C_GetSlotList", "C_Finalize"]),
+        "the calls made after Ctrl-C are missing: {calls:?}\n{shown}"
     );
     Ok(())
 }
