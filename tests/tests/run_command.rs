@@ -1,9 +1,9 @@
 //! `p11trace-recorder run -- COMMAND`: one command traced like `strace -c`. A real pkcs11-tool on
 //! SoftHSM2 keeps its output and exit status and its calls land in the dataset; the command's
 //! exit status (and 128+N for a signal) is `run`'s; SIGINT sent to `run` reaches the command and
-//! the dataset is still complete; a terminal's Ctrl-C reaches the command but not the recorder; a missing command is 127, a non-executable one 126; without
-//! p11trace-query beside it, `run` says the analysis was skipped and why.
-
+//! the dataset is still complete; a terminal's Ctrl-C reaches the command but not the recorder;
+//! a missing command is 127, a non-executable one 126; without p11trace-query beside it, `run`
+//! says the analysis was skipped and why.
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
