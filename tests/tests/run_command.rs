@@ -4,6 +4,7 @@
 //! the dataset is still complete; a terminal's Ctrl-C reaches the command but not the recorder;
 //! a missing command is 127, a non-executable one 126; without p11trace-query beside it, `run`
 //! says the analysis was skipped and why.
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
