@@ -363,3 +363,71 @@ fn a_bad_format_is_a_usage_error() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_shim_given_as_the_real_module_fails() -> Result<()> {
+    let shim = shim().display().to_string();
+    let (code, report) = doctor(&[("P11TRACE_MODULE", &shim)], &[])?;
+    ensure!(code == Some(1), "doctor exited {code:?}: {report:#}");
+    ensure!(
+        status(&report, "module")? == "fail"
+            && summary(&report, "module")?
+                .contains("is the p11trace shim itself, not the real module")
+            && fix(&report, "module")?.contains("set P11TRACE_MODULE to the real module"),
+        "{report:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_configuration_file_is_read_as_the_shim_reads_it() -> Result<()> {
+    let token = Token::new("doctor-conf")?;
+    let conf = token.conf().display().to_string();
+    let dir = temp();
+    let private = dir.path().join("sock");
+    std::fs::create_dir(&private)?;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+    let socket = private.join("r.sock");
+    let file = dir.path().join("p11trace.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "# a host without variables\nmodule = {SOFTHSM}\nsocket = {}\n",
+            socket.display()
+        ),
+    )?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    let file_arg = file.display().to_string();
+    let (_, report) = doctor(
+        &[("SOFTHSM2_CONF", &conf), ("P11TRACE_CONFIG", &file_arg)],
+        &[],
+    )?;
+    ensure!(
+        status(&report, "environment")? == "pass"
+            && status(&report, "module")? == "pass"
+            && check(&report, "module")?["details"]["source"]
+                == format!("`module` in {file_arg}").as_str()
+            && check(&report, "socket")?["details"]["path"]
+                == socket.display().to_string().as_str()
+            && check(&report, "environment")?["details"]["config_file"] == file_arg.as_str(),
+        "{report:#}"
+    );
+
+    // Writable by others, the shim ignores the file: so does doctor, and it fails saying why.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))?;
+    let (code, report) = doctor(
+        &[("SOFTHSM2_CONF", &conf), ("P11TRACE_CONFIG", &file_arg)],
+        &[],
+    )?;
+    ensure!(code == Some(1), "doctor exited {code:?}: {report:#}");
+    ensure!(
+        status(&report, "environment")? == "fail"
+            && summary(&report, "environment")?.contains(&format!(
+                "the shim ignores {file_arg}: its group or others can write it (mode 666)"
+            ))
+            && fix(&report, "environment")?.contains("not writable by others")
+            && status(&report, "module")? == "skipped",
+        "{report:#}"
+    );
+    Ok(())
+}
