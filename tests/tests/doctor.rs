@@ -423,7 +423,7 @@ fn the_configuration_file_is_read_as_the_shim_reads_it() -> Result<()> {
     ensure!(
         status(&report, "environment")? == "fail"
             && summary(&report, "environment")?.contains(&format!(
-                "the shim ignores {file_arg}: its group or others can write it (mode 666)"
+                "the shim would say: ignoring {file_arg}: it is writable by everyone (mode 666)"
             ))
             && fix(&report, "environment")?.contains("not writable by others")
             && status(&report, "module")? == "skipped",

@@ -77,7 +77,7 @@ pub fn environment(args: &DoctorArgs, setup: &Setup) -> Check {
     if let Err(why) = &setup.config {
         return with_details(Check::fail(
             "environment",
-            format!("{described}; {why}"),
+            format!("{described}; the shim would say: {why}"),
             format!(
                 "make {} owned by you or root and not writable by others",
                 setup.config_path

@@ -1,7 +1,6 @@
 //! What the shim would see: the variables it reads, its configuration file (with the shim's own
 //! trust rule), and from them the real module and the socket it would use.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 
 /// The variables the shim reads, in the order they are reported.
@@ -42,7 +41,7 @@ impl Setup {
         let config_path = std::env::var("P11TRACE_CONFIG")
             .ok()
             .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "/etc/p11trace.conf".to_owned());
+            .unwrap_or_else(|| p11trace_record::config_file::DEFAULT_PATH.to_owned());
         let config = read_config(&config_path);
         Setup {
             variables,
@@ -102,32 +101,13 @@ impl Setup {
     }
 }
 
-/// The configuration file's `key = value` lines, under the shim's rule: read only if root or
-/// we own it and neither its group nor others can write it. `Ok(empty)` when there is none.
+/// The configuration file's `key = value` lines, under the shim's own rule
+/// ([`p11trace_record::config_file`]; doctor is not set-id). `Ok(empty)` when there is none;
+/// `Err` with the shim's words when it would ignore the file.
 fn read_config(path: &str) -> Result<Vec<(String, String)>, String> {
-    let Ok(metadata) = std::fs::metadata(path) else {
-        return Ok(Vec::new());
-    };
-    let owner = metadata.uid();
-    let uid = p11trace_record::socket::current_uid();
-    if owner != 0 && owner != uid {
-        return Err(format!(
-            "the shim ignores {path}: it is owned by uid {owner}, not by root or uid {uid}"
-        ));
+    let read = p11trace_record::config_file::read(path, false);
+    if read.ignored {
+        return Err(read.warnings.join("; "));
     }
-    if metadata.mode() & 0o022 != 0 {
-        return Err(format!(
-            "the shim ignores {path}: its group or others can write it (mode {:o}); chmod go-w {path}",
-            metadata.mode() & 0o777
-        ));
-    }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("the shim cannot read {path}: {e}"))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect())
+    Ok(read.settings)
 }
