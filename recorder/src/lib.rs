@@ -31,6 +31,10 @@
 //! start). Security: see [`acceptor`] and [`dataset`] — version 1 accepts clients of the
 //! recorder's own uid only.
 //!
+//! Two subcommands share the binary: [`oneshot`] (`run -- COMMAND`: a private recorder for
+//! one command, then the analysis from the `p11trace-query` binary beside this one) and
+//! [`doctor`] (checks a tracing setup: loads modules through `p11trace-ffi`, says a hello).
+//!
 //! Must not depend on polars (the query tool's) or be linked into traced processes.
 
 pub mod acceptor;
@@ -38,8 +42,10 @@ pub mod batcher;
 pub mod capture;
 pub mod crash;
 pub mod dataset;
+pub mod doctor;
 pub mod events;
 pub mod ledger;
+pub mod oneshot;
 pub mod options;
 pub mod recovery;
 pub mod stats;

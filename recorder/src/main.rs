@@ -3,10 +3,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use p11trace_recorder::{Options, run};
+use p11trace_recorder::options::{Cli, Command};
+use p11trace_recorder::{doctor, oneshot, run};
 
 fn main() -> ExitCode {
-    let options = Options::parse();
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Run(args)) => return oneshot::main(args),
+        Some(Command::Doctor(args)) => return doctor::main(args),
+        None => {}
+    }
+    // clap requires --dataset when no subcommand is given.
+    let Some(options) = cli.options() else {
+        eprintln!("p11trace-recorder: error: --dataset DIR is required");
+        return ExitCode::from(2);
+    };
     match run(options) {
         Ok(summary) => {
             eprintln!("p11trace-recorder: {}", summary.line);

@@ -1,8 +1,19 @@
-//! Command-line options of `p11trace-recorder`.
+//! Command-line options of `p11trace-recorder`: the recorder itself (`--dataset DIR ...`, the
+//! way it has always been started) and its two subcommands, `run` and `doctor`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Examples:
+  p11trace-recorder --dataset ./trace            # record until Ctrl-C
+  p11trace-recorder run -- pkcs11-tool --module /usr/lib/p11trace/libp11trace_shim.so -L
+  p11trace-recorder doctor --shim ./libp11trace_shim.so --module /usr/lib/softhsm/libsofthsm2.so
+
+`run` traces one command like `strace -c`; `doctor` says why nothing is recorded. Both live in
+this binary (not in p11trace-query): they speak the recorder's protocol and load modules.";
 
 /// Records PKCS#11 calls from every process traced by libp11trace_shim.so into a Parquet dataset.
 ///
@@ -12,17 +23,26 @@ use clap::Parser;
 ///
 /// Exit status: 0 after a clean stop, 1 on a runtime error, 2 on a usage error.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "p11trace-recorder", version)]
-pub struct Options {
+#[command(
+    name = "p11trace-recorder",
+    version,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Dataset folder (created if missing). Holds calls/date=YYYY-MM-DD/*.parquet,
     /// clients/date=YYYY-MM-DD/*.parquet, and the working folders .tmp/ and .wal/.
-    #[arg(long, value_name = "DIR")]
-    pub dataset: PathBuf,
+    #[arg(long, value_name = "DIR", required = true)]
+    pub dataset: Option<PathBuf>,
 
     /// Unix socket to listen on; `P11TRACE_SOCKET` is the variable the shim reads too.
     /// [default: /run/user/<uid>/p11trace.sock where /run/user/<uid> exists,
     /// else /tmp/p11trace-<uid>/p11trace.sock; the shim uses the same rule]
-    #[arg(long, value_name = "PATH", env = "P11TRACE_SOCKET")]
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
     /// Identifier stored in every row of this run [default: a new UUIDv7].
@@ -54,4 +74,156 @@ pub struct Options {
     /// grows; at the cap, incoming call records are dropped, counted and reported.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub wal_max_bytes: u64,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    Run(RunArgs),
+    Doctor(DoctorArgs),
+}
+
+/// What the recorder runs with (from `--dataset DIR ...`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dataset: PathBuf,
+    pub socket: Option<PathBuf>,
+    pub run_id: Option<String>,
+    pub roll_rows: u64,
+    pub roll_secs: u64,
+    pub stats_every: u64,
+    pub once: bool,
+    pub fsync_ms: u64,
+    pub wal_max_bytes: u64,
+}
+
+impl Options {
+    /// The options of a recorder on `dataset` with every other setting at its default.
+    pub fn new(dataset: PathBuf) -> Options {
+        Options {
+            dataset,
+            socket: None,
+            run_id: None,
+            roll_rows: 1_000_000,
+            roll_secs: 60,
+            stats_every: 0,
+            once: false,
+            fsync_ms: 100,
+            wal_max_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Cli {
+    /// The recorder's options, when no subcommand was given (clap then required `--dataset`).
+    /// `P11TRACE_SOCKET` stands in for `--socket`, as for the shim.
+    pub fn options(&self) -> Option<Options> {
+        Some(Options {
+            dataset: self.dataset.clone()?,
+            socket: self
+                .socket
+                .clone()
+                .or_else(|| std::env::var_os("P11TRACE_SOCKET").map(PathBuf::from)),
+            run_id: self.run_id.clone(),
+            roll_rows: self.roll_rows,
+            roll_secs: self.roll_secs,
+            stats_every: self.stats_every,
+            once: self.once,
+            fsync_ms: self.fsync_ms,
+            wal_max_bytes: self.wal_max_bytes,
+        })
+    }
+}
+
+const RUN_AFTER_HELP: &str = "\
+Examples:
+  p11trace-recorder run -- pkcs11-tool --module ./libp11trace_shim.so --list-slots
+  p11trace-recorder run --module /usr/lib/softhsm/libsofthsm2.so --dataset ./trace -- ./my-app
+  p11trace-recorder run -- sh -c 'app1; app2'   # every process of the command is recorded
+
+The command must load the shim (libp11trace_shim.so) as its PKCS#11 module. The recorder listens
+on a private socket (a fresh 0700 folder) that only this command is told about; P11TRACE_SOCKET
+(and P11TRACE_MODULE, with --module) is set in the command's environment. Ctrl-C and SIGTERM go
+to the command first; the recorder drains once it has exited. The analysis (p11trace-query
+analyze, found beside this binary) is printed to stderr, then `dataset: PATH`.
+
+Exit status: the command's own; 128+N if it died of signal N; 127 if it was not found, 126 if
+it could not be executed; 1 if the recorder could not be started (the command is then not run);
+2 on a usage error.";
+
+/// Trace one command: a private recorder for as long as it runs, then the analysis.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = RUN_AFTER_HELP)]
+pub struct RunArgs {
+    /// Dataset folder to write [default: a fresh ./p11trace-run-<UTC time>-<pid>, named on stderr].
+    #[arg(long, value_name = "DIR")]
+    pub dataset: Option<PathBuf>,
+
+    /// Real PKCS#11 module the shim forwards to (sets P11TRACE_MODULE for the command)
+    /// [default: whatever the command's environment or /etc/p11trace.conf says].
+    #[arg(long, value_name = "REAL.so")]
+    pub module: Option<PathBuf>,
+
+    /// The command and its arguments (after `--`).
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+const DOCTOR_AFTER_HELP: &str = "\
+Examples:
+  p11trace-recorder doctor                       # what the environment says
+  p11trace-recorder doctor --shim /usr/lib/p11trace/libp11trace_shim.so \\
+      --module /usr/lib/softhsm/libsofthsm2.so --dataset ./trace
+  p11trace-recorder doctor --format json | jq -e '.ok'
+
+Defaults are what the shim would see: P11TRACE_MODULE (else PKCS11SPY, else `module` in
+P11TRACE_CONFIG or /etc/p11trace.conf), P11TRACE_SOCKET (else `socket` in that file, else
+/run/user/<uid>/p11trace.sock or /tmp/p11trace-<uid>/p11trace.sock). A check without the input it
+needs is `skipped`, never failed. Every failure says what to do. The JSON keys are documented in
+schemas/doctor.md. (doctor is in p11trace-recorder, not p11trace-query: it loads PKCS#11 modules
+and speaks the recorder's protocol.)
+
+Exit status: 0 when every check that ran passed, 1 when one failed, 2 on a usage error.";
+
+/// Check a tracing setup: module, shim, socket, recorder, dataset folder, environment.
+///
+/// The pkcs11-spy guide's Troubleshooting section as a command: the real module loads and answers
+/// C_GetInfo; the shim is p11trace's (and which version); the socket's folder is one the shim
+/// accepts; a recorder listens there and accepts a hello; the dataset folder is writable; which
+/// variables are set, what is missing, and what a pkcs11-spy setup should change.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = DOCTOR_AFTER_HELP)]
+pub struct DoctorArgs {
+    /// The shim the application is pointed at: is it p11trace's, and which version?
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+
+    /// The real module [default: P11TRACE_MODULE, PKCS11SPY, then the configuration file].
+    #[arg(long, value_name = "PATH")]
+    pub module: Option<PathBuf>,
+
+    /// The recorder's socket [default: P11TRACE_SOCKET, the configuration file, the default rule].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// The dataset folder the recorder writes (is it writable?).
+    #[arg(long, value_name = "DIR")]
+    pub dataset: Option<PathBuf>,
+
+    /// `text` for people, `json` for scripts (keys in schemas/doctor.md).
+    #[arg(long, value_enum, default_value_t = DoctorFormat::Text)]
+    pub format: DoctorFormat,
+}
+
+/// Output of `doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DoctorFormat {
+    Text,
+    Json,
 }

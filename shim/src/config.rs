@@ -108,75 +108,14 @@ fn privileged() -> bool {
     unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
-/// Why a configuration file must not be trusted, if it must not: it decides which module the
-/// host loads, so only root (or, in a process that is not set-id, the effective user) may own
-/// it, and nobody else may be able to write it.
-fn untrusted(metadata: &std::fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and never fails.
-    let euid = unsafe { libc::geteuid() };
-    let owner = metadata.uid();
-    let owner_ok = owner == 0 || (owner == euid && !privileged());
-    if !owner_ok {
-        return Some(format!(
-            "it is owned by uid {owner}, not by root{}",
-            if privileged() {
-                " (required in a setuid/setgid process)".to_owned()
-            } else {
-                format!(" or uid {euid}")
-            }
-        ));
-    }
-    if metadata.mode() & 0o022 != 0 {
-        return Some(format!(
-            "it is writable by {} (mode {:o})",
-            if metadata.mode() & 0o002 != 0 {
-                "everyone"
-            } else {
-                "its group"
-            },
-            metadata.mode() & 0o777
-        ));
-    }
-    None
-}
-
+/// The configuration file's settings (its path from `P11TRACE_CONFIG`, else the default), under
+/// the rule of [`p11trace_record::config_file`]; its problems go to `warnings`.
 fn file_settings(warnings: &mut Vec<String>) -> Vec<(String, String)> {
-    use std::io::Read;
-    let path = secure_env("P11TRACE_CONFIG").unwrap_or_else(|| "/etc/p11trace.conf".to_owned());
-    let Ok(mut file) = std::fs::File::open(&path) else {
-        return Vec::new();
-    };
-    // Checked on the open file (fstat), so the file read is the file checked.
-    match file.metadata() {
-        Ok(metadata) => {
-            if let Some(why) = untrusted(&metadata) {
-                warnings.push(format!("ignoring {path}: {why}"));
-                return Vec::new();
-            }
-        }
-        Err(error) => {
-            warnings.push(format!("ignoring {path}: {error}"));
-            return Vec::new();
-        }
-    }
-    let mut text = String::new();
-    if file.read_to_string(&mut text).is_err() {
-        warnings.push(format!("ignoring {path}: not readable text"));
-        return Vec::new();
-    }
-    let mut settings = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.split_once('=') {
-            Some((key, value)) => settings.push((key.trim().to_owned(), value.trim().to_owned())),
-            None => warnings.push(format!("{path}:{}: expected `key = value`", index + 1)),
-        }
-    }
-    settings
+    let path = secure_env("P11TRACE_CONFIG")
+        .unwrap_or_else(|| p11trace_record::config_file::DEFAULT_PATH.to_owned());
+    let read = p11trace_record::config_file::read(&path, privileged());
+    warnings.extend(read.warnings);
+    read.settings
 }
 
 impl Config {

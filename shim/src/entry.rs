@@ -89,6 +89,21 @@ fn guarded(entry: impl FnOnce() -> CK_RV) -> CK_RV {
     catch_unwind(AssertUnwindSafe(entry)).unwrap_or(CKR_GENERAL_ERROR)
 }
 
+/// The shim's version, NUL-terminated (`CARGO_PKG_VERSION`).
+const SHIM_VERSION: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(version) => version,
+        Err(_) => panic!("the package version holds a NUL byte"),
+    };
+
+/// Says "this is p11trace's shim, version X" without initialising anything: no configuration is
+/// read, no module loaded, no thread started (`p11trace-recorder doctor` looks it up after a
+/// `dlopen`). Returns a static NUL-terminated string, never null, valid for the library's life.
+#[unsafe(no_mangle)]
+pub extern "C" fn p11trace_shim_version() -> *const std::ffi::c_char {
+    SHIM_VERSION.as_ptr()
+}
+
 /// # Safety
 /// PKCS#11 contract of `C_GetFunctionList`.
 #[unsafe(no_mangle)]

@@ -26,6 +26,10 @@
 //! (`client::Upcalls`, registered once the real module is loaded); the sender reaches the client
 //! only through the `sender::Source` trait, which the client implements.
 //!
+//! Besides the three PKCS#11 entry points it exports one function of its own,
+//! `p11trace_shim_version` (a static string; nothing is initialised), by which
+//! `p11trace-recorder doctor` recognises the shim and its version.
+//!
 //! Must not depend on arrow, parquet or polars: it is linked into every traced process.
 
 // CK_ULONG is C `unsigned long`: 64-bit here, 32-bit on other targets. The `as u64` casts that
@@ -49,4 +53,4 @@ mod sender;
 mod tables;
 mod trace;
 
-pub use entry::{C_GetFunctionList, C_GetInterface, C_GetInterfaceList};
+pub use entry::{C_GetFunctionList, C_GetInterface, C_GetInterfaceList, p11trace_shim_version};

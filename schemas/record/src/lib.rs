@@ -11,12 +11,15 @@
 //! - [`params`]: mechanism parameters as recorded.
 //! - [`names`]: `CKR_*`, `CKM_*`, `CKA_*`, `CKU_*`, ... names, both ways.
 //! - [`socket`]: the default socket path and the folder-trust rule both ends apply.
+//! - [`config_file`]: the shim's configuration file, its trust rule and its `key = value` lines
+//!   (read by the shim, and by `p11trace-recorder doctor` to say what the shim would do).
 //!
 //! Must not depend on arrow, parquet or polars, not even optionally: the shim links this crate
 //! into every traced process (`tests/tests/layering.rs` proves it from `cargo metadata`). The
 //! on-disk form of the same records belongs to `p11trace-dataset`.
 
 pub mod attr;
+pub mod config_file;
 pub mod functions;
 pub mod names;
 pub mod params;
