@@ -20,7 +20,9 @@ use p11trace_tests::{counts, run, table, target_dir, text, workspace};
 
 /// The blocks the README marks, in order. A block added, removed or renamed in the README
 /// must be added here with a check of what it prints.
-const BLOCKS: &[&str] = &["token", "trace", "analyze", "sql", "pyarrow", "polars"];
+const BLOCKS: &[&str] = &[
+    "token", "trace", "run", "analyze", "sql", "pyarrow", "polars",
+];
 
 struct Home {
     dir: tempfile::TempDir,
@@ -168,6 +170,31 @@ fn every_runnable_block_of_the_readme_runs_as_written() -> Result<()> {
                 ))?;
                 assert_eq!(clients.get("lost"), Some(&0), "{}", context());
                 ensure!(stderr.contains("listening on"), "{}", context());
+            }
+            "run" => {
+                // pkcs11-tool's own listing on stdout; the analysis, then the dataset it named
+                // on stderr's last line, holding the one login of that one process.
+                ensure!(stdout.contains("Private Key Object; EC"), "{}", context());
+                ensure!(
+                    stderr.contains("PKCS#11 Operation Analysis"),
+                    "{}",
+                    context()
+                );
+                let named = stderr
+                    .lines()
+                    .last()
+                    .and_then(|line| line.strip_prefix("dataset: "))
+                    .with_context(context)?;
+                let logins = counts(&format!(
+                    "SELECT process AS k, count(*) AS n FROM {} WHERE func = 'C_Login' AND rv = 0 GROUP BY 1",
+                    table(Path::new(named), "calls")
+                ))?;
+                assert_eq!(
+                    logins,
+                    BTreeMap::from([("pkcs11-tool".to_owned(), 1)]),
+                    "{}",
+                    context()
+                );
             }
             "analyze" => {
                 // The text report names every function called; the JSON gate passed (exit 0).
