@@ -372,7 +372,6 @@ pub fn render(input: &ReportInput, charts: &Charts) -> String {
         "No call has a duration (pkcs11-spy logs without timing).",
     );
     out.push_str("</section>");
-    functions(&mut out, report);
     out.push_str("<section id=\"over-time\"><h2>Calls over time</h2>");
     figure(
         &mut out,
@@ -424,6 +423,7 @@ pub fn render(input: &ReportInput, charts: &Charts) -> String {
     }
     out.push_str("</section>");
     errors(&mut out, charts);
+    functions(&mut out, report);
     processes(&mut out, report);
     if let Some(comparison) = &input.comparison {
         compare(&mut out, comparison, &charts.ratios);
