@@ -54,7 +54,7 @@ fn the_demo_traces_what_it_says_and_ends_with_the_analysis() -> Result<()> {
     let page = last
         .strip_prefix("HTML report: ")
         .with_context(|| format!("the demo's last line names the HTML report: {last}"))?;
-    let html = std::fs::read_to_string(page).with_context(|| format!("{page}"))?;
+    let html = std::fs::read_to_string(page).with_context(|| page.to_owned())?;
     for id in [
         "latency-chart",
         "calls-over-time-chart",

@@ -3,7 +3,7 @@
 //! process, the session timeline per thread, and the non-OK return codes per function. The
 //! summary tables come from `analyze::Report` itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use polars::prelude::*;
@@ -17,6 +17,8 @@ pub const BUCKETS: usize = 60;
 pub const MAX_LANES: usize = 24;
 /// Calls drawn as marks in the timeline (sessions' opening, login and closing calls first).
 pub const MAX_MARKS: usize = 4000;
+/// Resolution of the timeline: marks and bars closer than its span / this are drawn as one.
+const PIXELS: f64 = 1000.0;
 /// Processes drawn in the calls-over-time chart (the busiest; the rest are summed as one).
 pub const MAX_PROCESSES: usize = 8;
 
@@ -48,7 +50,7 @@ pub struct OverTime {
 }
 
 /// Where a call stands in a session's life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
     Open,
     Login,
@@ -435,19 +437,57 @@ fn timeline(calls: LazyFrame) -> Result<Timeline> {
             closed: false,
         });
     }
-    timeline.bars.sort_by(|a, b| a.from_s.total_cmp(&b.from_s));
+    let pixel = timeline.span_s / PIXELS;
+    timeline.bars = merge_bars(std::mem::take(&mut timeline.bars), pixel);
+    // Marks of one phase on one lane within a pixel of each other are drawn as one.
+    let mut seen = HashSet::new();
+    let mut distinct = |m: &Mark| seen.insert((m.lane, m.phase, (m.at_s / pixel) as u64));
+    lifecycle.retain(&mut distinct);
+    operations.retain(&mut distinct);
     let total = lifecycle.len() + operations.len();
-    lifecycle.truncate(MAX_MARKS);
-    let room = MAX_MARKS - lifecycle.len();
-    if operations.len() > room {
-        // Every k-th operation, so the marks still cover the whole span.
-        let step = operations.len().div_ceil(room.max(1));
-        operations = operations.into_iter().step_by(step).take(room).collect();
-    }
-    timeline.marks = lifecycle;
+    // Over the budget, each kind keeps every k-th mark (so the marks still cover the whole span),
+    // operations at least half the budget when they need it.
+    let room = MAX_MARKS.saturating_sub(operations.len().min(MAX_MARKS / 2));
+    let mut lifecycle = every_kth(lifecycle, room);
+    let mut operations = every_kth(operations, MAX_MARKS - lifecycle.len());
+    timeline.marks.append(&mut lifecycle);
     timeline.marks.append(&mut operations);
     timeline.hidden_marks = total - timeline.marks.len();
     Ok(timeline)
+}
+
+/// At most `room` of `marks`: every k-th when there are more.
+fn every_kth(marks: Vec<Mark>, room: usize) -> Vec<Mark> {
+    if marks.len() <= room {
+        return marks;
+    }
+    let step = marks.len().div_ceil(room.max(1));
+    marks.into_iter().step_by(step).take(room).collect()
+}
+
+/// Bars of one lane that touch or overlap (within `pixel` seconds) as one bar: a thread that
+/// opens and closes thousands of sessions is a band, not thousands of shapes.
+fn merge_bars(mut bars: Vec<SessionBar>, pixel: f64) -> Vec<SessionBar> {
+    bars.sort_by(|a, b| {
+        (a.lane, a.closed)
+            .cmp(&(b.lane, b.closed))
+            .then(a.from_s.total_cmp(&b.from_s))
+    });
+    let mut merged: Vec<SessionBar> = Vec::with_capacity(bars.len());
+    for bar in bars {
+        match merged.last_mut() {
+            Some(last)
+                if last.lane == bar.lane
+                    && last.closed == bar.closed
+                    && bar.from_s <= last.to_s + pixel =>
+            {
+                last.to_s = last.to_s.max(bar.to_s);
+            }
+            _ => merged.push(bar),
+        }
+    }
+    merged.sort_by(|a, b| a.from_s.total_cmp(&b.from_s));
+    merged
 }
 
 fn errors(calls: LazyFrame) -> Result<Vec<ErrorRow>> {

@@ -398,7 +398,7 @@ pub fn render(input: &ReportInput, charts: &Charts) -> String {
     if timeline.hidden_marks > 0 {
         let _ = write!(
             caption,
-            " {} operation(s) not drawn (a sample is).",
+            " {} more call(s) not drawn: every k-th is.",
             timeline.hidden_marks
         );
     }
