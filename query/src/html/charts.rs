@@ -134,10 +134,10 @@ pub fn latency(rows: &[Latency]) -> Result<Option<String>> {
 
 /// Calls per time bucket, one line per process.
 pub fn over_time(over: &OverTime) -> Result<Option<String>> {
-    if over.series.is_empty() {
+    let Some(first) = over.series.first() else {
         return Ok(None);
-    }
-    let buckets = over.series[0].counts.len();
+    };
+    let buckets = first.counts.len();
     let span = over.bucket_s * buckets as f64;
     let peak = over
         .series

@@ -254,7 +254,7 @@ fn over_time(calls: LazyFrame) -> Result<OverTime> {
     let Some((first, last)) = bounds(&frame)? else {
         return Ok(OverTime::default());
     };
-    let span = (last - first).max(1);
+    let span = last.saturating_sub(first).max(1);
     let width = (span as f64 / BUCKETS as f64).max(1.0);
     let pids = frame.column("pid").explain("pid")?.i64().explain("pid")?;
     let names = frame
@@ -270,7 +270,7 @@ fn over_time(calls: LazyFrame) -> Result<OverTime> {
     let mut by_process: HashMap<(Option<i64>, Option<&str>), Vec<u64>> = HashMap::new();
     for ((pid, name), start) in pids.iter().zip(names.iter()).zip(starts.iter()) {
         let Some(start) = start else { continue };
-        let bucket = (((start - first) as f64 / width) as usize).min(BUCKETS - 1);
+        let bucket = ((start.saturating_sub(first) as f64 / width) as usize).min(BUCKETS - 1);
         by_process
             .entry((pid, name))
             .or_insert_with(|| vec![0; BUCKETS])[bucket] += 1;
@@ -330,7 +330,7 @@ fn timeline(calls: LazyFrame) -> Result<Timeline> {
     let Some((first, last)) = bounds(&frame)? else {
         return Ok(Timeline::default());
     };
-    let seconds = |us: i64| (us - first) as f64 / 1e6;
+    let seconds = |us: i64| us.saturating_sub(first) as f64 / 1e6;
     let column = |name: &str| frame.column(name).explain(name);
     let clients = column("client_id")?.str().explain("client_id")?;
     let pids = column("pid")?.i64().explain("pid")?;
