@@ -47,6 +47,8 @@ deps:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin openssl jq valgrind strace \
             p11-kit p11-kit-modules libengine-pkcs11-openssl openjdk-17-jdk-headless >/dev/null
     fi
+    # chromium: tests/tests/report_html.rs opens the HTML report in it, headless.
+    command -v chromium >/dev/null || { $sudo apt-get update -qq; DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; }
     command -v duckdb >/dev/null || python3 -m pip install -q duckdb-cli==1.5.6
     # The README's Python examples (pyarrow, polars).
     python3 -c 'import pyarrow, polars' 2>/dev/null || python3 -m pip install -q pyarrow==26.0.1 polars==2.1.0

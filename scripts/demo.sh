@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo (`just demo`, and `p11trace-demo` in the Docker image): a SoftHSM2 token of its own,
 # a recorder, pkcs11-tool and OpenSSL through the shim — key generation, RSA and ECDSA signatures
-# verified, an RSA decryption, one wrong PIN — then the analysis of what was traced.
+# verified, an RSA decryption, one wrong PIN — then the analysis of what was traced and its HTML
+# report (the last line names it).
 # Usage: scripts/demo.sh BIN_DIR SHIM   (BIN_DIR holds p11trace-recorder and p11trace-query)
 # Everything it writes is under one fresh p11trace-demo.* folder in $P11TRACE_DEMO_DIR (default
 # /tmp), which it names at the end.
@@ -60,4 +61,6 @@ echo "== the recorder's summary"
 cat "$work/recorder.log"
 echo "== p11trace-query analyze $work/dataset"
 "$bin/p11trace-query" analyze "$work/dataset"
+"$bin/p11trace-query" report "$work/dataset" -o "$work/report.html"
 echo "== the dataset: $work/dataset (DuckDB, polars, pyarrow read it: see the README)"
+echo "HTML report: $work/report.html"

@@ -7,7 +7,8 @@
 //! Layout: `cli` (arguments) → `commands` (one function per command) over `input` (format
 //! detection, loading), `filters`, `analyze` (the report and its renderings), `compare` (two
 //! sides weighed: `compare` and the `diff` gate) over `stats` (rank tests, bootstrap intervals,
-//! multiple-comparison correction). Log parsing and
+//! multiple-comparison correction), `html` (`report`: the analysis and the comparison as one
+//! self-contained HTML page, charts drawn as inline SVG by plotters). Log parsing and
 //! Parquet output of imports live in `p11trace-import`, which this crate uses (never the other
 //! way).
 //!
@@ -20,6 +21,7 @@ mod columns;
 pub mod commands;
 pub mod compare;
 pub mod filters;
+pub mod html;
 pub mod input;
 pub mod stats;
 pub mod trail;

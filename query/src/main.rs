@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => (commands::compare(args).map(|()| false), 2),
         Command::Diff(args) => (commands::diff(args), 2),
         Command::Audit(args) => (commands::audit(args).map(|()| false), 1),
+        Command::Report(args) => (p11trace_query::html::report(args).map(|()| false), 1),
         Command::Archive(args) => (trail::archive(args).map(|()| false), 1),
         Command::ArchiveKey(args) => (trail::archive_key(args).map(|()| false), 1),
         Command::Verify(args) => (trail::verify(args), 2),

@@ -1,7 +1,8 @@
 //! `just demo` is what a newcomer runs first: `scripts/demo.sh`, run here on the binaries under
 //! test, must do what it says — every operation succeeds through the shim (two signatures
 //! verified, a decryption that gives the same bytes back, one wrong PIN refused), the recorder
-//! loses nothing, and the analysis it ends with counts exactly those operations.
+//! loses nothing, the analysis counts exactly those operations, and the HTML report it names last
+//! holds the charts.
 
 use std::process::Command;
 use std::time::Duration;
@@ -48,6 +49,29 @@ fn the_demo_traces_what_it_says_and_ends_with_the_analysis() -> Result<()> {
     assert_eq!(calls("C_Decrypt"), 1);
     let rvs = report["return_codes"].to_string();
     assert!(rvs.contains("CKR_PIN_INCORRECT"), "the wrong PIN: {rvs}");
+    // It ends by naming the HTML report, which holds the charts.
+    let last = stdout.lines().last().unwrap_or_default();
+    let page = last
+        .strip_prefix("HTML report: ")
+        .with_context(|| format!("the demo's last line names the HTML report: {last}"))?;
+    let html = std::fs::read_to_string(page).with_context(|| page.to_owned())?;
+    for id in [
+        "latency-chart",
+        "calls-over-time-chart",
+        "session-timeline-chart",
+    ] {
+        let at = html
+            .find(&format!("id=\"{id}\""))
+            .with_context(|| format!("#{id} in {page}"))?;
+        assert!(
+            html[at..].starts_with(&format!("id=\"{id}\"><svg")),
+            "#{id} holds its SVG"
+        );
+    }
+    assert!(
+        html.contains("<td>C_Login</td><td>CKR_PIN_INCORRECT</td>"),
+        "the wrong PIN in the error table"
+    );
     std::fs::remove_dir_all(
         std::path::Path::new(dataset)
             .parent()

@@ -21,7 +21,7 @@ use p11trace_tests::{counts, run, table, target_dir, text, workspace};
 /// The blocks the README marks, in order. A block added, removed or renamed in the README
 /// must be added here with a check of what it prints.
 const BLOCKS: &[&str] = &[
-    "token", "trace", "run", "analyze", "sql", "pyarrow", "polars",
+    "token", "trace", "run", "analyze", "sql", "pyarrow", "polars", "report",
 ];
 
 struct Home {
@@ -218,6 +218,32 @@ fn every_runnable_block_of_the_readme_runs_as_written() -> Result<()> {
             }
             "pyarrow" | "polars" => {
                 assert_eq!(printed_counts(&stdout), truth, "{}", context());
+            }
+            "report" => {
+                // The page it names holds the charts and every function called; it is private.
+                let page = home.path().join("p11trace-report.html");
+                ensure!(stderr.contains("wrote"), "{}", context());
+                let html = std::fs::read_to_string(&page)
+                    .with_context(|| format!("{}: {}", page.display(), context()))?;
+                for id in [
+                    "latency-chart",
+                    "calls-over-time-chart",
+                    "session-timeline-chart",
+                ] {
+                    ensure!(
+                        html.contains(&format!("id=\"{id}\"><svg")),
+                        "#{id}: {}",
+                        context()
+                    );
+                }
+                for func in truth.keys() {
+                    ensure!(
+                        html.contains(&format!("<td>{func}</td>")),
+                        "{func} not in the page"
+                    );
+                }
+                let mode = std::fs::metadata(&page)?.permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "the report is private");
             }
             other => anyhow::bail!("README block `{other}` has no check here"),
         }

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::input::InputFormat;
 
+pub mod html;
 pub mod trail;
 
 /// Analyse PKCS#11 call traces: p11trace datasets, Parquet files, tracers' logs (pkcs11-spy,
@@ -41,6 +42,9 @@ pub enum Command {
     /// destroyed; calls whose key could not be resolved.
     #[command(after_help = AUDIT_EXAMPLES)]
     Audit(AuditArgs),
+    /// The analysis as one self-contained HTML page: summary, latency distributions, calls over
+    /// time, the session timeline, errors; with two inputs, the compare view.
+    Report(html::HtmlArgs),
     /// Compact inputs into a date-partitioned archive sealed by hash-chained (signed) digests.
     Archive(trail::ArchiveArgs),
     /// Write an Ed25519 key pair for signing archive digests.
