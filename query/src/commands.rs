@@ -88,7 +88,11 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         ReportFormat::PrettyEvents => write_events(calls, true, &mut out)?,
         format => {
             let max_operations = (format == ReportFormat::Json).then_some(args.max_operations);
-            let report = analyze::analyze(calls, AnalyzeOptions { max_operations })?;
+            let options = AnalyzeOptions {
+                max_operations,
+                slow_floor_ns: args.slow_floor,
+            };
+            let report = analyze::analyze(calls, options)?;
             match format {
                 ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
                 ReportFormat::Text => render::report_text(&report, false, &mut out)?,

@@ -26,6 +26,7 @@ pub enum Command {
     /// Convert tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines to schema v1 Parquet.
     Import(ImportArgs),
     /// The PKCS#11 Operation Analysis: summary, latency, return codes, sessions, issues.
+    #[command(after_help = ANALYZE_EXAMPLES)]
     Analyze(AnalyzeArgs),
     /// Run a SQL query (polars SQL) with `calls` (and `clients`) registered as tables.
     Sql(SqlArgs),
@@ -49,6 +50,17 @@ pub enum Command {
     /// link; exit 1 on any problem.
     Verify(trail::VerifyArgs),
 }
+
+const ANALYZE_EXAMPLES: &str = "\
+Examples:
+  p11trace-query analyze ~/p11trace-data
+  p11trace-query analyze ~/p11trace-data --format json | jq -e '.summary.failed_operations == 0'
+  p11trace-query analyze pkcs11-spy.log --func C_Sign --slow-floor 5ms
+  p11trace-query analyze dataset/ --since 2026-11-25 --format markdown > analysis.md
+
+Latencies print in the unit that fits each value (ns, µs, ms, s); JSON keeps milliseconds.
+CKR_BUFFER_TOO_SMALL retried, attribute and mechanism probes count as `expected`, not failed.
+JSON keys: schemas/analysis.md.";
 
 const COMPARE_EXAMPLES: &str = "\
 Examples:
@@ -208,6 +220,11 @@ pub struct AnalyzeArgs {
     /// Most calls listed in the JSON `operations` array (0 = all).
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_operations: usize,
+
+    /// No call faster than this is a slow outlier, whatever its function's percentiles
+    /// (`500us`, `1ms`, `2s`; `0ns`: percentiles alone).
+    #[arg(long, default_value = "1ms", value_parser = parse_duration_ns, value_name = "DURATION")]
+    pub slow_floor: f64,
 
     #[command(flatten)]
     pub filters: Filters,
