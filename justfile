@@ -47,6 +47,19 @@ deps:
     # The README's Python examples (pyarrow, polars).
     python3 -c 'import pyarrow, polars' 2>/dev/null || python3 -m pip install -q pyarrow==26.0.1 polars==2.1.0
 
+# Shell completions for p11trace-query and p11trace-recorder (bash, zsh, fish, elvish, PowerShell)
+# into target/completions/, generated from their clap definitions.
+completions:
+    cargo build -p p11trace-query -p p11trace-recorder --bins
+    "${CARGO_TARGET_DIR:-target}"/debug/p11trace-query-docs completions target/completions
+    "${CARGO_TARGET_DIR:-target}"/debug/p11trace-recorder-docs completions target/completions
+
+# Man pages for p11trace-query (one per subcommand) and p11trace-recorder into target/man/.
+man:
+    cargo build -p p11trace-query -p p11trace-recorder --bins
+    "${CARGO_TARGET_DIR:-target}"/debug/p11trace-query-docs man target/man
+    "${CARGO_TARGET_DIR:-target}"/debug/p11trace-recorder-docs man target/man
+
 # The main job end to end (scripts/demo.sh): a token, the recorder, pkcs11-tool and OpenSSL
 # through the shim (keys, signatures verified, a decryption, a wrong PIN), then the analysis.
 # A cold first build of the three binaries dominates (~5 min on 2 cores); the run takes seconds.

@@ -7,7 +7,7 @@
 //! Layout: `cli` (arguments) → `commands` (one function per command) over `input` (format
 //! detection, loading), `filters`, `analyze` (the report and its renderings), `compare` (two
 //! sides weighed: `compare` and the `diff` gate) over `stats` (rank tests, bootstrap intervals,
-//! multiple-comparison correction). Log parsing and
+//! multiple-comparison correction); `progress` (spinners on a terminal only). Log parsing and
 //! Parquet output of imports live in `p11trace-import`, which this crate uses (never the other
 //! way).
 //!
@@ -21,6 +21,7 @@ pub mod commands;
 pub mod compare;
 pub mod filters;
 pub mod input;
+mod progress;
 pub mod stats;
 pub mod trail;
 

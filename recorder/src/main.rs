@@ -6,7 +6,10 @@ use clap::Parser;
 use p11trace_recorder::{Options, run};
 
 fn main() -> ExitCode {
-    let options = Options::parse();
+    let options = match Options::try_parse() {
+        Ok(options) => options,
+        Err(error) => return usage(&error),
+    };
     match run(options) {
         Ok(summary) => {
             eprintln!("p11trace-recorder: {}", summary.line);
@@ -15,6 +18,24 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("p11trace-recorder: error: {error:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `--help` and `--version` as clap prints them (exit 0), and the help when a required
+/// argument is missing altogether (exit 2); any other usage error as one line, exit 2.
+fn usage(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("p11trace-recorder: error: {message} (see --help)");
+            ExitCode::from(2)
         }
     }
 }

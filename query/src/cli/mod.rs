@@ -128,15 +128,21 @@ pub struct InputArgs {
     /// Fail on the first unreadable log record instead of reporting and counting it.
     #[arg(long, global = true)]
     pub strict: bool,
+
+    /// No progress bars and no notes on stderr; errors only (progress is drawn only when
+    /// stderr is a terminal anyway).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 }
 
 impl InputArgs {
-    /// What the importer needs of these options (a progress bar only ever on a terminal).
+    /// What the importer needs of these options (a progress bar only ever on a terminal, and
+    /// never with `--quiet`).
     pub fn import_options(&self) -> p11trace_import::ImportOptions {
         p11trace_import::ImportOptions {
             tz: self.tz.clone(),
             strict: self.strict,
-            progress: true,
+            progress: !self.quiet,
             run_id: None,
         }
     }
