@@ -308,6 +308,54 @@ fn a_buffer_too_small_without_a_successful_retry_stays_failed() -> Result<()> {
             ],
         "{expected:?}"
     );
+
+    // `diff` reads reports of version 2 and of version 1 (whose `failed` held every non-OK
+    // call) alike: both sides count the same 8 non-OK calls. Another version is refused.
+    let v2 = dir.path().join("v2.json");
+    std::fs::write(&v2, serde_json::to_vec(&report)?)?;
+    let mut old = report.clone();
+    old["analysis_version"] = 1.into();
+    if let Some(performance) = old["performance"].as_object_mut() {
+        for stats in performance.values_mut() {
+            let all = stats["failed"].as_u64().unwrap_or(0)
+                + stats["expected_nonok"].as_u64().unwrap_or(0);
+            stats["failed"] = all.into();
+            if let Some(stats) = stats.as_object_mut() {
+                stats.remove("expected_nonok");
+            }
+        }
+    }
+    let v1 = dir.path().join("v1.json");
+    std::fs::write(&v1, serde_json::to_vec(&old)?)?;
+    let (v1_path, v2_path) = (v1.to_str().context("path")?, v2.to_str().context("path")?);
+    let output = query_output(&[
+        "diff",
+        v1_path,
+        v2_path,
+        "--fail-on",
+        "errors",
+        "--format",
+        "json",
+    ])?;
+    ensure!(output.status.code() == Some(0), "{}", text(&output.stderr));
+    let diff: Value = serde_json::from_slice(&output.stdout)?;
+    let side = |name: &str| -> u64 {
+        diff["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e[name]["failed"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    ensure!(side("baseline") == 8 && side("current") == 8, "{diff}");
+    old["analysis_version"] = 3.into();
+    std::fs::write(&v1, serde_json::to_vec(&old)?)?;
+    let output = query_output(&["diff", v1_path, v2_path])?;
+    ensure!(
+        output.status.code() == Some(2) && text(&output.stderr).contains("v1.json"),
+        "{}",
+        text(&output.stderr)
+    );
     Ok(())
 }
 

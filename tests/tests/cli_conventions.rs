@@ -207,17 +207,17 @@ fn errors_are_one_line_exit_1_for_input_and_2_for_usage() -> Result<()> {
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"")?;
     let dataset = blocker.join("dataset");
-    one_line(
-        &output(
-            Command::new(&recorder)
-                .arg("--dataset")
-                .arg(&dataset)
-                .arg("--socket")
-                .arg(dir.path().join("r.sock")),
-        )?,
-        1,
-        &["p11trace-recorder: error:", "file/dataset"],
+    let refused = output(
+        Command::new(&recorder)
+            .arg("--dataset")
+            .arg(&dataset)
+            .arg("--socket")
+            .arg(dir.path().join("r.sock")),
     )?;
+    one_line(&refused, 1, &["p11trace-recorder: error:", "file/dataset"])?;
+    // The cause once, not twice.
+    let stderr = text(&refused.stderr);
+    ensure!(stderr.matches("Not a directory").count() == 1, "{stderr}");
     Ok(())
 }
 
