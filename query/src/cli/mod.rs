@@ -24,11 +24,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Convert tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines to schema v1 Parquet.
+    #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
     /// The PKCS#11 Operation Analysis: summary, latency, return codes, sessions, issues.
     #[command(after_help = ANALYZE_EXAMPLES)]
     Analyze(AnalyzeArgs),
     /// Run a SQL query (polars SQL) with `calls` (and `clients`) registered as tables.
+    #[command(after_help = SQL_EXAMPLES)]
     Sql(SqlArgs),
     /// Providers (or runs) side by side: latency ratios with confidence intervals, what works on
     /// one and fails on the other, where the same script's return codes part.
@@ -61,6 +63,23 @@ Examples:
 Latencies print in the unit that fits each value (ns, µs, ms, s); JSON keeps milliseconds.
 CKR_BUFFER_TOO_SMALL retried, attribute and mechanism probes count as `expected`, not failed.
 JSON keys: schemas/analysis.md.";
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  p11trace-query import /tmp/pkcs11-spy.log -o spy.parquet --tz Europe/Berlin
+  p11trace-query import app.stderr -o p11kit.parquet          # p11-kit log-calls
+  p11trace-query import a.log b.log -o dataset/ --quiet       # a folder becomes a dataset
+
+The format is told from each file's content (--input-format to force one). A progress bar is
+drawn on a terminal only; --quiet drops it and the summary line.";
+
+const SQL_EXAMPLES: &str = "\
+Examples:
+  p11trace-query sql \"SELECT func, count(*) AS n FROM calls GROUP BY func ORDER BY n DESC\" dataset/
+  p11trace-query sql \"SELECT rv_name, count(*) FROM calls WHERE rv <> 0 GROUP BY 1\" spy.log --format csv
+  p11trace-query sql \"SELECT process, sum(dur_ns) / 1000000.0 AS ms FROM calls GROUP BY 1\" dataset/ --format json
+
+Columns: schemas/calls.md (calls), schemas/clients.md (clients).";
 
 const COMPARE_EXAMPLES: &str = "\
 Examples:
