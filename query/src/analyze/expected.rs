@@ -29,9 +29,9 @@ pub const CKR_BUFFER_TOO_SMALL: i64 = 0x150;
 pub const EXPECTED: &str = "expected";
 
 /// `calls` with a boolean `expected` column: true for a call whose non-OK return code is one of
-/// the idioms above. Needs `client_id`, `tid`, `seq`, `func`, `session`, `rv`, `returned`. Calls
-/// are put in thread order only when some call answered `CKR_BUFFER_TOO_SMALL` (the one rule
-/// that looks at the next call).
+/// the idioms above. Needs `client_id`, `tid`, `seq`, `func`, `session`, `rv`, `returned`. Only
+/// the threads that had a `CKR_BUFFER_TOO_SMALL` are put in call order (the one rule that looks
+/// at the next call), so a dataset without one pays for no sort.
 pub fn mark(calls: DataFrame) -> PolarsResult<DataFrame> {
     let attribute_probe = col("func").eq(lit("C_GetAttributeValue")).and(
         col("rv")
@@ -58,7 +58,39 @@ pub fn mark(calls: DataFrame) -> PolarsResult<DataFrame> {
             )
             .collect();
     }
+    let retried = retried_size_queries(&calls)?;
+    let mut matched = JoinArgs::new(JoinType::Left);
+    matched.nulls_equal = true;
+    calls
+        .lazy()
+        .join(
+            retried.lazy(),
+            [col("client_id"), col("seq")],
+            [col("client_id"), col("seq")],
+            matched,
+        )
+        .with_column(
+            col("returned")
+                .and(col("retried").fill_null(lit(false)).or(probes))
+                .fill_null(lit(false))
+                .alias(EXPECTED),
+        )
+        .drop(by_name(["retried"], true, false))
+        .collect()
+}
+
+/// `(client_id, seq, retried = true)` of every `CKR_BUFFER_TOO_SMALL` whose next call on its
+/// thread is the same function on the same session, returning `CKR_OK`.
+fn retried_size_queries(calls: &DataFrame) -> PolarsResult<DataFrame> {
     let thread = [col("client_id"), col("tid")];
+    let threads = calls
+        .clone()
+        .lazy()
+        .filter(col("rv").eq(lit(CKR_BUFFER_TOO_SMALL)))
+        .select(thread.clone())
+        .unique(None, UniqueKeepStrategy::Any);
+    let mut same_thread = JoinArgs::new(JoinType::Semi);
+    same_thread.nulls_equal = true;
     let next = |name: &str| -> PolarsResult<Expr> {
         Ok(col(name)
             .shift(lit(-1))
@@ -72,24 +104,28 @@ pub fn mark(calls: DataFrame) -> PolarsResult<DataFrame> {
         .eq(lit(CKR_BUFFER_TOO_SMALL))
         .and(col("next_func").eq(col("func")))
         .and(same_session)
-        .and(col("next_rv").eq(lit(0i64)));
+        .and(col("next_rv").eq(lit(0i64)))
+        .fill_null(lit(false));
     calls
+        .clone()
         .lazy()
+        .select([
+            col("client_id"),
+            col("tid"),
+            col("seq"),
+            col("func"),
+            col("session"),
+            col("rv"),
+        ])
+        .join(threads, thread.clone(), thread.clone(), same_thread)
         .sort(
             ["client_id", "tid", "seq"],
             SortMultipleOptions::default().with_maintain_order(true),
         )
         .with_columns([next("func")?, next("session")?, next("rv")?])
-        .with_column(
-            col("returned")
-                .and(retried.or(probes))
-                .fill_null(lit(false))
-                .alias(EXPECTED),
-        )
-        .drop(by_name(
-            ["next_func", "next_session", "next_rv"],
-            true,
-            false,
-        ))
+        .filter(retried)
+        .select([col("client_id"), col("seq"), lit(true).alias("retried")])
+        // One row per call, so the join back never multiplies a call (should `seq` repeat).
+        .unique(None, UniqueKeepStrategy::Any)
         .collect()
 }
