@@ -31,15 +31,10 @@ pub fn runnable_blocks(markdown: &str) -> Result<Vec<Block>> {
             .strip_suffix("-->")
             .map(str::trim)
             .filter(|name| !name.is_empty())
-            .with_context(|| {
-                format!("README.md:{}: a marker is `<!-- runs: NAME -->`", index + 1)
-            })?;
+            .with_context(|| format!("README.md:{}: a marker is `<!-- runs: NAME -->`", index + 1))?;
         let fence = lines.next().map(|(_, l)| l.trim()).unwrap_or_default();
         let Some(lang) = fence.strip_prefix("```").filter(|l| !l.is_empty()) else {
-            bail!(
-                "README.md:{}: `{name}` is not followed by a fenced block with a language",
-                index + 1
-            );
+            bail!("README.md:{}: `{name}` is not followed by a fenced block with a language", index + 1);
         };
         let mut code = String::new();
         let mut closed = false;
@@ -52,18 +47,11 @@ pub fn runnable_blocks(markdown: &str) -> Result<Vec<Block>> {
             code.push('\n');
         }
         if !closed {
-            bail!(
-                "README.md:{}: the block `{name}` is never closed",
-                index + 1
-            );
+            bail!("README.md:{}: the block `{name}` is never closed", index + 1);
         }
         blocks.push(Block {
             name: name.to_owned(),
-            lang: lang
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
+            lang: lang.split_whitespace().next().unwrap_or_default().to_owned(),
             code,
             line: index + 1,
         });
@@ -80,10 +68,7 @@ mod tests {
         let text = "```sh\nnot marked\n```\n<!-- runs: a -->\n```sh\necho 1\necho 2\n```\n\n<!-- runs: b -->\n```python\nprint(3)\n```\n";
         let blocks = runnable_blocks(text).unwrap();
         assert_eq!(blocks.len(), 2);
-        assert_eq!(
-            (blocks[0].name.as_str(), blocks[0].lang.as_str()),
-            ("a", "sh")
-        );
+        assert_eq!((blocks[0].name.as_str(), blocks[0].lang.as_str()), ("a", "sh"));
         assert_eq!(blocks[0].code, "echo 1\necho 2\n");
         assert_eq!((blocks[1].name.as_str(), blocks[1].line), ("b", 9));
         assert!(runnable_blocks("<!-- runs: c -->\ntext\n").is_err());

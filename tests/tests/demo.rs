@@ -36,8 +36,7 @@ fn the_demo_traces_what_it_says_and_ends_with_the_analysis() -> Result<()> {
         .and_then(|l| l.split_whitespace().next())
         .context("the demo names its dataset")?;
     let json = run(
-        Command::new(target_dir().join("p11trace-query"))
-            .args(["analyze", dataset, "--format", "json"]),
+        Command::new(target_dir().join("p11trace-query")).args(["analyze", dataset, "--format", "json"]),
         Duration::from_secs(120),
     )?;
     let report: Value = serde_json::from_slice(&json.stdout)?;
@@ -48,10 +47,6 @@ fn the_demo_traces_what_it_says_and_ends_with_the_analysis() -> Result<()> {
     assert_eq!(calls("C_Decrypt"), 1);
     let rvs = report["return_codes"].to_string();
     assert!(rvs.contains("CKR_PIN_INCORRECT"), "the wrong PIN: {rvs}");
-    std::fs::remove_dir_all(
-        std::path::Path::new(dataset)
-            .parent()
-            .context("demo folder")?,
-    )?;
+    std::fs::remove_dir_all(std::path::Path::new(dataset).parent().context("demo folder")?)?;
     Ok(())
 }

@@ -28,9 +28,7 @@ struct Home {
 
 impl Home {
     fn new() -> Result<Home> {
-        let dir = tempfile::Builder::new()
-            .prefix("p11trace-readme")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("p11trace-readme").tempdir()?;
         let root = dir.path();
         std::fs::create_dir_all(root.join("tokens"))?;
         std::fs::create_dir_all(root.join("target"))?;
@@ -157,11 +155,7 @@ fn every_runnable_block_of_the_readme_runs_as_written() -> Result<()> {
                 // processes, every call of each accounted for in the clients table.
                 assert_eq!(truth.get("C_GenerateKeyPair"), Some(&1), "{}", context());
                 assert_eq!(truth.get("C_Login"), Some(&2), "{}", context());
-                assert!(
-                    truth.get("C_FindObjectsInit").is_some_and(|n| *n >= 1),
-                    "{}",
-                    context()
-                );
+                assert!(truth.get("C_FindObjectsInit").is_some_and(|n| *n >= 1), "{}", context());
                 let clients = counts(&format!(
                     "SELECT 'lost' AS k, sum(dropped + lost)::BIGINT AS n FROM {}",
                     table(&home.dataset(), "clients")
@@ -172,11 +166,7 @@ fn every_runnable_block_of_the_readme_runs_as_written() -> Result<()> {
             "analyze" => {
                 // The text report names every function called; the JSON gate passed (exit 0).
                 for func in truth.keys() {
-                    ensure!(
-                        stdout.contains(func.as_str()),
-                        "{func} missing: {}",
-                        context()
-                    );
+                    ensure!(stdout.contains(func.as_str()), "{func} missing: {}", context());
                 }
                 ensure!(stdout.trim_end().ends_with("true"), "{}", context());
             }
