@@ -55,6 +55,19 @@ deps:
     # python-pkcs11: a real client traced by tests/tests/clients_python.rs.
     python3 -c 'import pkcs11' 2>/dev/null || python3 -m pip install -q python-pkcs11==0.10.1
 
+# Shell completions for p11trace-query and p11trace-recorder (bash, zsh, fish, elvish, PowerShell)
+# into target/completions/, generated from their clap definitions.
+completions:
+    cargo build -p p11trace-query -p p11trace-recorder --bins
+    "${CARGO_TARGET_DIR:-target}"/debug/p11trace-query-docs completions target/completions
+    "${CARGO_TARGET_DIR:-target}"/debug/p11trace-recorder-docs completions target/completions
+
+# Man pages for p11trace-query (one per subcommand) and p11trace-recorder into target/man/.
+man:
+    cargo build -p p11trace-query -p p11trace-recorder --bins
+    "${CARGO_TARGET_DIR:-target}"/debug/p11trace-query-docs man target/man
+    "${CARGO_TARGET_DIR:-target}"/debug/p11trace-recorder-docs man target/man
+
 # The main job end to end (scripts/demo.sh): a token, the recorder, pkcs11-tool and OpenSSL
 # through the shim (keys, signatures verified, a decryption, a wrong PIN), then the analysis.
 # A cold first build of the three binaries dominates (~5 min on 2 cores); the run takes seconds.

@@ -34,6 +34,9 @@ pub fn import(args: &ImportArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let summary = import::import_files(&inputs, &args.output, &args.input.import_options())?;
     let seconds = started.elapsed().as_secs_f64();
+    if args.input.quiet {
+        return Ok(());
+    }
     eprintln!(
         "p11trace-query: imported {} calls from {} process(es) into {} ({:.1} MB in {:.2} s, {:.0} MB/s); \
          {} unreadable record(s), {} never returned, {} ambiguous return pairing(s), \
@@ -88,7 +91,16 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         ReportFormat::PrettyEvents => write_events(calls, true, &mut out)?,
         format => {
             let max_operations = (format == ReportFormat::Json).then_some(args.max_operations);
-            let report = analyze::analyze(calls, AnalyzeOptions { max_operations })?;
+            let options = AnalyzeOptions {
+                max_operations,
+                slow_floor_ns: args.slow_floor,
+            };
+            let spinner = crate::progress::spinner("analysing", !args.input.quiet);
+            let report = analyze::analyze(calls, options);
+            if let Some(spinner) = spinner {
+                spinner.finish_and_clear();
+            }
+            let report = report?;
             match format {
                 ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
                 ReportFormat::Text => render::report_text(&report, false, &mut out)?,

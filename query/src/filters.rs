@@ -162,7 +162,7 @@ pub fn predicate(filters: &Filters) -> Result<Option<Expr>> {
         and(col("rv").is_in(lit(rvs).implode(false), false));
     }
     if criteria.failed {
-        and(crate::analyze::failed());
+        and(crate::analyze::not_ok());
     }
     if let Some(run_id) = criteria.run_id {
         and(col("run_id").eq(lit(run_id)));

@@ -8,7 +8,8 @@
 //! detection, loading), `filters`, `analyze` (the report and its renderings), `compare` (two
 //! sides weighed: `compare` and the `diff` gate) over `stats` (rank tests, bootstrap intervals,
 //! multiple-comparison correction), `html` (`report`: the analysis and the comparison as one
-//! self-contained HTML page, charts drawn as inline SVG by plotters). Log parsing and
+//! self-contained HTML page, charts drawn as inline SVG by plotters); `progress` (spinners on a
+//! terminal only). Log parsing and
 //! Parquet output of imports live in `p11trace-import`, which this crate uses (never the other
 //! way).
 //!
@@ -23,6 +24,7 @@ pub mod compare;
 pub mod filters;
 pub mod html;
 pub mod input;
+mod progress;
 pub mod stats;
 pub mod trail;
 

@@ -42,11 +42,24 @@ pub fn archive(args: &ArchiveArgs) -> Result<()> {
             .unwrap_or(usize::MAX),
         signing_key: args.signing_key.clone(),
         prune_source: args.prune_source,
-        import: args.input.import_options(),
+        // The spinner below stands for the whole run, logs' import included (two bars at once
+        // would overwrite each other).
+        import: p11trace_import::ImportOptions {
+            progress: false,
+            ..args.input.import_options()
+        },
     };
-    let summary = archive::archive(&inputs(&args.inputs, &args.input)?, &args.to, &options)?;
+    let inputs = inputs(&args.inputs, &args.input)?;
+    let spinner = crate::progress::spinner("archiving", !args.input.quiet);
+    let summary = archive::archive(&inputs, &args.to, &options);
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    let summary = summary?;
     for name in &summary.recovered {
-        eprintln!("p11trace-query: sealed digests/{name} of an interrupted run first");
+        if !args.input.quiet {
+            eprintln!("p11trace-query: sealed digests/{name} of an interrupted run first");
+        }
     }
     println!(
         "archived {} new calls and {} client rows from {} files ({}, {} rows) in {:.2} s ({:.0} MB/s)",

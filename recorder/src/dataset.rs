@@ -14,7 +14,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum SetupError {
-    #[error("cannot create {path}: {source}")]
+    // The cause is the error's source: `{error:#}` prints it once.
+    #[error("cannot create {path}")]
     Create { path: PathBuf, source: io::Error },
     #[error("refusing to start: socket folder {path} {why}; {}", advice(.why))]
     Untrusted { path: PathBuf, why: Untrusted },
@@ -22,9 +23,9 @@ pub enum SetupError {
     InUse(PathBuf),
     #[error("dataset {path} is in use by {holder}; stop it first, or use another --dataset")]
     Locked { path: PathBuf, holder: String },
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}")]
     Lock { path: PathBuf, source: io::Error },
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}")]
     Bind { path: PathBuf, source: io::Error },
 }
 

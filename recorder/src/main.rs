@@ -7,7 +7,10 @@ use p11trace_recorder::options::{Cli, Command};
 use p11trace_recorder::{doctor, oneshot, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage(&error),
+    };
     match &cli.command {
         Some(Command::Run(args)) => return oneshot::main(args),
         Some(Command::Doctor(args)) => return doctor::main(args),
@@ -15,7 +18,7 @@ fn main() -> ExitCode {
     }
     // clap requires --dataset when no subcommand is given.
     let Some(options) = cli.options() else {
-        eprintln!("p11trace-recorder: error: --dataset DIR is required");
+        eprintln!("p11trace-recorder: error: --dataset DIR is required (see --help)");
         return ExitCode::from(2);
     };
     match run(options) {
@@ -26,6 +29,24 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("p11trace-recorder: error: {error:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `--help` and `--version` as clap prints them (exit 0), and the help when a required
+/// argument is missing altogether (exit 2); any other usage error as one line, exit 2.
+fn usage(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("p11trace-recorder: error: {message} (see --help)");
+            ExitCode::from(2)
         }
     }
 }

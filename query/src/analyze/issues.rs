@@ -5,7 +5,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Serialize;
 
-use super::{LargestFirst, Sessions, column_sum, f64_at, failed, i64_at, str_at, u64_at};
+use super::{LargestFirst, Sessions, column_sum, f64_at, failed, i64_at, str_at, u64_at, units};
 
 #[derive(Debug, Serialize)]
 pub struct Issue {
@@ -22,10 +22,16 @@ pub struct Issue {
 const STORM: u64 = 3;
 /// `CKR_PIN_INCORRECT` answers in one process that make a burst.
 const PIN_BURST: u64 = 3;
-/// A call is a slow outlier above max(p99, this × p50) of its function.
+/// A call is a slow outlier above max(p99, this × p50, the floor) of its function.
 const OUTLIER_FACTOR: f64 = 10.0;
 
-pub fn find(calls: LazyFrame, per_function: &DataFrame, sessions: &Sessions) -> Result<Vec<Issue>> {
+/// Every issue of `calls`; `slow_floor_ns`: no call faster than this is a slow outlier.
+pub fn find(
+    calls: LazyFrame,
+    per_function: &DataFrame,
+    sessions: &Sessions,
+    slow_floor_ns: f64,
+) -> Result<Vec<Issue>> {
     let mut issues = Vec::new();
     failed_calls(&calls, &mut issues)?;
     if sessions.never_closed > 0 {
@@ -43,7 +49,7 @@ pub fn find(calls: LazyFrame, per_function: &DataFrame, sessions: &Sessions) -> 
     }
     finalize_missing(&calls, &mut issues)?;
     buffer_too_small_storms(&calls, &mut issues)?;
-    slow_outliers(&calls, per_function, &mut issues)?;
+    slow_outliers(&calls, per_function, slow_floor_ns, &mut issues)?;
     pin_bursts(&calls, &mut issues)?;
     Ok(issues)
 }
@@ -165,6 +171,7 @@ fn buffer_too_small_storms(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result
 fn slow_outliers(
     calls: &LazyFrame,
     per_function: &DataFrame,
+    floor_ns: f64,
     issues: &mut Vec<Issue>,
 ) -> Result<()> {
     let mut thresholds = Vec::new();
@@ -177,7 +184,7 @@ fn slow_outliers(
             continue;
         };
         if u64_at(per_function, "count", row) >= 20 {
-            thresholds.push((func, p99.max(OUTLIER_FACTOR * p50)));
+            thresholds.push((func, p99.max(OUTLIER_FACTOR * p50).max(floor_ns)));
         }
     }
     if thresholds.is_empty() {
@@ -222,17 +229,18 @@ fn slow_outliers(
             kind: "slow_outliers",
             severity: "info",
             message: format!(
-                "{} call(s) slower than max(p99, {OUTLIER_FACTOR}x p50) of their function",
-                outliers.height()
+                "{} call(s) slower than max(p99, {OUTLIER_FACTOR}x p50) of their function and than {}",
+                outliers.height(),
+                units::duration_ns(Some(floor_ns))
             ),
             count: outliers.height() as u64,
             evidence: (0..outliers.height().min(10))
                 .map(|row| {
                     format!(
-                        "{} took {:.3} ms (limit {:.3} ms), client {} seq {}",
+                        "{} took {} (limit {}), client {} seq {}",
                         str_at(&outliers, "func", row).unwrap_or_default(),
-                        f64_at(&outliers, "dur_ns", row).unwrap_or(0.0) / 1e6,
-                        f64_at(&outliers, "limit_ns", row).unwrap_or(0.0) / 1e6,
+                        units::duration_ns(f64_at(&outliers, "dur_ns", row)),
+                        units::duration_ns(f64_at(&outliers, "limit_ns", row)),
                         str_at(&outliers, "client_id", row).unwrap_or_default(),
                         i64_at(&outliers, "seq", row).unwrap_or(-1)
                     )

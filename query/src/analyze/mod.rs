@@ -3,9 +3,11 @@
 //! operations. Computed with polars over the `calls` table; the JSON keys are documented in
 //! `schemas/analysis.md` and stable.
 
+pub mod expected;
 mod issues;
 pub mod render;
 mod sessions;
+pub mod units;
 
 use crate::Explain;
 use anyhow::Result;
@@ -15,7 +17,9 @@ use serde::Serialize;
 pub use sessions::Sessions;
 
 /// Schema version of the analysis JSON (`schemas/analysis.md`).
-pub const ANALYSIS_VERSION: u32 = 1;
+/// Version 2: `failed` counts real failures only; the protocol's idioms (a size query retried,
+/// attribute and mechanism probes) are `expected_nonok` apart; durations in nanosecond precision.
+pub const ANALYSIS_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -37,7 +41,10 @@ pub struct Report {
 pub struct Summary {
     pub total_operations: u64,
     pub successful_operations: u64,
+    /// Calls that returned neither CKR_OK nor an expected idiom (see `expected`).
     pub failed_operations: u64,
+    /// Non-OK calls that are the protocol's normal idioms (`expected.rs`).
+    pub expected_nonok_operations: u64,
     /// Calls that never returned (imported records cut off by a crash or truncation).
     pub unreturned_operations: u64,
     pub failure_rate_percent: f64,
@@ -56,6 +63,7 @@ pub struct Summary {
 pub struct FunctionStats {
     pub count: u64,
     pub failed: u64,
+    pub expected_nonok: u64,
     pub total_ms: Option<f64>,
     pub share_percent: Option<f64>,
     pub mean_ms: Option<f64>,
@@ -83,6 +91,8 @@ pub struct Frequency {
 pub struct ReturnCode {
     pub rv: Option<i64>,
     pub rv_name: Option<String>,
+    /// These calls are expected idioms (a return code can have an expected and a failed entry).
+    pub expected: bool,
     pub count: u64,
     pub percent: f64,
 }
@@ -112,10 +122,25 @@ pub struct AnalyzeOptions {
     /// Most calls listed in `operations` (0 = all); `None`: list none (the text reports do not
     /// show them, and ordering 10 M calls costs a second).
     pub max_operations: Option<usize>,
+    /// No call faster than this is a slow outlier, whatever its function's percentiles.
+    pub slow_floor_ns: f64,
 }
 
+/// The default of `--slow-floor`: 1 ms, slower than any call a token answers from memory.
+pub const DEFAULT_SLOW_FLOOR_NS: f64 = 1e6;
+
+impl Default for AnalyzeOptions {
+    fn default() -> Self {
+        AnalyzeOptions {
+            max_operations: None,
+            slow_floor_ns: DEFAULT_SLOW_FLOOR_NS,
+        }
+    }
+}
+
+/// Nanoseconds as milliseconds, kept to the nanosecond (6 decimals).
 fn ms(ns: Option<f64>) -> Option<f64> {
-    ns.map(|ns| (ns / 1_000_000.0 * 1000.0).round() / 1000.0)
+    ns.map(|ns| ns.round() / 1_000_000.0)
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -127,8 +152,13 @@ fn percent(part: u64, whole: u64) -> f64 {
 }
 
 /// `rv` is not CKR_OK (and the call returned).
-pub fn failed() -> Expr {
+pub fn not_ok() -> Expr {
     col("rv").neq(lit(0i64)).and(col("rv").is_not_null())
+}
+
+/// A real failure: not CKR_OK and not an expected idiom (needs the `expected` column).
+fn failed() -> Expr {
+    not_ok().and(col(expected::EXPECTED).not())
 }
 
 /// Sorting for the report's tables: the largest first; ties keep their order, so a report is the
@@ -193,6 +223,7 @@ fn latency_aggs() -> Vec<Expr> {
     vec![
         len().alias("count"),
         failed().sum().alias("failed"),
+        col(expected::EXPECTED).sum().alias("expected"),
         col("dur_ns")
             .cast(DataType::Float64)
             .sum()
@@ -241,13 +272,16 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
                 .collect::<Vec<_>>(),
         )
         .collect()
-        .explain("cannot read the calls")?
+        .explain("cannot read the calls")?;
+    let calls = expected::mark(calls)
+        .explain("cannot classify the return codes")?
         .lazy();
     let totals = calls
         .clone()
         .select([
             len().alias("total"),
             failed().sum().alias("failed"),
+            col(expected::EXPECTED).sum().alias("expected"),
             col("returned").not().sum().alias("unreturned"),
             col("dur_ns")
                 .cast(DataType::Float64)
@@ -264,6 +298,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
         .explain("cannot compute the summary")?;
     let total = u64_at(&totals, "total", 0);
     let failed_count = u64_at(&totals, "failed", 0);
+    let expected_count = u64_at(&totals, "expected", 0);
     let unreturned = u64_at(&totals, "unreturned", 0);
     let timed = u64_at(&totals, "timed", 0) > 0;
     let total_ns = if timed {
@@ -323,6 +358,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
             FunctionStats {
                 count,
                 failed: u64_at(&per_function, "failed", row),
+                expected_nonok: u64_at(&per_function, "expected", row),
                 total_ms: ms(func_ns),
                 share_percent: share,
                 mean_ms: time("mean_ns"),
@@ -337,7 +373,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
 
     let codes = calls
         .clone()
-        .group_by([col("rv"), col("rv_name")])
+        .group_by([col("rv"), col("rv_name"), col(expected::EXPECTED)])
         .agg([len().alias("count")])
         .largest_first("count")
         .collect()
@@ -348,6 +384,12 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
             ReturnCode {
                 rv: i64_at(&codes, "rv", row),
                 rv_name: str_at(&codes, "rv_name", row),
+                expected: codes
+                    .column(expected::EXPECTED)
+                    .ok()
+                    .and_then(|c| c.get(row).ok())
+                    .and_then(|v| v.extract_bool())
+                    .unwrap_or(false),
                 count,
                 percent: percent(count, total),
             }
@@ -424,7 +466,12 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
         .collect();
 
     let sessions = sessions::lifecycle(calls.clone())?;
-    let issues = issues::find(calls.clone(), &per_function, &sessions)?;
+    let issues = issues::find(
+        calls.clone(),
+        &per_function,
+        &sessions,
+        options.slow_floor_ns,
+    )?;
     let (operations, truncated) = match options.max_operations {
         Some(max) => operations(calls, max, total)?,
         None => (Vec::new(), false),
@@ -434,8 +481,9 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
         analysis_version: ANALYSIS_VERSION,
         summary: Summary {
             total_operations: total,
-            successful_operations: total - failed_count - unreturned,
+            successful_operations: total.saturating_sub(failed_count + expected_count + unreturned),
             failed_operations: failed_count,
+            expected_nonok_operations: expected_count,
             unreturned_operations: unreturned,
             failure_rate_percent: percent(failed_count, total),
             total_duration_ms: ms(total_ns),
@@ -475,6 +523,7 @@ const OPERATION_COLUMNS: &[&str] = &[
     "object",
     "internal",
     "returned",
+    expected::EXPECTED,
 ];
 
 fn operations(calls: LazyFrame, max: usize, total: u64) -> Result<(Vec<serde_json::Value>, bool)> {

@@ -9,7 +9,7 @@ use comfy_table::{Cell, CellAlignment, Color, Table};
 use polars::prelude::*;
 use serde_json::{Map, Value};
 
-use super::Report;
+use super::{Report, units};
 
 /// RFC 3339 UTC rendering of a `start` value.
 pub fn timestamp(micros: i64) -> String {
@@ -102,8 +102,9 @@ pub(crate) fn number(value: impl ToString) -> Cell {
     Cell::new(value.to_string()).set_alignment(CellAlignment::Right)
 }
 
-fn optional_ms(value: Option<f64>) -> Cell {
-    number(value.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}")))
+/// A duration (held in milliseconds) in the unit that fits it: `1.23 µs`, `12.1 ms`.
+fn duration(value: Option<f64>) -> Cell {
+    number(units::duration_ms(value))
 }
 
 /// The report as aligned text (or Markdown) sections.
@@ -144,6 +145,10 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
         failed = failed.fg(Color::Red);
     }
     summary.add_row(vec![Cell::new("failed"), failed]);
+    summary.add_row(vec![
+        Cell::new("expected non-OK"),
+        number(s.expected_nonok_operations),
+    ]);
     if s.unreturned_operations > 0 {
         summary.add_row(vec![
             Cell::new("never returned"),
@@ -151,8 +156,8 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
         ]);
     }
     summary.add_row(vec![
-        Cell::new("total duration (ms)"),
-        optional_ms(s.total_duration_ms),
+        Cell::new("total duration"),
+        duration(s.total_duration_ms),
     ]);
     summary.add_row(vec![
         Cell::new("first call"),
@@ -162,10 +167,7 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
         Cell::new("last call"),
         Cell::new(s.last_call.clone().unwrap_or_else(|| "-".into())),
     ]);
-    summary.add_row(vec![
-        Cell::new("time span (ms)"),
-        optional_ms(s.time_span_ms),
-    ]);
+    summary.add_row(vec![Cell::new("time span"), duration(s.time_span_ms)]);
     summary.add_row(vec![Cell::new("processes"), number(s.processes)]);
     writeln!(out, "{summary}")?;
 
@@ -175,11 +177,11 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
             "{}",
             heading("Slowest functions (share of total time)")
         )?;
-        let mut slowest = table(&["function", "total ms", "share %"], markdown);
+        let mut slowest = table(&["function", "total", "share %"], markdown);
         for entry in report.slowest.iter().take(10) {
             slowest.add_row(vec![
                 Cell::new(&entry.func),
-                optional_ms(Some(entry.total_ms)),
+                duration(Some(entry.total_ms)),
                 number(format!("{:.2}", entry.share_percent)),
             ]);
         }
@@ -189,7 +191,7 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
     write!(out, "{}", heading("Per-function latency"))?;
     let mut latency = table(
         &[
-            "function", "calls", "failed", "p50 ms", "p95 ms", "p99 ms", "max ms",
+            "function", "calls", "failed", "expected", "p50", "p95", "p99", "max",
         ],
         markdown,
     );
@@ -199,16 +201,23 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
             Cell::new(&entry.func),
             number(stats.count),
             number(stats.failed),
-            optional_ms(stats.p50_ms),
-            optional_ms(stats.p95_ms),
-            optional_ms(stats.p99_ms),
-            optional_ms(stats.max_ms),
+            number(stats.expected_nonok),
+            duration(stats.p50_ms),
+            duration(stats.p95_ms),
+            duration(stats.p99_ms),
+            duration(stats.max_ms),
         ]);
     }
     writeln!(out, "{latency}")?;
+    writeln!(
+        out,
+        "{}({}; \"expected\": the protocol's non-OK idioms, schemas/analysis.md)",
+        if markdown { "\n" } else { "" },
+        units::UNITS_NOTE
+    )?;
 
     write!(out, "{}", heading("Return codes"))?;
-    let mut codes = table(&["rv", "name", "calls", "%"], markdown);
+    let mut codes = table(&["rv", "name", "expected", "calls", "%"], markdown);
     for code in &report.return_codes {
         codes.add_row(vec![
             number(code.rv.map_or("-".into(), |rv| format!("{rv:#x}"))),
@@ -217,6 +226,11 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
                     .clone()
                     .unwrap_or_else(|| "(never returned)".into()),
             ),
+            Cell::new(match (code.rv, code.expected) {
+                (Some(0) | None, _) => "-",
+                (_, true) => "yes",
+                (_, false) => "no",
+            }),
             number(code.count),
             number(format!("{:.2}", code.percent)),
         ]);
@@ -224,23 +238,21 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
     writeln!(out, "{codes}")?;
 
     write!(out, "{}", heading("Processes"))?;
-    let mut processes = table(&["pid", "process", "calls", "failed", "total ms"], markdown);
+    let mut processes = table(&["pid", "process", "calls", "failed", "total"], markdown);
     for process in &report.by_process {
         processes.add_row(vec![
             number(process.pid.map_or("-".into(), |p| p.to_string())),
             Cell::new(process.process.clone().unwrap_or_else(|| "-".into())),
             number(process.calls),
             number(process.failed),
-            optional_ms(process.total_ms),
+            duration(process.total_ms),
         ]);
     }
     writeln!(out, "{processes}")?;
 
     write!(out, "{}", heading("Providers"))?;
     let mut providers = table(
-        &[
-            "provider", "calls", "failed", "total ms", "p50 ms", "p99 ms",
-        ],
+        &["provider", "calls", "failed", "total", "p50", "p99"],
         markdown,
     );
     for provider in &report.by_provider {
@@ -253,9 +265,9 @@ pub fn report_text(report: &Report, markdown: bool, out: &mut impl Write) -> Res
             ),
             number(provider.calls),
             number(provider.failed),
-            optional_ms(provider.total_ms),
-            optional_ms(provider.p50_ms),
-            optional_ms(provider.p99_ms),
+            duration(provider.total_ms),
+            duration(provider.p50_ms),
+            duration(provider.p99_ms),
         ]);
     }
     writeln!(out, "{providers}")?;
@@ -370,16 +382,17 @@ pub fn performance_csv(report: &Report, out: &mut impl Write) -> Result<()> {
     let cell = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v}"));
     writeln!(
         out,
-        "func,count,failed,total_ms,share_percent,mean_ms,p50_ms,p95_ms,p99_ms,max_ms"
+        "func,count,failed,expected_nonok,total_ms,share_percent,mean_ms,p50_ms,p95_ms,p99_ms,max_ms"
     )?;
     for entry in &report.frequency {
         let s = &report.performance[&entry.func];
         writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{}",
             entry.func,
             s.count,
             s.failed,
+            s.expected_nonok,
             cell(s.total_ms),
             cell(s.share_percent),
             cell(s.mean_ms),

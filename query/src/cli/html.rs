@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Filters, InputArgs};
+use super::{Filters, InputArgs, parse_duration_ns};
 
 const REPORT_EXAMPLES: &str = "\
 Examples:
@@ -28,6 +28,10 @@ pub struct HtmlArgs {
     /// The HTML file to write (replaced if it exists).
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
+
+    /// No call faster than this is a slow outlier (as `analyze --slow-floor`).
+    #[arg(long, default_value = "1ms", value_parser = parse_duration_ns, value_name = "DURATION")]
+    pub slow_floor: f64,
 
     #[command(flatten)]
     pub filters: Filters,

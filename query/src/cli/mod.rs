@@ -25,10 +25,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Convert tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines to schema v1 Parquet.
+    #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
     /// The PKCS#11 Operation Analysis: summary, latency, return codes, sessions, issues.
+    #[command(after_help = ANALYZE_EXAMPLES)]
     Analyze(AnalyzeArgs),
     /// Run a SQL query (polars SQL) with `calls` (and `clients`) registered as tables.
+    #[command(after_help = SQL_EXAMPLES)]
     Sql(SqlArgs),
     /// Providers (or runs) side by side: latency ratios with confidence intervals, what works on
     /// one and fails on the other, where the same script's return codes part.
@@ -53,6 +56,34 @@ pub enum Command {
     /// link; exit 1 on any problem.
     Verify(trail::VerifyArgs),
 }
+
+const ANALYZE_EXAMPLES: &str = "\
+Examples:
+  p11trace-query analyze ~/p11trace-data
+  p11trace-query analyze ~/p11trace-data --format json | jq -e '.summary.failed_operations == 0'
+  p11trace-query analyze pkcs11-spy.log --func C_Sign --slow-floor 5ms
+  p11trace-query analyze dataset/ --since 2026-11-25 --format markdown > analysis.md
+
+Latencies print in the unit that fits each value (ns, µs, ms, s); JSON keeps milliseconds.
+CKR_BUFFER_TOO_SMALL retried, attribute and mechanism probes count as `expected`, not failed.
+JSON keys: schemas/analysis.md.";
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  p11trace-query import /tmp/pkcs11-spy.log -o spy.parquet --tz Europe/Berlin
+  p11trace-query import app.stderr -o p11kit.parquet          # p11-kit log-calls
+  p11trace-query import a.log b.log -o dataset/ --quiet       # a folder becomes a dataset
+
+The format is told from each file's content (--input-format to force one). A progress bar is
+drawn on a terminal only; --quiet drops it and the summary line.";
+
+const SQL_EXAMPLES: &str = "\
+Examples:
+  p11trace-query sql \"SELECT func, count(*) AS n FROM calls GROUP BY func ORDER BY n DESC\" dataset/
+  p11trace-query sql \"SELECT rv_name, count(*) FROM calls WHERE rv <> 0 GROUP BY 1\" spy.log --format csv
+  p11trace-query sql \"SELECT process, sum(dur_ns) / 1000000.0 AS ms FROM calls GROUP BY 1\" dataset/ --format json
+
+Columns: schemas/calls.md (calls), schemas/clients.md (clients).";
 
 const COMPARE_EXAMPLES: &str = "\
 Examples:
@@ -120,15 +151,21 @@ pub struct InputArgs {
     /// Fail on the first unreadable log record instead of reporting and counting it.
     #[arg(long, global = true)]
     pub strict: bool,
+
+    /// No progress bars and no notes on stderr; errors only (progress is drawn only when
+    /// stderr is a terminal anyway).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 }
 
 impl InputArgs {
-    /// What the importer needs of these options (a progress bar only ever on a terminal).
+    /// What the importer needs of these options (a progress bar only ever on a terminal, and
+    /// never with `--quiet`).
     pub fn import_options(&self) -> p11trace_import::ImportOptions {
         p11trace_import::ImportOptions {
             tz: self.tz.clone(),
             strict: self.strict,
-            progress: true,
+            progress: !self.quiet,
             run_id: None,
         }
     }
@@ -212,6 +249,11 @@ pub struct AnalyzeArgs {
     /// Most calls listed in the JSON `operations` array (0 = all).
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_operations: usize,
+
+    /// No call faster than this is a slow outlier, whatever its function's percentiles
+    /// (`500us`, `1ms`, `2s`; `0ns`: percentiles alone).
+    #[arg(long, default_value = "1ms", value_parser = parse_duration_ns, value_name = "DURATION")]
+    pub slow_floor: f64,
 
     #[command(flatten)]
     pub filters: Filters,

@@ -14,10 +14,13 @@ pub fn from_analysis_json(name: String, path: &std::path::Path) -> Result<Side> 
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let report: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
-    if report.get("analysis_version").and_then(|v| v.as_u64()) != Some(1) {
+    // Version 1 counted every non-OK call as failed; version 2 counts the protocol's idioms
+    // apart (`expected_nonok`). Both are read as non-OK calls, as sides of calls count them.
+    let version = report.get("analysis_version").and_then(|v| v.as_u64());
+    if !matches!(version, Some(1 | 2)) {
         bail!(
-            "{}: not an `analyze --format json` report of analysis version 1 (no \
-             \"analysis_version\": 1)",
+            "{}: not an `analyze --format json` report of analysis version 1 or 2 (no \
+             \"analysis_version\": 1 or 2)",
             path.display()
         );
     }
@@ -44,7 +47,10 @@ pub fn from_analysis_json(name: String, path: &std::path::Path) -> Result<Side> 
         };
         any_percentiles |= percentiles.is_some();
         calls = u64::saturating_add(calls, count);
-        let failed = stats.get("failed").and_then(|v| v.as_u64()).unwrap_or(0);
+        let failed = ["failed", "expected_nonok"]
+            .iter()
+            .filter_map(|key| stats.get(*key).and_then(|v| v.as_u64()))
+            .fold(0u64, u64::saturating_add);
         if failed > count {
             bail!(
                 "{}: performance.{func}.failed ({failed}) is more than its count ({count})",

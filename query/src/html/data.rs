@@ -9,7 +9,7 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use crate::Explain;
-use crate::analyze::failed;
+use crate::analyze::{expected, not_ok};
 
 /// Buckets of the calls-over-time chart.
 pub const BUCKETS: usize = 60;
@@ -124,6 +124,8 @@ pub struct ErrorRow {
     pub func: String,
     pub rv: Option<i64>,
     pub rv_name: Option<String>,
+    /// One of the protocol's idioms (`analyze`'s rule, schemas/analysis.md), not a failure.
+    pub expected: bool,
     pub count: u64,
 }
 
@@ -154,7 +156,9 @@ pub fn compute(calls: LazyFrame) -> Result<ChartData> {
         .select(COLUMNS.iter().map(|c| col(*c)).collect::<Vec<_>>())
         .with_column(col("start").cast(DataType::Int64).alias("start_us"))
         .collect()
-        .explain("cannot read the calls")?
+        .explain("cannot read the calls")?;
+    let calls = expected::mark(calls)
+        .explain("cannot classify the return codes")?
         .lazy();
     Ok(ChartData {
         latency: latency(calls.clone())?,
@@ -170,6 +174,14 @@ fn f64_at(frame: &DataFrame, column: &str, row: usize) -> Option<f64> {
 
 fn i64_at(frame: &DataFrame, column: &str, row: usize) -> Option<i64> {
     frame.column(column).ok()?.get(row).ok()?.extract::<i64>()
+}
+
+fn bool_at(frame: &DataFrame, column: &str, row: usize) -> bool {
+    frame
+        .column(column)
+        .ok()
+        .and_then(|c| c.get(row).ok())
+        .is_some_and(|v| matches!(v, AnyValue::Boolean(true)))
 }
 
 fn str_at(frame: &DataFrame, column: &str, row: usize) -> Option<String> {
@@ -492,8 +504,13 @@ fn merge_bars(mut bars: Vec<SessionBar>, pixel: f64) -> Vec<SessionBar> {
 
 fn errors(calls: LazyFrame) -> Result<Vec<ErrorRow>> {
     let frame = calls
-        .filter(failed())
-        .group_by([col("func"), col("rv"), col("rv_name")])
+        .filter(not_ok())
+        .group_by([
+            col("func"),
+            col("rv"),
+            col("rv_name"),
+            col(expected::EXPECTED),
+        ])
         .agg([len().alias("count")])
         .sort(
             ["count", "func"],
@@ -508,6 +525,7 @@ fn errors(calls: LazyFrame) -> Result<Vec<ErrorRow>> {
             func: str_at(&frame, "func", row).unwrap_or_default(),
             rv: i64_at(&frame, "rv", row),
             rv_name: str_at(&frame, "rv_name", row),
+            expected: bool_at(&frame, expected::EXPECTED, row),
             count: i64_at(&frame, "count", row).unwrap_or(0).max(0) as u64,
         })
         .collect())

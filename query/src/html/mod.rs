@@ -54,6 +54,7 @@ pub fn report(args: &HtmlArgs) -> Result<()> {
         calls.clone(),
         AnalyzeOptions {
             max_operations: None,
+            slow_floor_ns: args.slow_floor,
         },
     )?;
     let data = data::compute(calls)?;

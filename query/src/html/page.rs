@@ -216,7 +216,14 @@ fn errors(out: &mut String, charts: &Charts) {
     if charts.data.errors.is_empty() {
         out.push_str("<p id=\"no-errors\">Every call that returned, returned CKR_OK.</p>");
     } else {
-        header(out, &["function", "return code", "value", "calls"]);
+        out.push_str(
+            "<p>Every call that did not return CKR_OK. <em>expected</em>: one of the protocol's \
+             idioms (an attribute probe, a size query retried at once), not a failure.</p>",
+        );
+        header(
+            out,
+            &["function", "return code", "value", "calls", "expected"],
+        );
         for error in &charts.data.errors {
             out.push_str("<tr>");
             cell(out, &error.func);
@@ -228,6 +235,7 @@ fn errors(out: &mut String, charts: &Charts) {
                     .map_or_else(|| "–".to_owned(), |rv| format!("0x{rv:08X}")),
             );
             number(out, &error.count.to_string());
+            cell(out, if error.expected { "yes" } else { "no" });
             out.push_str("</tr>");
         }
         out.push_str("</tbody></table>");
