@@ -93,7 +93,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             let max_operations = (format == ReportFormat::Json).then_some(args.max_operations);
             let options = AnalyzeOptions {
                 max_operations,
-                slow_floor_ns: args.slow_floor,
+                slow_floor_ns: args.outliers.slow_floor,
             };
             let spinner = crate::progress::spinner("analysing", !args.input.quiet);
             let report = analyze::analyze(calls, options);

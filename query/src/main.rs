@@ -15,7 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return usage(&error),
+        Err(error) => return p11trace_cli::usage("p11trace-query", &error),
     };
     // `compare` and `diff` follow diff(1): an input error is exit 2, and exit 1 means `diff`
     // found what `--fail-on` names.
@@ -35,36 +35,11 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::SUCCESS,
         Ok(true) => ExitCode::from(1),
         Err(error) => {
-            eprintln!("p11trace-query: error: {}", one_line(&format!("{error:#}")));
+            eprintln!(
+                "p11trace-query: error: {}",
+                p11trace_cli::one_line(&format!("{error:#}"))
+            );
             ExitCode::from(error_status)
         }
     }
-}
-
-/// `--help` and `--version` as clap prints them (exit 0), and the help of a command given
-/// without its arguments (exit 2); any other usage error as one line, exit 2.
-fn usage(error: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
-        _ => {
-            let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let message = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("p11trace-query: error: {message} (see --help)");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// An error on one line: the lines of a multi-line message (polars' plans, SQL) joined.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
 }

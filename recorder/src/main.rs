@@ -9,7 +9,7 @@ use p11trace_recorder::{doctor, oneshot, run};
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return usage(&error),
+        Err(error) => return p11trace_cli::usage("p11trace-recorder", &error),
     };
     match &cli.command {
         Some(Command::Run(args)) => return oneshot::main(args),
@@ -29,24 +29,6 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("p11trace-recorder: error: {error:#}");
             ExitCode::from(1)
-        }
-    }
-}
-
-/// `--help` and `--version` as clap prints them (exit 0), and the help when a required
-/// argument is missing altogether (exit 2); any other usage error as one line, exit 2.
-fn usage(error: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
-        _ => {
-            let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let message = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("p11trace-recorder: error: {message} (see --help)");
-            ExitCode::from(2)
         }
     }
 }

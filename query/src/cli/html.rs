@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Filters, InputArgs, parse_duration_ns};
+use super::{Filters, InputArgs, Outliers};
 
 const REPORT_EXAMPLES: &str = "\
 Examples:
@@ -29,9 +29,8 @@ pub struct HtmlArgs {
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
 
-    /// No call faster than this is a slow outlier (as `analyze --slow-floor`).
-    #[arg(long, default_value = "1ms", value_parser = parse_duration_ns, value_name = "DURATION")]
-    pub slow_floor: f64,
+    #[command(flatten)]
+    pub outliers: Outliers,
 
     #[command(flatten)]
     pub filters: Filters,

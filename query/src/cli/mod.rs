@@ -233,6 +233,15 @@ pub enum ReportFormat {
     Markdown,
 }
 
+/// The slow-outlier rule's options (`analyze`, `report`).
+#[derive(Debug, Args)]
+pub struct Outliers {
+    /// No call faster than this is a slow outlier, whatever its function's percentiles
+    /// (`500us`, `1ms`, `2s`; `0ns`: percentiles alone).
+    #[arg(long, default_value = "1ms", value_parser = parse_duration_ns, value_name = "DURATION")]
+    pub slow_floor: f64,
+}
+
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
     /// Datasets, Parquet files, tracers' logs (pkcs11-spy, p11-kit, pkcs11-logger, libpkcs11shim) or observe JSON lines.
@@ -250,10 +259,8 @@ pub struct AnalyzeArgs {
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_operations: usize,
 
-    /// No call faster than this is a slow outlier, whatever its function's percentiles
-    /// (`500us`, `1ms`, `2s`; `0ns`: percentiles alone).
-    #[arg(long, default_value = "1ms", value_parser = parse_duration_ns, value_name = "DURATION")]
-    pub slow_floor: f64,
+    #[command(flatten)]
+    pub outliers: Outliers,
 
     #[command(flatten)]
     pub filters: Filters,

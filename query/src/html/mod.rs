@@ -54,7 +54,7 @@ pub fn report(args: &HtmlArgs) -> Result<()> {
         calls.clone(),
         AnalyzeOptions {
             max_operations: None,
-            slow_floor_ns: args.slow_floor,
+            slow_floor_ns: args.outliers.slow_floor,
         },
     )?;
     let data = data::compute(calls)?;
