@@ -27,36 +27,56 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# SoftHSM2, OpenSC, GnuTLS tools, p11-kit, jq, valgrind, DuckDB CLI; `.ci/run` installs the same, plus
-# what building Kryoptic needs.
-# Install what the demo, the tests and the benchmarks need on Debian 12.
-deps:
+# What `just demo` needs and no more: SoftHSM2 (the token), OpenSC (pkcs11-tool), OpenSSL.
+demo-deps:
     #!/usr/bin/env bash
     set -euo pipefail
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     missing=0
-    for tool in softhsm2-util pkcs11-tool p11tool openssl jq valgrind strace; do command -v $tool >/dev/null || missing=1; done
+    for tool in softhsm2-util pkcs11-tool openssl; do command -v $tool >/dev/null || missing=1; done
+    if [ $missing = 1 ]; then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc openssl >/dev/null
+    fi
+
+# SoftHSM2, OpenSC, GnuTLS tools, p11-kit, jq, valgrind, real clients (OpenSSL's engine, a JDK,
+# chromium, python-pkcs11), DuckDB CLI, pyarrow, polars; `.ci/run` installs the same, plus what
+# building Kryoptic needs.
+# Install what the tests and the benchmarks need on Debian 12.
+deps: demo-deps
+    #!/usr/bin/env bash
+    set -euo pipefail
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    missing=0
+    for tool in p11tool jq valgrind strace; do command -v $tool >/dev/null || missing=1; done
     # p11-kit's proxy module: the p11-kit import tests make real `log-calls` logs through it.
     [ -e /usr/lib/x86_64-linux-gnu/p11-kit-proxy.so ] || missing=1
     # Real clients traced in tests/tests/clients_*.rs: OpenSSL's pkcs11 engine, and a JDK
     # (java, javac, keytool) for SunPKCS11.
     [ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || missing=1
     for tool in java javac keytool; do command -v $tool >/dev/null || missing=1; done
+    # chromium: tests/tests/report_html.rs opens the HTML report in it, headless (~350 MB).
+    command -v chromium >/dev/null || missing=1
+    python3 -m pip --version >/dev/null 2>&1 || missing=1
     if [ $missing = 1 ]; then
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc gnutls-bin openssl jq valgrind strace \
-            p11-kit p11-kit-modules libengine-pkcs11-openssl openjdk-17-jdk-headless >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gnutls-bin jq valgrind strace \
+            p11-kit p11-kit-modules libengine-pkcs11-openssl openjdk-17-jdk-headless chromium python3-pip >/dev/null
     fi
-    # chromium: tests/tests/report_html.rs opens the HTML report in it, headless.
-    command -v chromium >/dev/null || { $sudo apt-get update -qq; DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; }
-    command -v duckdb >/dev/null || python3 -m pip install -q duckdb-cli==1.5.6
-    # The README's Python examples (pyarrow, polars).
-    python3 -c 'import pyarrow, polars' 2>/dev/null || python3 -m pip install -q pyarrow==26.0.1 polars==2.1.0
-    # python-pkcs11: a real client traced by tests/tests/clients_python.rs.
-    python3 -c 'import pkcs11' 2>/dev/null || python3 -m pip install -q python-pkcs11==0.10.1
+    # From PyPI, pinned: the DuckDB CLI; pyarrow and polars (the README's Python examples);
+    # python-pkcs11 (a real client, tests/tests/clients_python.rs). Debian's own python3 refuses
+    # system-wide installs (PEP 668): then --break-system-packages (self-contained wheels).
+    pins=()
+    command -v duckdb >/dev/null || pins+=(duckdb-cli==1.5.6)
+    python3 -c 'import pyarrow, polars' 2>/dev/null || pins+=(pyarrow==26.0.1 polars==2.1.0)
+    python3 -c 'import pkcs11' 2>/dev/null || pins+=(python-pkcs11==0.10.1)
+    if [ ${#pins[@]} -gt 0 ]; then
+        python3 -m pip install -q --disable-pip-version-check "${pins[@]}" 2>/dev/null ||
+            $sudo python3 -m pip install -q --disable-pip-version-check --break-system-packages "${pins[@]}"
+    fi
 
-# Shell completions for p11trace-query and p11trace-recorder (bash, zsh, fish, elvish, PowerShell)
-# into target/completions/, generated from their clap definitions.
+# Generated from the binaries' clap definitions.
+# Shell completions (bash, zsh, fish, elvish, PowerShell) for both binaries into target/completions/.
 completions:
     cargo build -p p11trace-query -p p11trace-recorder --bins
     "${CARGO_TARGET_DIR:-target}"/debug/p11trace-query-docs completions target/completions
@@ -70,10 +90,12 @@ man:
 
 # The main job end to end (scripts/demo.sh): a token, the recorder, pkcs11-tool and OpenSSL
 # through the shim (keys, signatures verified, a decryption, a wrong PIN), then the analysis.
-# A cold first build of the three binaries dominates (~5 min on 2 cores); the run takes seconds.
-demo: deps
+# A cold first build of the three binaries dominates (4 min 44 s on 2 idle cores); the run takes
+# about a second and ends by naming the HTML report.
+# Trace a real session end to end, then analyse it and write the HTML report.
+demo: demo-deps
     cargo build -p p11trace-shim -p p11trace-recorder -p p11trace-query
-    scripts/demo.sh target/debug target/debug/libp11trace_shim.so
+    scripts/demo.sh "${CARGO_TARGET_DIR:-target}/debug" "${CARGO_TARGET_DIR:-target}/debug/libp11trace_shim.so"
 
 # The demo in a container (needs a Docker engine): the multi-stage image of the Dockerfile, then
 # `p11trace-demo` in it, its folder (dataset, report) in target/docker-demo/ on this machine.
