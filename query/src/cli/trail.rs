@@ -53,7 +53,16 @@ Examples:
 Re-archiving data the archive holds changes nothing; late data of a sealed period gets a
 backfill digest. Layout and digest format: schemas/archive.md.";
 
+const ARCHIVE_KEY_EXAMPLES: &str = "\
+Examples:
+  p11trace-query archive-key --out ~/.config/p11trace/archive.key    # and archive.key.pub
+  p11trace-query archive dataset/ --to audit/ --signing-key ~/.config/p11trace/archive.key
+  p11trace-query verify audit/ --public-key ~/.config/p11trace/archive.key.pub
+
+An existing file is never overwritten. Exit status: 0 written, 1 runtime error, 2 usage error.";
+
 #[derive(Debug, Args)]
+#[command(after_help = ARCHIVE_KEY_EXAMPLES)]
 pub struct ArchiveKeyArgs {
     /// The private key file to write (mode 0600); the public key goes to OUT.pub.
     #[arg(long, value_name = "OUT")]
