@@ -55,9 +55,9 @@ backfill digest. Layout and digest format: schemas/archive.md.";
 
 const ARCHIVE_KEY_EXAMPLES: &str = "\
 Examples:
-  p11trace-query archive-key --out ~/.config/p11trace/archive.key    # and archive.key.pub
-  p11trace-query archive dataset/ --to audit/ --signing-key ~/.config/p11trace/archive.key
-  p11trace-query verify audit/ --public-key ~/.config/p11trace/archive.key.pub
+  p11trace-query archive-key --out archive.key    # and archive.key.pub
+  p11trace-query archive dataset/ --to audit/ --signing-key archive.key
+  p11trace-query verify audit/ --public-key archive.key.pub
 
 An existing file is never overwritten. Exit status: 0 written, 1 runtime error, 2 usage error.";
 
