@@ -19,8 +19,12 @@ const EACH: i64 = 5;
 /// and the two `C_GetInterface` calls python-pkcs11 makes only when the module exports it
 /// (the shim does, SoftHSM2 2.6 does not; through the shim both are answered with an error and
 /// python-pkcs11 goes on with the 2.40 function list, as it does direct).
-fn comparable(stdout: &str) -> String {
-    let mut report: Value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+/// Compared as values: with serde_json's `preserve_order` (which another crate of the
+/// workspace turns on in a `--workspace` build) `remove` reorders the keys left, so their text
+/// would differ where the values do not.
+fn comparable(stdout: &str) -> Result<Value> {
+    let mut report: Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("threads.py printed no JSON line: {stdout}"))?;
     if let Some(calls) = report["calls"].as_object_mut() {
         calls.remove("C_GetInterface");
     }
@@ -29,7 +33,7 @@ fn comparable(stdout: &str) -> String {
             *tid = Value::from(0);
         }
     }
-    report.to_string()
+    Ok(report)
 }
 
 #[test]
@@ -64,7 +68,7 @@ fn python_pkcs11_threads_are_recorded_call_for_call_under_their_own_tids() -> Re
         reports.push(text(&output.stdout));
     }
     ensure!(
-        comparable(&reports[0]) == comparable(&reports[1]),
+        comparable(&reports[0])? == comparable(&reports[1])?,
         "direct and traced reports differ:\n{}\n{}",
         reports[0],
         reports[1]
