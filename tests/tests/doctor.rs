@@ -429,5 +429,37 @@ fn the_configuration_file_is_read_as_the_shim_reads_it() -> Result<()> {
             && status(&report, "module")? == "skipped",
         "{report:#}"
     );
+
+    // A line the shim would warn about is reported; the rest of the file still applies.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    let text = std::fs::read_to_string(&file)?;
+    std::fs::write(&file, format!("{text}modul /typo.so\n"))?;
+    let (_, report) = doctor(
+        &[("SOFTHSM2_CONF", &conf), ("P11TRACE_CONFIG", &file_arg)],
+        &[],
+    )?;
+    ensure!(
+        status(&report, "environment")? == "pass"
+            && summary(&report, "environment")?.contains(&format!(
+                "the shim would warn: {file_arg}:4: expected `key = value`"
+            ))
+            && status(&report, "module")? == "pass",
+        "{report:#}"
+    );
+
+    // A file that cannot be opened (here: a path through a regular file) is not a missing one.
+    let beyond = format!("{file_arg}/p11trace.conf");
+    let (code, report) = doctor(
+        &[("SOFTHSM2_CONF", &conf), ("P11TRACE_CONFIG", &beyond)],
+        &[],
+    )?;
+    ensure!(
+        code == Some(1)
+            && status(&report, "environment")? == "fail"
+            && summary(&report, "environment")?.contains(&format!(
+                "the shim would say: ignoring {beyond}: Not a directory"
+            )),
+        "{report:#}"
+    );
     Ok(())
 }

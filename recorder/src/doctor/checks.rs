@@ -51,7 +51,7 @@ pub fn environment(args: &DoctorArgs, setup: &Setup) -> Check {
             value.clone().map_or(Value::Null, Value::String),
         );
     }
-    let described = format!(
+    let mut described = format!(
         "set: {}; not set: {}",
         if set.is_empty() {
             "none".to_owned()
@@ -64,6 +64,12 @@ pub fn environment(args: &DoctorArgs, setup: &Setup) -> Check {
             unset.join(" ")
         }
     );
+    if !setup.config_warnings.is_empty() {
+        described.push_str(&format!(
+            "; the shim would warn: {}",
+            setup.config_warnings.join("; ")
+        ));
+    }
     let config = match &setup.config {
         Ok(settings) if settings.is_empty() => Value::Null,
         Ok(_) => Value::String(setup.config_path.clone()),
@@ -79,7 +85,7 @@ pub fn environment(args: &DoctorArgs, setup: &Setup) -> Check {
             "environment",
             format!("{described}; the shim would say: {why}"),
             format!(
-                "make {} owned by you or root and not writable by others",
+                "make {} readable by you, owned by you or root, and not writable by others",
                 setup.config_path
             ),
         ));
@@ -281,6 +287,15 @@ pub fn recorder(args: &DoctorArgs, setup: &Setup, socket_check: Status) -> Check
             format!(
                 "start one: p11trace-recorder --dataset DIR --socket {path} (or trace one command \
                  with p11trace-recorder run -- COMMAND)"
+            ),
+        )
+        .detail("socket", path),
+        Err(hello::Refused::Denied(why)) => Check::fail(
+            "recorder",
+            why,
+            format!(
+                "the socket belongs to another user: run a recorder as the application's own \
+                 user (p11trace-recorder --dataset DIR --socket {path}); one recorder serves one uid"
             ),
         )
         .detail("socket", path),

@@ -32,6 +32,8 @@ pub struct Accepted {
 pub enum Refused {
     /// Nobody listens there (no socket file, or connection refused).
     Absent(String),
+    /// The socket is there but this user may not connect (another user's recorder).
+    Denied(String),
     /// Someone answered, and the handshake failed.
     Failed(String),
 }
@@ -73,6 +75,9 @@ pub fn say_hello(socket: &Path) -> Result<Accepted, Refused> {
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             Refused::Absent(format!("no recorder listens at {} ({e})", socket.display()))
+        }
+        io::ErrorKind::PermissionDenied => {
+            Refused::Denied(format!("cannot connect to {} ({e})", socket.display()))
         }
         _ => failed("connect", &e),
     })?;

@@ -39,7 +39,10 @@ fn describe(error: &libloading::Error) -> String {
 }
 
 fn open(path: &Path, what: &str) -> Result<libloading::os::unix::Library, Failure> {
-    if !path.exists() {
+    // A bare name (`libsofthsm2.so`) is looked up on the library search path, as the shim's
+    // and the application's dlopen do; only a path can be missing.
+    let is_path = path.as_os_str().as_encoded_bytes().contains(&b'/');
+    if is_path && !path.exists() {
         return Err(failure(
             format!("{what} {} does not exist", path.display()),
             format!(
@@ -202,10 +205,8 @@ pub fn probe_module(path: &Path) -> Result<ModuleInfo, Failure> {
     let mut info: CK_INFO = unsafe { std::mem::zeroed() };
     // SAFETY: C_GetInfo writes one CK_INFO into our local.
     let rv = unsafe { get_info(&mut info) };
-    if rv == CKR_OK {
-        // SAFETY: ends the C_Initialize above.
-        unsafe { finalize(std::ptr::null_mut()) };
-    }
+    // SAFETY: ends the C_Initialize above, whatever C_GetInfo answered.
+    unsafe { finalize(std::ptr::null_mut()) };
     if rv != CKR_OK {
         return Err(failure(
             format!("{}: C_GetInfo returned {}", path.display(), rv_name(rv)),

@@ -14,6 +14,9 @@ pub const VARIABLES: [&str; 7] = [
     "PKCS11SPY_OUTPUT",
 ];
 
+/// The configuration file's `key = value` settings, or why the shim would ignore the file.
+pub type Config = Result<Vec<(String, String)>, String>;
+
 /// Where a setting came from.
 #[derive(Debug, Clone)]
 pub struct Sourced {
@@ -29,7 +32,9 @@ pub struct Setup {
     pub variables: Vec<(&'static str, Option<String>)>,
     /// The configuration file's path and whether it was read (or why not).
     pub config_path: String,
-    pub config: Result<Vec<(String, String)>, String>,
+    pub config: Config,
+    /// What the shim would warn about in a file it reads (a line that is not `key = value`).
+    pub config_warnings: Vec<String>,
 }
 
 impl Setup {
@@ -42,11 +47,12 @@ impl Setup {
             .ok()
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| p11trace_record::config_file::DEFAULT_PATH.to_owned());
-        let config = read_config(&config_path);
+        let (config, config_warnings) = read_config(&config_path);
         Setup {
             variables,
             config_path,
             config,
+            config_warnings,
         }
     }
 
@@ -103,11 +109,12 @@ impl Setup {
 
 /// The configuration file's `key = value` lines, under the shim's own rule
 /// ([`p11trace_record::config_file`]; doctor is not set-id). `Ok(empty)` when there is none;
-/// `Err` with the shim's words when it would ignore the file.
-fn read_config(path: &str) -> Result<Vec<(String, String)>, String> {
+/// `Err` with the shim's words when it would ignore the file; beside it, the shim's warnings
+/// about a file it reads.
+fn read_config(path: &str) -> (Config, Vec<String>) {
     let read = p11trace_record::config_file::read(path, false);
     if read.ignored {
-        return Err(read.warnings.join("; "));
+        return (Err(read.warnings.join("; ")), Vec::new());
     }
-    Ok(read.settings)
+    (Ok(read.settings), read.warnings)
 }

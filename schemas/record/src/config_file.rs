@@ -63,11 +63,19 @@ impl Settings {
 }
 
 /// Reads the file at `path` under [`untrusted`] (checked on the open file, so the file read is
-/// the file checked). A missing file is no settings and no warning.
+/// the file checked). A missing file is no settings and no warning; one that cannot be opened
+/// (permissions) is ignored with a warning.
 pub fn read(path: &str, privileged: bool) -> Settings {
     let mut out = Settings::default();
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return out;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return out,
+        // There but unreadable (EACCES, a folder): said, not taken for a missing file.
+        Err(error) => {
+            out.warnings.push(format!("ignoring {path}: {error}"));
+            out.ignored = true;
+            return out;
+        }
     };
     let ignore = |why: String, out: &mut Settings| {
         out.warnings.push(format!("ignoring {path}: {why}"));
