@@ -98,7 +98,9 @@ fn secure_env(name: &str) -> Option<String> {
     }
     // SAFETY: non-null pointers from secure_getenv point to NUL-terminated strings.
     let value = unsafe { CStr::from_ptr(value) };
-    Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
+    // An empty variable is an unset one (as doctor reads them): `P11TRACE_MODULE=` falls back
+    // to PKCS11SPY and the file rather than loading "".
+    (!value.is_empty()).then(|| String::from_utf8_lossy(value.to_bytes()).into_owned())
 }
 
 /// Whether this process runs with privileges its invoker does not have (setuid/setgid).

@@ -106,6 +106,39 @@ fn configuration_comes_from_a_file_when_the_host_cannot_set_variables() -> Resul
     Ok(())
 }
 
+/// An empty variable is an unset one (`P11TRACE_MODULE= app`, a service file's `Environment=`
+/// left blank): the file's settings apply, as `p11trace-recorder doctor` reports them.
+#[test]
+fn an_empty_variable_is_unset() -> Result<()> {
+    let mut traced = Traced::new("empty")?;
+    let recorder = &mut traced.recorder;
+    let dir = temp();
+    let config = dir.path().join("p11trace.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "module = {SOFTHSM}\nsocket = {}\n",
+            recorder.socket.display()
+        ),
+    )?;
+    let mut command = traced
+        .token
+        .pkcs11_tool(&shim(), &login(&["--list-objects"]));
+    command
+        .env("P11TRACE_CONFIG", &config)
+        .env("P11TRACE_MODULE", "")
+        .env("P11TRACE_SOCKET", "")
+        .env_remove("PKCS11SPY");
+    run_ok(&mut command, Duration::from_secs(60))?;
+    recorder.stop()?;
+    let logins = duckdb(&format!(
+        "SELECT count(*) AS n FROM {} WHERE func = 'C_Login' AND rv = 0",
+        recorder.table("calls")
+    ))?;
+    ensure!(logins[0]["n"] == 1, "{logins:?}");
+    Ok(())
+}
+
 /// A configuration file names the module the host loads: one that another user owns, or that
 /// anyone but its owner can write, is ignored with a warning (and so is the module it names).
 #[test]
