@@ -49,6 +49,14 @@ extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut l
         }
     } else if pid == 0 {
         PENDING.store(signal, Ordering::Release);
+    } else {
+        // The command has ended: the signal stops `run` itself, as it would any program (the
+        // private recorder, losing its parent, drains or keeps the rest in its log).
+        // SAFETY: signal(2) and raise(3) are async-signal-safe.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
     }
 }
 
@@ -71,6 +79,25 @@ fn install_forwarding() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Blocks until the process `pid` (our child) has ended, leaving it to be reaped (`WNOWAIT`).
+fn wait_unreaped(pid: libc::pid_t) {
+    loop {
+        // SAFETY: a zeroed siginfo_t is valid; waitid writes into our local.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 /// The exit status a shell would report for `status` (128+N for signal N).
@@ -202,23 +229,33 @@ impl Recorder {
                 }
             })
         };
-        match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(()) => Ok(Recorder {
-                child,
-                summary,
-                echo,
-            }),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().context("waiting for the recorder")?;
-                let _ = echo.join();
-                bail!("the recorder did not start ({status}); see its message above")
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the recorder was not listening after {START_TIMEOUT:?}")
+        // Waits in steps, so a signal that comes meanwhile (PENDING) ends the wait: the caller
+        // then stops the recorder and does not start the command.
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            match ready_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if PENDING.load(Ordering::Acquire) != 0 => {
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().context("waiting for the recorder")?;
+                    let _ = echo.join();
+                    bail!("the recorder did not start ({status}); see its message above")
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("the recorder was not listening after {START_TIMEOUT:?}")
+                }
             }
         }
+        Ok(Recorder {
+            child,
+            summary,
+            echo,
+        })
     }
 
     /// Stops the recorder (it drains every client first); its summary line, if it printed one.
@@ -374,8 +411,11 @@ fn trace_in(args: &RunArgs, folder: &Path) -> Result<u8> {
         // SAFETY: signals our own child, not reaped yet.
         unsafe { libc::kill(child.id() as libc::pid_t, early) };
     }
-    let status = child.wait();
+    // The command's end, waited for without reaping it: until CHILD says it is over, its pid
+    // cannot be reused, so the handler never signals a stranger.
+    wait_unreaped(child.id() as libc::pid_t);
     CHILD.store(-1, Ordering::Release);
+    let status = child.wait();
     let stopped = recorder.stop();
     let status = status.with_context(|| {
         format!(
