@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use clap_complete::Shell;
+use clap_complete::{Generator, Shell};
 
 /// `--help` and `--version` as clap prints them (exit 0), and the help of a command given
 /// without its arguments (exit 2); any other usage error as one line naming `program`, exit 2.
@@ -78,32 +78,54 @@ fn completions(mut command: clap::Command, dir: &Path) -> Result<()> {
     private_dir(dir)?;
     let name = command.get_name().to_owned();
     for shell in Shell::value_variants() {
-        let file = clap_complete::generate_to(*shell, &mut command, &name, dir)
-            .with_context(|| format!("cannot write {shell} completions into {}", dir.display()))?;
-        private_file(&file)?;
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut command, &name, &mut script);
+        write_private(&dir.join(shell.file_name(&name)), &script)?;
     }
     Ok(())
 }
 
+/// One page for the command and one for each (sub)command below it, `NAME-SUB.1` as
+/// clap_mangen names them; nothing else in `dir` is touched.
 fn man(command: clap::Command, dir: &Path) -> Result<()> {
     private_dir(dir)?;
-    clap_mangen::generate_to(command, dir)
-        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
-        private_file(&entry?.path())?;
-    }
-    Ok(())
+    let mut command = command.disable_help_subcommand(true);
+    command.build();
+    pages(&command, dir)
 }
 
+fn pages(command: &clap::Command, dir: &Path) -> Result<()> {
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        pages(sub, dir)?;
+    }
+    let man = clap_mangen::Man::new(command.clone());
+    let mut page = Vec::new();
+    man.render(&mut page)
+        .with_context(|| format!("cannot render the man page of {}", command.get_name()))?;
+    write_private(&dir.join(man.get_filename()), &page)
+}
+
+/// `bytes` into `file`, mode 0600 from its creation (an existing file is made 0600 too).
+fn write_private(file: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    out.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| out.write_all(bytes))
+        .with_context(|| format!("cannot write {}", file.display()))
+}
+
+/// `dir`, created 0700 if missing; an existing folder (a system man folder, say) keeps its mode.
 fn private_dir(dir: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))
-}
-
-fn private_file(file: &Path) -> Result<()> {
-    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot make {} private", file.display()))
 }

@@ -4,6 +4,7 @@
 //! what is wrong; no progress or colour off a terminal, `--quiet` silences the notes, colour
 //! on a terminal unless `NO_COLOR`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -48,6 +49,11 @@ fn completions_and_man_pages_name_every_subcommand() -> Result<()> {
     let dir = temp();
     let completions = dir.path().join("completions");
     let man = dir.path().join("man");
+    // A page of another program already in the folder (a system man folder, say): untouched.
+    std::fs::create_dir(&man)?;
+    let other = man.join("other.1");
+    std::fs::write(&other, ".TH other 1\n")?;
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644))?;
     for generator in ["p11trace-query-docs", "p11trace-recorder-docs"] {
         for (kind, out) in [("completions", &completions), ("man", &man)] {
             run_ok(
@@ -126,10 +132,15 @@ fn completions_and_man_pages_name_every_subcommand() -> Result<()> {
             "recorder man page lacks {option}"
         );
     }
-    // Private, as everything we write.
-    for file in std::fs::read_dir(&man)? {
-        let mode = std::os::unix::fs::PermissionsExt::mode(&file?.metadata()?.permissions());
-        ensure!(mode & 0o077 == 0, "{mode:o}");
+    // Private, as everything we write; what we did not write keeps its mode.
+    for file in std::fs::read_dir(&man)?.chain(std::fs::read_dir(&completions)?) {
+        let file = file?;
+        let mode = file.metadata()?.permissions().mode();
+        if file.path() == other {
+            ensure!(mode & 0o777 == 0o644, "other.1 was made {mode:o}");
+        } else {
+            ensure!(mode & 0o077 == 0, "{}: {mode:o}", file.path().display());
+        }
     }
     // A usage error of the generator.
     let bad = output(Command::new(bin("p11trace-query-docs")).arg("manual"))?;
@@ -259,6 +270,23 @@ fn progress_and_colour_only_on_a_terminal_and_quiet_silences_the_notes() -> Resu
         text(&archived.stdout).contains("archived"),
         "the report is output, not a note"
     );
+    // The HTML report: its "wrote" note, and with -q none.
+    for (flags, noted) in [(&[][..], true), (&["-q"][..], false)] {
+        let page = dir.path().join(format!("r{}.html", flags.len()));
+        let made = run_ok(
+            Command::new(&query)
+                .arg("report")
+                .args(flags)
+                .args([log, "-o"])
+                .arg(&page),
+            Duration::from_secs(60),
+        )?;
+        let stderr = text(&made.stderr);
+        ensure!(
+            page.exists() && stderr.contains("wrote") == noted && (noted || stderr.is_empty()),
+            "report {flags:?}: {stderr}"
+        );
+    }
     // Colour: never off a terminal.
     let plain = run_ok(
         Command::new(&query).args(["analyze", log]),
