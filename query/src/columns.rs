@@ -1,5 +1,6 @@
 //! Columns of a collected frame as plain Rust vectors, for the passes that walk calls in order
-//! (script alignment, key resolution) rather than aggregate them.
+//! (script alignment, key resolution) rather than aggregate them; and single cells of small
+//! result frames (an aggregate's rows), read leniently: a missing column or a null is `None`.
 
 use anyhow::Result;
 use polars::prelude::*;
@@ -42,4 +43,37 @@ pub(crate) fn int_lists(frame: &DataFrame, name: &str) -> Result<Vec<Vec<i64>>> 
                 .collect()),
         })
         .collect()
+}
+
+/// The cell at `row` of `column` as an integer.
+pub(crate) fn i64_at(frame: &DataFrame, column: &str, row: usize) -> Option<i64> {
+    frame.column(column).ok()?.get(row).ok()?.extract::<i64>()
+}
+
+/// A count cell: negative or missing is 0.
+pub(crate) fn u64_at(frame: &DataFrame, column: &str, row: usize) -> u64 {
+    i64_at(frame, column, row).map_or(0, |v| v.max(0) as u64)
+}
+
+pub(crate) fn f64_at(frame: &DataFrame, column: &str, row: usize) -> Option<f64> {
+    frame.column(column).ok()?.get(row).ok()?.extract::<f64>()
+}
+
+/// A flag cell: only `true` is true.
+pub(crate) fn bool_at(frame: &DataFrame, column: &str, row: usize) -> bool {
+    frame
+        .column(column)
+        .ok()
+        .and_then(|c| c.get(row).ok())
+        .is_some_and(|v| matches!(v, AnyValue::Boolean(true)))
+}
+
+/// A text cell (any other type in its text form).
+pub(crate) fn str_at(frame: &DataFrame, column: &str, row: usize) -> Option<String> {
+    match frame.column(column).ok()?.get(row).ok()? {
+        AnyValue::Null => None,
+        AnyValue::String(s) => Some(s.to_owned()),
+        AnyValue::StringOwned(s) => Some(s.to_string()),
+        other => Some(other.to_string()),
+    }
 }

@@ -292,7 +292,7 @@ fn a_traced_session_renders_in_chromium_with_every_chart_and_escaped_names() -> 
 }
 
 #[test]
-fn two_inputs_add_the_compare_view() -> Result<()> {
+fn two_inputs_add_the_compare_view_and_the_gate() -> Result<()> {
     let mut first = Traced::new("report-a")?;
     record(&mut first, None)?;
     let mut second = Traced::new("report-b")?;
@@ -317,6 +317,46 @@ fn two_inputs_add_the_compare_view() -> Result<()> {
     );
     // The analysis covers both inputs: two wrong PINs.
     assert!(dom.contains("<td>C_Login</td><td>CKR_PIN_INCORRECT</td><td class=\"n\">0x000000A0</td><td class=\"n\">2</td>"), "errors of both inputs");
+
+    // The gate: what `diff A B` decides, its totals, its exit status and its notable rows.
+    let (a, b) = (&first.recorder.dataset, &second.recorder.dataset);
+    let diff = query_output(&[
+        "diff",
+        a.to_str().context("path")?,
+        b.to_str().context("path")?,
+        "--format",
+        "json",
+    ])?;
+    let verdicts: serde_json::Value = serde_json::from_slice(&diff.stdout)?;
+    let s = &verdicts["summary"];
+    let gate = &dom[dom.find("id=\"gate\"").context("no #gate")?..];
+    let totals = format!(
+        "{} row(s); {} regressed, {} improved, {} unchanged",
+        s["entries"], s["regressed"], s["improved"], s["unchanged"]
+    );
+    assert!(gate.contains(&totals), "{totals} not in {gate}");
+    let exit = format!("diff would exit {}", diff.status.code().unwrap_or(-1));
+    assert!(gate.contains(&exit), "{exit} not in {gate}");
+    let notable = verdicts["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter(|e| {
+            e["verdict"] != "unchanged"
+                || e["rv_verdict"] != "unchanged"
+                || e["count_verdict"] != "unchanged"
+                || e["presence"] != "both"
+        })
+        .count();
+    assert!(
+        notable > 0,
+        "two small recordings: some rows have too few calls"
+    );
+    assert_eq!(
+        gate.matches("class=\"gate-row\"").count(),
+        notable,
+        "{gate}"
+    );
     Ok(())
 }
 

@@ -61,6 +61,8 @@ pub fn mark(calls: DataFrame) -> PolarsResult<DataFrame> {
     let retried = retried_size_queries(&calls)?;
     let mut matched = JoinArgs::new(JoinType::Left);
     matched.nulls_equal = true;
+    // The calls keep their order: what follows takes firsts per client and sorts stably.
+    matched.maintain_order = MaintainOrderJoin::Left;
     calls
         .lazy()
         .join(
@@ -128,4 +130,47 @@ fn retried_size_queries(calls: &DataFrame) -> PolarsResult<DataFrame> {
         // One row per call, so the join back never multiplies a call (should `seq` repeat).
         .unique(None, UniqueKeepStrategy::Any)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread of `n` calls in order; every 7th is a size query retried by the next call.
+    fn calls(n: i64) -> DataFrame {
+        let seq: Vec<i64> = (0..n).collect();
+        let rv: Vec<i64> = seq
+            .iter()
+            .map(|s| if s % 7 == 0 { CKR_BUFFER_TOO_SMALL } else { 0 })
+            .collect();
+        df! {
+            "client_id" => vec!["c"; n as usize],
+            "tid" => vec![1i64; n as usize],
+            "seq" => seq,
+            "func" => vec!["C_Sign"; n as usize],
+            "session" => vec![1i64; n as usize],
+            "rv" => rv,
+            "returned" => vec![true; n as usize],
+        }
+        .expect("a frame")
+    }
+
+    #[test]
+    fn marking_keeps_every_call_in_its_place() {
+        let n = 400_000;
+        let marked = mark(calls(n)).expect("marked");
+        let seq: Vec<Option<i64>> = marked
+            .column("seq")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert!(
+            seq.iter().copied().eq((0..n).map(Some)),
+            "the calls come back in their order"
+        );
+        let expected = marked.column(EXPECTED).unwrap().bool().unwrap();
+        assert_eq!(expected.sum(), Some((n as u32).div_ceil(7)));
+    }
 }

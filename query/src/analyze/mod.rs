@@ -6,115 +6,22 @@
 pub mod expected;
 mod issues;
 pub mod render;
+mod report;
 mod sessions;
 pub mod units;
 
 use crate::Explain;
+use crate::columns::{f64_at, i64_at, str_at, u64_at};
 use anyhow::Result;
 use polars::prelude::*;
-use serde::Serialize;
 
+pub use report::*;
 pub use sessions::Sessions;
 
 /// Schema version of the analysis JSON (`schemas/analysis.md`).
 /// Version 2: `failed` counts real failures only; the protocol's idioms (a size query retried,
 /// attribute and mechanism probes) are `expected_nonok` apart; durations in nanosecond precision.
 pub const ANALYSIS_VERSION: u32 = 2;
-
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub analysis_version: u32,
-    pub summary: Summary,
-    /// Per function, by name.
-    pub performance: std::collections::BTreeMap<String, FunctionStats>,
-    pub slowest: Vec<Slowest>,
-    pub frequency: Vec<Frequency>,
-    pub return_codes: Vec<ReturnCode>,
-    pub by_process: Vec<ProcessStats>,
-    pub by_provider: Vec<ProviderStats>,
-    pub sessions: Sessions,
-    pub issues: Vec<issues::Issue>,
-    pub operations: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Summary {
-    pub total_operations: u64,
-    pub successful_operations: u64,
-    /// Calls that returned neither CKR_OK nor an expected idiom (see `expected`).
-    pub failed_operations: u64,
-    /// Non-OK calls that are the protocol's normal idioms (`expected.rs`).
-    pub expected_nonok_operations: u64,
-    /// Calls that never returned (imported records cut off by a crash or truncation).
-    pub unreturned_operations: u64,
-    pub failure_rate_percent: f64,
-    /// Sum of call durations; null when no call has a duration (pkcs11-spy imports).
-    pub total_duration_ms: Option<f64>,
-    pub first_call: Option<String>,
-    pub last_call: Option<String>,
-    pub time_span_ms: Option<f64>,
-    pub processes: u64,
-    pub clients: u64,
-    /// `operations` lists fewer calls than `total_operations` (see `--max-operations`).
-    pub operations_truncated: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct FunctionStats {
-    pub count: u64,
-    pub failed: u64,
-    pub expected_nonok: u64,
-    pub total_ms: Option<f64>,
-    pub share_percent: Option<f64>,
-    pub mean_ms: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p95_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub max_ms: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Slowest {
-    pub func: String,
-    pub total_ms: f64,
-    pub share_percent: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Frequency {
-    pub func: String,
-    pub count: u64,
-    pub percent: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReturnCode {
-    pub rv: Option<i64>,
-    pub rv_name: Option<String>,
-    /// These calls are expected idioms (a return code can have an expected and a failed entry).
-    pub expected: bool,
-    pub count: u64,
-    pub percent: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ProcessStats {
-    pub pid: Option<i64>,
-    pub process: Option<String>,
-    pub calls: u64,
-    pub failed: u64,
-    pub total_ms: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ProviderStats {
-    pub provider: Option<String>,
-    pub calls: u64,
-    pub failed: u64,
-    pub total_ms: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-}
 
 /// How much of the call list to include.
 #[derive(Debug, Clone, Copy)]
@@ -183,33 +90,6 @@ fn column_sum(frame: &DataFrame, column: &str) -> u64 {
     (0..frame.height())
         .map(|row| u64_at(frame, column, row))
         .sum()
-}
-
-fn u64_at(frame: &DataFrame, column: &str, row: usize) -> u64 {
-    frame
-        .column(column)
-        .ok()
-        .and_then(|c| c.get(row).ok())
-        .and_then(|v| v.extract::<i64>())
-        .map_or(0, |v| v.max(0) as u64)
-}
-
-fn f64_at(frame: &DataFrame, column: &str, row: usize) -> Option<f64> {
-    frame.column(column).ok()?.get(row).ok()?.extract::<f64>()
-}
-
-fn str_at(frame: &DataFrame, column: &str, row: usize) -> Option<String> {
-    let value = frame.column(column).ok()?.get(row).ok()?;
-    match value {
-        AnyValue::Null => None,
-        AnyValue::String(s) => Some(s.to_owned()),
-        AnyValue::StringOwned(s) => Some(s.to_string()),
-        other => Some(other.to_string()),
-    }
-}
-
-fn i64_at(frame: &DataFrame, column: &str, row: usize) -> Option<i64> {
-    frame.column(column).ok()?.get(row).ok()?.extract::<i64>()
 }
 
 /// Latency aggregations over `dur_ns`, in nanoseconds.

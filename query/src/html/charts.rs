@@ -6,7 +6,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::data::{Latency, OverTime, Phase, Timeline};
-use super::format::{duration_ns, seconds};
+use super::format::seconds;
+use crate::analyze::units::duration_ns;
 use crate::compare::report::Row;
 
 const WIDTH: u32 = 1200;
@@ -90,7 +91,7 @@ pub fn latency(rows: &[Latency]) -> Result<Option<String>> {
                     .unwrap_or_default(),
                 _ => String::new(),
             })
-            .x_label_formatter(&|v| duration_ns(*v))
+            .x_label_formatter(&|v| duration_ns(Some(*v)))
             .x_desc("latency per call (log scale); box: quartiles, bar: median, dot: p95, whiskers: min–max")
             .label_style((FONT, 14))
             .draw()?;

@@ -1,6 +1,6 @@
 //! `report`: the analysis as one self-contained HTML page — the summary, per-function latency
 //! distributions on a log axis, calls over time per process, the session timeline per thread,
-//! the error table and, for two inputs, the `compare` view. No script and nothing fetched when
+//! the error table and, for two inputs, the `compare` view and the `diff` gate's verdicts. No script and nothing fetched when
 //! it is opened: the style is inline, the charts are inline SVG drawn by `plotters`
 //! ([`charts`]); the numbers are `analyze`'s and `compare`'s, the charts' data ([`data`]) polars
 //! quantiles and counts over the same calls. Every string from the data is escaped
@@ -10,7 +10,9 @@
 pub mod charts;
 pub mod data;
 pub mod format;
+mod gate;
 pub mod page;
+mod timeline;
 
 use std::io::Write;
 use std::path::Path;
@@ -18,7 +20,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::analyze::{self, AnalyzeOptions, Report};
+use crate::cli::FailOn;
 use crate::cli::html::HtmlArgs;
+use crate::compare::diff;
 use crate::compare::report::Report as CompareReport;
 use crate::stats::GateConfig;
 use crate::{compare, filters, input};
@@ -30,6 +34,8 @@ pub struct ReportInput {
     pub title: String,
     pub analysis: Report,
     pub comparison: Option<CompareReport>,
+    /// With two inputs: the regression gate's verdicts (`diff A B`, default settings).
+    pub gate: Option<diff::Report>,
 }
 
 /// The charts' data and their SVG (`None`: nothing to draw).
@@ -58,9 +64,12 @@ pub fn report(args: &HtmlArgs) -> Result<()> {
         },
     )?;
     let data = data::compute(calls)?;
-    let comparison = match args.inputs.as_slice() {
-        [a, b] => Some(compare_two(a, b, args)?),
-        _ => None,
+    let (comparison, gate) = match args.inputs.as_slice() {
+        [a, b] => {
+            let (comparison, gate) = compare_two(a, b, args)?;
+            (Some(comparison), Some(gate))
+        }
+        _ => (None, None),
     };
     let charts = Charts {
         latency: charts::latency(&data.latency)?,
@@ -87,20 +96,24 @@ pub fn report(args: &HtmlArgs) -> Result<()> {
             title,
             analysis,
             comparison,
+            gate,
         },
         &charts,
     );
     write_atomically(&args.output, page.as_bytes())?;
-    eprintln!(
-        "p11trace-query: wrote {} ({} KB)",
-        args.output.display(),
-        page.len().div_ceil(1024)
-    );
+    if !args.input.quiet {
+        eprintln!(
+            "p11trace-query: wrote {} ({} KB)",
+            args.output.display(),
+            page.len().div_ceil(1024)
+        );
+    }
     Ok(())
 }
 
-/// `compare A B` as the `compare` command makes it (the sides named by their providers).
-fn compare_two(a: &Path, b: &Path, args: &HtmlArgs) -> Result<CompareReport> {
+/// `compare A B` as the `compare` command makes it (the sides named by their providers), and
+/// `diff A B` as the `diff` command decides it with its defaults.
+fn compare_two(a: &Path, b: &Path, args: &HtmlArgs) -> Result<(CompareReport, diff::Report)> {
     let side = |path: &Path| -> Result<compare::side::Side> {
         let mut side = compare::load_side(path, None, &args.input, &args.filters, true)?;
         side.name = side.default_name(&side.name);
@@ -108,7 +121,15 @@ fn compare_two(a: &Path, b: &Path, args: &HtmlArgs) -> Result<CompareReport> {
     };
     let mut sides = vec![side(a)?, side(b)?];
     compare::distinct_names(&mut sides);
-    Ok(compare::report::compare(&sides, 0, &GateConfig::default()))
+    let comparison = compare::report::compare(&sides, 0, &GateConfig::default());
+    let settings = diff::Settings {
+        gate: GateConfig::default(),
+        fail_on: FailOn::Regression,
+        drift_correction: true,
+        drift_max: 1.0,
+    };
+    let gate = diff::diff(&sides[0], &sides[1], &settings)?;
+    Ok((comparison, gate))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder (mode 0600), synced and

@@ -5,9 +5,10 @@ use std::fmt::Write;
 
 use super::charts::phase_css;
 use super::data::Phase;
-use super::format::{duration_ms, duration_ns, escape};
+use super::format::escape;
 use super::{Charts, ReportInput};
 use crate::analyze::Report;
+use crate::analyze::units::{duration_ms, duration_ns};
 use crate::compare::report::{Comparison, Dist, Report as CompareReport};
 
 const STYLE: &str = "\
@@ -24,15 +25,15 @@ figcaption{font-size:13px;color:#555;padding:4px 8px}
 .legend span{margin-right:18px;font-size:14px}.legend i{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:6px}
 .bad{color:#c00}.muted{color:#777;font-size:13px}";
 
-fn cell(out: &mut String, text: &str) {
+pub(super) fn cell(out: &mut String, text: &str) {
     let _ = write!(out, "<td>{}</td>", escape(text));
 }
 
-fn number(out: &mut String, text: &str) {
+pub(super) fn number(out: &mut String, text: &str) {
     let _ = write!(out, "<td class=\"n\">{}</td>", escape(text));
 }
 
-fn header(out: &mut String, columns: &[&str]) {
+pub(super) fn header(out: &mut String, columns: &[&str]) {
     out.push_str("<table><thead><tr>");
     for column in columns {
         let _ = write!(out, "<th>{}</th>", escape(column));
@@ -264,7 +265,7 @@ fn comparison(out: &mut String, comparison: &Comparison, svg: &Option<String>) {
             "interval",
         ],
     );
-    let latency = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), duration_ns);
+    let latency = duration_ns;
     for row in &comparison.functions {
         out.push_str("<tr>");
         cell(out, &row.func);
@@ -435,6 +436,9 @@ pub fn render(input: &ReportInput, charts: &Charts) -> String {
     processes(&mut out, report);
     if let Some(comparison) = &input.comparison {
         compare(&mut out, comparison, &charts.ratios);
+    }
+    if let Some(gate) = &input.gate {
+        super::gate::section(&mut out, gate);
     }
     out.push_str(
         "<p class=\"muted\">Written by p11trace-query report. The numbers are those of \
