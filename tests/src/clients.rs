@@ -226,6 +226,14 @@ pub fn arg(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// Stops the clients' recorder, which must end cleanly, and checks that no PIN reached its
+/// dataset ([`no_pin_in`]).
+pub fn stop_clean(recorder: &mut Recorder) -> Result<()> {
+    let (status, stderr) = recorder.stop()?;
+    ensure!(status.success(), "recorder: {stderr}");
+    no_pin_in(recorder)
+}
+
 /// Fails if the user PIN (which every client here sent to `C_Login`) is in any file of the
 /// recorder's dataset, raw, hex or base64, or in a Parquet file's decompressed values.
 pub fn no_pin_in(recorder: &Recorder) -> Result<()> {

@@ -113,9 +113,7 @@ fn p11tool_lists_the_same_through_the_shim_and_its_calls_are_recorded() -> Resul
         stdout_of(&generated)
     );
 
-    let (status, stderr) = traced.recorder.stop()?;
-    ensure!(status.success(), "recorder: {stderr}");
-    no_pin_in(&traced.recorder)?;
+    stop_clean(&mut traced.recorder)?;
     let recorder = &traced.recorder;
     let generator = one_pid(recorder, "func = 'C_GenerateKeyPair'")?;
     let lister = one_pid(

@@ -115,9 +115,7 @@ fn sunpkcs11_through_the_shim_lists_and_signs_from_several_threads() -> Result<(
         );
     }
 
-    let (status, stderr) = traced.recorder.stop()?;
-    ensure!(status.success(), "recorder: {stderr}");
-    no_pin_in(&traced.recorder)?;
+    stop_clean(&mut traced.recorder)?;
     let recorder = &traced.recorder;
     let calls = recorder.table("calls");
 

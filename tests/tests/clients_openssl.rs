@@ -151,9 +151,7 @@ fn openssl_engine_signs_through_the_shim_and_the_signatures_verify() -> Result<(
         ensure!(ec_ok.trim() == "Verified OK", "ECDSA ({run}): {ec_ok}");
     }
 
-    let (status, stderr) = traced.recorder.stop()?;
-    ensure!(status.success(), "recorder: {stderr}");
-    no_pin_in(&traced.recorder)?;
+    stop_clean(&mut traced.recorder)?;
     let recorder = &traced.recorder;
     let calls = recorder.table("calls");
     // (mechanism, C_Sign's input: a SHA-256 DigestInfo / a SHA-256 digest, its output, the

@@ -95,9 +95,7 @@ fn p11kit_loads_the_shim_from_the_shipped_module_file_and_the_real_module_from_i
         );
     }
 
-    let (status, stderr) = traced.recorder.stop()?;
-    ensure!(status.success(), "recorder: {stderr}");
-    no_pin_in(&traced.recorder)?;
+    stop_clean(&mut traced.recorder)?;
     let recorder = &traced.recorder;
     let calls = recorder.table("calls");
     let modules = duckdb(&format!(

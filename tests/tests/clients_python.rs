@@ -79,9 +79,7 @@ fn python_pkcs11_threads_are_recorded_call_for_call_under_their_own_tids() -> Re
         "signatures: {report}"
     );
 
-    let (status, stderr) = traced.recorder.stop()?;
-    ensure!(status.success(), "recorder: {stderr}");
-    no_pin_in(&traced.recorder)?;
+    stop_clean(&mut traced.recorder)?;
     let recorder = &traced.recorder;
     let calls = recorder.table("calls");
     let pid = one_pid(recorder, "process LIKE 'python%'")?;

@@ -3,6 +3,8 @@
 
 use anyhow::Result;
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::RangedCoordi32;
 use plotters::prelude::*;
 
 use super::data::{Latency, OverTime, Phase, Timeline};
@@ -32,6 +34,46 @@ fn svg(
 /// Rows drawn top to bottom: row `i` of `n` is segment `n - 1 - i`.
 fn row(i: usize, n: usize) -> i32 {
     (n - 1 - i) as i32
+}
+
+/// The frame of the per-function charts: a log x axis over `range`, one row per name (the
+/// first name drawn at the bottom), the x labels by `x_label`, and `x_desc` under the axis.
+type RowsChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<LogCoord<f64>, SegmentedCoord<RangedCoordi32>>>;
+
+fn rows_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    range: (f64, f64),
+    names: &[String],
+    x_label: &dyn Fn(&f64) -> String,
+    x_desc: &str,
+) -> Result<RowsChart<'a, 'b>> {
+    let n = names.len();
+    let mut chart = ChartBuilder::on(root)
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(250)
+        .build_cartesian_2d(
+            (range.0..range.1).log_scale(),
+            (0..n as i32).into_segmented(),
+        )?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => usize::try_from(*i)
+                .ok()
+                .and_then(|i| names.get(i))
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_label_formatter(x_label)
+        .x_desc(x_desc)
+        .label_style((FONT, 14))
+        .draw()?;
+    Ok(chart)
 }
 
 fn log_range(low: f64, high: f64) -> (f64, f64) {
@@ -74,27 +116,13 @@ pub fn latency(rows: &[Latency]) -> Result<Option<String>> {
         .map(|r| format!("{} ({})", r.func, r.timed))
         .collect();
     let chart = svg(90 + ROW * n as u32, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(250)
-            .build_cartesian_2d((low..high).log_scale(), (0..n as i32).into_segmented())?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(n)
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => usize::try_from(*i)
-                    .ok()
-                    .and_then(|i| names.get(i))
-                    .cloned()
-                    .unwrap_or_default(),
-                _ => String::new(),
-            })
-            .x_label_formatter(&|v| duration_ns(Some(*v)))
-            .x_desc("latency per call (log scale); box: quartiles, bar: median, dot: p95, whiskers: min–max")
-            .label_style((FONT, 14))
-            .draw()?;
+        let mut chart = rows_chart(
+            root,
+            (low, high),
+            &names,
+            &|v| duration_ns(Some(*v)),
+            "latency per call (log scale); box: quartiles, bar: median, dot: p95, whiskers: min–max",
+        )?;
         let blue = RGBColor(52, 101, 164);
         chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
             let y = SegmentValue::CenterOf(row(i, n));
@@ -281,29 +309,15 @@ pub fn ratios(rows: &[Row]) -> Result<Option<String>> {
     let n = rows.len();
     let low = rows.iter().map(|r| r.2).fold(1.0, f64::min) / 1.5;
     let high = rows.iter().map(|r| r.3).fold(1.0, f64::max) * 1.5;
-    let names: Vec<&str> = rows.iter().rev().map(|r| r.0.func.as_str()).collect();
+    let names: Vec<String> = rows.iter().rev().map(|r| r.0.func.clone()).collect();
     let chart = svg(90 + ROW * n as u32, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(250)
-            .build_cartesian_2d((low..high).log_scale(), (0..n as i32).into_segmented())?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(n)
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => usize::try_from(*i)
-                    .ok()
-                    .and_then(|i| names.get(i))
-                    .map(|s| s.to_string())
-                    .unwrap_or_default(),
-                _ => String::new(),
-            })
-            .x_label_formatter(&|v| format!("{v:.2}×"))
-            .x_desc("median latency B / A (log scale) with its bootstrap interval; right of 1× B is slower")
-            .label_style((FONT, 14))
-            .draw()?;
+        let mut chart = rows_chart(
+            root,
+            (low, high),
+            &names,
+            &|v| format!("{v:.2}×"),
+            "median latency B / A (log scale) with its bootstrap interval; right of 1× B is slower",
+        )?;
         chart.draw_series(std::iter::once(PathElement::new(
             vec![(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Last)],
             BLACK.stroke_width(1),
