@@ -237,6 +237,29 @@ fn a_traced_session_renders_in_chromium_with_every_chart_and_escaped_names() -> 
         errors.contains("<td>C_Login</td><td>CKR_PIN_INCORRECT</td>"),
         "the wrong PIN's C_Login is not in the error table: {errors}"
     );
+    // Failures and the protocol's idioms counted as analyze counts them, and told apart.
+    let dataset = traced.recorder.dataset.to_str().context("path")?;
+    let analysis = query_output(&["analyze", dataset, "--format", "json"])?;
+    let analysis: serde_json::Value = serde_json::from_slice(&analysis.stdout)?;
+    let summary = &analysis["summary"];
+    let (failed, expected) = (
+        summary["failed_operations"].as_u64().context("failed")?,
+        summary["expected_nonok_operations"]
+            .as_u64()
+            .context("expected")?,
+    );
+    assert!(failed >= 1 && expected >= 1, "{summary}");
+    for (value, label) in [
+        (failed, "failed"),
+        (expected, "expected non-OK (probes, retried size queries)"),
+    ] {
+        let card = format!(">{value}</b><span>{label}</span>");
+        assert!(dom.contains(&card), "no card {card}");
+    }
+    assert!(
+        errors.contains("<td>CKR_ATTRIBUTE_TYPE_INVALID</td>") && errors.contains("<td>yes</td>"),
+        "the attribute probes are in the error table, marked expected: {errors}"
+    );
     // The timeline's legend: the phases of a session.
     let legend = &dom[dom
         .find("id=\"timeline-legend\"")

@@ -89,6 +89,12 @@ fn summary(out: &mut String, report: &Report) {
     );
     card(
         out,
+        &s.expected_nonok_operations.to_string(),
+        "expected non-OK (probes, retried size queries)",
+        false,
+    );
+    card(
+        out,
         &format!("{} %", s.failure_rate_percent),
         "failure rate",
         false,
