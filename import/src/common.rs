@@ -1,7 +1,8 @@
 //! What the importers of several log formats share: numbers as C prints them, argument names to
 //! their [`Role`] in the function table, a role's value into its column, and info structures
 //! (`CK_INFO`, `CK_SLOT_INFO`, `CK_TOKEN_INFO`, `CK_MECHANISM_INFO`) into the info fields the shim
-//! records, with the `provider` string from `C_GetInfo`.
+//! records, with the `provider` string from `C_GetInfo`; and the local time stamp every tracer
+//! prints (`YYYY-MM-DD HH:MM:SS.fff…`).
 
 use p11trace_record::attr::InfoField;
 use p11trace_record::attr::{Attr, AttrType, AttrValue};
@@ -9,6 +10,46 @@ use p11trace_record::functions::{FunctionSpec, Role};
 use p11trace_record::names;
 use p11trace_record::policy::provider_string;
 use p11trace_record::wire::CallRecord;
+
+/// A local time as printed: year, month, day, hour, minute, second, and the digits after the
+/// point as a number (milliseconds for 3 digits, microseconds for 6).
+pub(crate) type PrintedTime = (i64, u32, u32, u32, u32, u32, u32);
+
+/// `YYYY-MM-DD HH:MM:SS.` and `fraction` digits at the start of `text` (pkcs11-spy prints 3,
+/// pkcs11-logger and libpkcs11shim 6): each field as printed, checked only to be digits.
+pub(crate) fn printed_time(text: &str, fraction: usize) -> Option<PrintedTime> {
+    let b = text.as_bytes();
+    if b.len() < 20 + fraction {
+        return None;
+    }
+    let shape = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b' '),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ];
+    if shape.iter().any(|&(at, byte)| b[at] != byte) {
+        return None;
+    }
+    // ASCII digits only, so every range starts and ends on a character boundary.
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range.clone()]
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| text[range].parse().ok())?
+    };
+    Some((
+        i64::from(digits(0..4)?),
+        digits(5..7)?,
+        digits(8..10)?,
+        digits(11..13)?,
+        digits(14..16)?,
+        digits(17..19)?,
+        digits(20..20 + fraction)?,
+    ))
+}
 
 pub(crate) fn parse_number(text: &str) -> Option<u64> {
     let text = text.trim();

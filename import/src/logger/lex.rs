@@ -1,6 +1,8 @@
 //! Lexing pkcs11-logger lines: the `pid : tid : ` prefix, the `YYYY-MM-DD HH:MM:SS.uuuuuu - `
 //! stamp, and the values the logger prints (`%lu` decimal, `%p` pointers, `HEX(..)` bytes).
 
+use crate::common::printed_time;
+
 /// `0x%08x : 0x%016lx : ` — the pid (10 characters) and thread id (18 characters), each optional
 /// (the flags 0x02 and 0x04 leave them out). C prints a zero without its `0x` (`0000000000`).
 pub(super) fn prefix(line: &str) -> (Option<i64>, Option<i64>, &str) {
@@ -36,37 +38,14 @@ pub(super) type LocalTime = ((i64, u32, u32, u32, u32, u32, u32), u32);
 
 /// `YYYY-MM-DD HH:MM:SS.uuuuuu - text`: the local time and the text after it.
 pub(super) fn stamped(rest: &str) -> Option<(LocalTime, &str)> {
-    let b = rest.as_bytes();
-    if b.len() < 29 || !rest.is_char_boundary(29) || &b[26..29] != b" - " {
+    if rest.len() < 29 || !rest.is_char_boundary(29) || &rest.as_bytes()[26..29] != b" - " {
         return None;
     }
-    let shape = [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b' '),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-    ];
-    if shape.iter().any(|&(at, byte)| b[at] != byte) {
-        return None;
-    }
-    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
-        b[range.clone()]
-            .iter()
-            .all(u8::is_ascii_digit)
-            .then(|| rest[range].parse().ok())?
-    };
-    let local = (
-        i64::from(digits(0..4)?),
-        digits(5..7)?,
-        digits(8..10)?,
-        digits(11..13)?,
-        digits(14..16)?,
-        digits(17..19)?,
-        0,
-    );
-    Some(((local, digits(20..26)?), &rest[29..]))
+    let (year, month, day, hour, minute, second, micros) = printed_time(rest, 6)?;
+    Some((
+        ((year, month, day, hour, minute, second, 0), micros),
+        &rest[29..],
+    ))
 }
 
 /// Whether the start of a file looks like a pkcs11-logger log: its banner, or a stamped

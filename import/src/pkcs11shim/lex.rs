@@ -1,6 +1,7 @@
 //! Lexing libpkcs11shim's lines: the tag of a line, where another line was glued on (threads
 //! writing at once in consistency mode 0), timestamps, `[lap]` durations and buffer specs.
 
+use crate::common::printed_time;
 use crate::spy::lex::hexdump;
 
 /// The tags a line starts with (`[in] ` is the shim's spelling for `pReserved`).
@@ -101,35 +102,22 @@ impl Local {
 /// `[tic]`/`[toc]` values.
 pub(super) fn local_time(text: &str) -> Option<Local> {
     let text = text.trim_end();
-    let b = text.as_bytes();
-    if b.len() != 26
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b' '
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'.'
+    if text.len() != 26 {
+        return None;
+    }
+    let (year, month, day, hour, minute, second, micros) = printed_time(text, 6)?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return None;
     }
-    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
-        b[range.clone()]
-            .iter()
-            .all(u8::is_ascii_digit)
-            .then(|| text[range].parse().ok())?
-    };
-    let (month, day) = (digits(5..7)?, digits(8..10)?);
-    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    if second > 60 {
-        return None;
-    }
     Some(Local {
-        date: (i64::from(digits(0..4)?), month, day),
+        date: (year, month, day),
         time: (hour, minute, second),
-        micros: digits(20..26)?,
+        micros,
     })
 }
 

@@ -2,6 +2,7 @@
 //! (`Returned:`, stamps and `[in]`/`[out]` anywhere outside quotes), and the values of arguments.
 
 pub(super) use crate::common::parse_number;
+use crate::common::{PrintedTime, printed_time};
 
 /// Whether the start of a file looks like a pkcs11-spy log.
 pub fn looks_like_spy(head: &str) -> bool {
@@ -60,42 +61,15 @@ pub(crate) fn hexdump(line: &str) -> Option<(Vec<u8>, &str)> {
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` at the start of `text`.
-fn stamp_at(text: &str) -> Option<(i64, u32, u32, u32, u32, u32, u32)> {
-    let b = text.as_bytes();
-    if b.len() < 23 {
-        return None;
-    }
-    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
-        b[range.clone()]
-            .iter()
-            .all(u8::is_ascii_digit)
-            .then(|| text[range].parse().ok())?
-    };
-    if b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b' '
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'.'
-    {
-        return None;
-    }
-    Some((
-        i64::from(digits(0..4)?),
-        digits(5..7)?,
-        digits(8..10)?,
-        digits(11..13)?,
-        digits(14..16)?,
-        digits(17..19)?,
-        digits(20..23)?,
-    ))
+fn stamp_at(text: &str) -> Option<PrintedTime> {
+    printed_time(text, 3)
 }
 
 /// A parsed stamp line: optional pid/tid and the local time.
 pub(super) struct Stamp {
     pub(super) pid: Option<i64>,
     pub(super) tid: Option<i64>,
-    pub(super) local: (i64, u32, u32, u32, u32, u32, u32),
+    pub(super) local: PrintedTime,
 }
 
 pub(super) fn stamp(line: &str) -> Option<Stamp> {
