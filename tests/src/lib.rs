@@ -137,6 +137,15 @@ pub fn temp() -> tempfile::TempDir {
         .expect("temporary folder")
 }
 
+/// A new folder `path` with exactly `mode` (whatever the umask): a socket folder the shim
+/// accepts (0700), or one it must refuse.
+pub fn folder(path: &std::path::Path, mode: u32) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(path.to_path_buf())
+}
+
 /// pkcs11-tool's arguments for the SO to log in and set the user PIN.
 pub const INIT_USER_PIN: [&str; 8] = [
     "--login",

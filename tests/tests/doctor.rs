@@ -233,9 +233,7 @@ fn softhsm_given_as_the_shim_is_not_ours() -> Result<()> {
 #[test]
 fn a_world_writable_socket_folder_fails_as_the_shim_would_refuse_it() -> Result<()> {
     let dir = temp();
-    let open = dir.path().join("open");
-    std::fs::create_dir(&open)?;
-    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777))?;
+    let open = folder(&dir.path().join("open"), 0o777)?;
     let socket = open.join("r.sock").display().to_string();
     let (code, report) = doctor(&[], &["--socket", &socket])?;
     ensure!(code == Some(1), "doctor exited {code:?}: {report:#}");
@@ -257,9 +255,7 @@ fn a_world_writable_socket_folder_fails_as_the_shim_would_refuse_it() -> Result<
 #[test]
 fn no_recorder_listening_fails_and_says_to_start_one() -> Result<()> {
     let dir = temp();
-    let private = dir.path().join("sock");
-    std::fs::create_dir(&private)?;
-    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+    let private = folder(&dir.path().join("sock"), 0o700)?;
     let socket = private.join("r.sock").display().to_string();
     let (code, report) = doctor(&[("P11TRACE_SOCKET", &socket)], &[])?;
     ensure!(code == Some(1), "doctor exited {code:?}: {report:#}");
@@ -384,9 +380,7 @@ fn the_configuration_file_is_read_as_the_shim_reads_it() -> Result<()> {
     let token = Token::new("doctor-conf")?;
     let conf = token.conf().display().to_string();
     let dir = temp();
-    let private = dir.path().join("sock");
-    std::fs::create_dir(&private)?;
-    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+    let private = folder(&dir.path().join("sock"), 0o700)?;
     let socket = private.join("r.sock");
     let file = dir.path().join("p11trace.conf");
     std::fs::write(

@@ -44,8 +44,7 @@ impl Home {
                 root.display()
             ),
         )?;
-        std::fs::create_dir(root.join("sock"))?;
-        std::fs::set_permissions(root.join("sock"), std::fs::Permissions::from_mode(0o700))?;
+        p11trace_tests::folder(&root.join("sock"), 0o700)?;
         Ok(Home { dir })
     }
 
