@@ -50,19 +50,29 @@ fn audit_mode_refuses_calls_it_cannot_record_and_off_mode_records_nothing() -> R
     Ok(())
 }
 
+/// `DIR/p11trace.conf` naming SoftHSM2 and `recorder`'s socket, then `more` lines.
+fn config_file(
+    dir: &std::path::Path,
+    recorder: &Recorder,
+    more: &str,
+) -> Result<std::path::PathBuf> {
+    let config = dir.join("p11trace.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "# p11trace\nmodule = {SOFTHSM}\nsocket = {}\n{more}",
+            recorder.socket.display()
+        ),
+    )?;
+    Ok(config)
+}
+
 #[test]
 fn configuration_comes_from_a_file_when_the_host_cannot_set_variables() -> Result<()> {
     let mut traced = Traced::new("config")?;
     let recorder = &mut traced.recorder;
     let dir = temp();
-    let config = dir.path().join("p11trace.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "# p11trace\nmodule = {SOFTHSM}\nsocket = {}\nredact = labels\n",
-            recorder.socket.display()
-        ),
-    )?;
+    let config = config_file(dir.path(), recorder, "redact = labels\n")?;
     let mut command = traced.token.pkcs11_tool(
         &shim(),
         &login(&[
@@ -113,14 +123,7 @@ fn an_empty_variable_is_unset() -> Result<()> {
     let mut traced = Traced::new("empty")?;
     let recorder = &mut traced.recorder;
     let dir = temp();
-    let config = dir.path().join("p11trace.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "module = {SOFTHSM}\nsocket = {}\n",
-            recorder.socket.display()
-        ),
-    )?;
+    let config = config_file(dir.path(), recorder, "")?;
     let mut command = traced
         .token
         .pkcs11_tool(&shim(), &login(&["--list-objects"]));
