@@ -26,6 +26,17 @@ pub struct Stats {
     /// Handshakes under way (a gauge): a shutdown waits for them to register their client.
     pub handshakes: AtomicU64,
     pub write_queue: AtomicU64,
+    /// Bytes of finished Parquet files in the spool, waiting to be uploaded (object-store
+    /// datasets only; 0 for a local dataset, whose files are in place once written).
+    pub spool_bytes: AtomicU64,
+    /// Finished files in the spool not yet uploaded and verified (the upload backlog).
+    pub upload_backlog: AtomicU64,
+    /// Files uploaded and verified, then removed from the spool.
+    pub files_uploaded: AtomicU64,
+    /// Bytes of those files.
+    pub bytes_uploaded: AtomicU64,
+    /// Upload attempts that failed (each is retried with backoff).
+    pub upload_failures: AtomicU64,
 }
 
 impl Stats {
