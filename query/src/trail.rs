@@ -11,10 +11,31 @@ use crate::cli::InputArgs;
 use crate::cli::trail::{ArchiveArgs, ArchiveKeyArgs, Period, VerifyArgs};
 use crate::input::{self, InputFormat};
 
-fn inputs(paths: &[PathBuf], args: &InputArgs) -> Result<Vec<Input>> {
-    paths
+/// The archive's inputs; datasets in object storage are fetched into temporary folders, kept
+/// alive by the second value.
+fn inputs(
+    paths: &[PathBuf],
+    args: &InputArgs,
+    prune_source: bool,
+) -> Result<(Vec<Input>, Vec<tempfile::TempDir>)> {
+    let mut scratch = Vec::new();
+    let inputs = paths
         .iter()
         .map(|path| {
+            if input::remote::is_remote(path) {
+                if prune_source {
+                    bail!(
+                        "{}: --prune-source removes archived source files, which it cannot do \
+                         in object storage; archive without it, then expire the objects with \
+                         the store's lifecycle rules",
+                        path.display()
+                    );
+                }
+                let dir = input::remote::fetch(&path.to_string_lossy())?;
+                let folder = dir.path().to_owned();
+                scratch.push(dir);
+                return Ok(Input::Folder(folder));
+            }
             let format = match args.input_format {
                 Some(format) => format,
                 None => input::detect(path)?,
@@ -26,7 +47,8 @@ fn inputs(paths: &[PathBuf], args: &InputArgs) -> Result<Vec<Input>> {
                 None => bail!("{}: not an input", path.display()),
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((inputs, scratch))
 }
 
 pub fn archive(args: &ArchiveArgs) -> Result<()> {
@@ -49,7 +71,7 @@ pub fn archive(args: &ArchiveArgs) -> Result<()> {
             ..args.input.import_options()
         },
     };
-    let inputs = inputs(&args.inputs, &args.input)?;
+    let (inputs, _fetched) = inputs(&args.inputs, &args.input, args.prune_source)?;
     let spinner = crate::progress::spinner("archiving", !args.input.quiet);
     let summary = archive::archive(&inputs, &args.to, &options);
     if let Some(spinner) = spinner {

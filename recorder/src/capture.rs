@@ -39,6 +39,8 @@ pub struct Capture {
     pub control: Receiver<Control>,
     pub events: Sender<Event>,
     pub run_id: String,
+    /// `--host`: the host column of every row, instead of the name each shim reports.
+    pub host: Option<String>,
     pub stats: Arc<Stats>,
     pub once: bool,
     pub crash: Crash,
@@ -125,8 +127,13 @@ impl Capture {
             let drained = received.is_err();
             match received {
                 Ok(Control::Register(registration)) => {
-                    if let Some(link) = register(&shared, *registration, &self.run_id, links.len())
-                    {
+                    if let Some(link) = register(
+                        &shared,
+                        *registration,
+                        &self.run_id,
+                        self.host.as_deref(),
+                        links.len(),
+                    ) {
                         ever_connected = true;
                         links.insert(link.key, link);
                     }
@@ -173,6 +180,7 @@ fn register(
     shared: &Arc<Shared>,
     registration: Registration,
     run_id: &str,
+    host: Option<&str>,
     connected: usize,
 ) -> Option<Arc<Link>> {
     let Registration {
@@ -197,7 +205,7 @@ fn register(
         pid: peer.pid,
         uid: peer.uid,
         ppid: hello.ppid,
-        host: hello.host,
+        host: host.map_or(hello.host, str::to_owned),
         process: hello.process,
         exe: hello.exe,
         module: hello.module,

@@ -34,6 +34,7 @@ pub const POINTS: &[&str] = &[
     "acceptor",
     "wal-rotate",
     "slow-capture",
+    "after-upload",
 ];
 
 impl Crash {

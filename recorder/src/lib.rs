@@ -48,7 +48,9 @@ pub mod ledger;
 pub mod oneshot;
 pub mod options;
 pub mod recovery;
+pub mod spool;
 pub mod stats;
+pub mod upload;
 pub mod wal;
 pub mod writer;
 
@@ -135,8 +137,24 @@ pub fn run(options: Options) -> Result<Summary> {
     // SAFETY: umask(2) only sets this process's file-mode creation mask; it cannot fail.
     unsafe { libc::umask(0o077) };
     raise_descriptor_limit();
-    let _lock = dataset::lock(&options.dataset)?;
-    let dataset = dataset::open(&options.dataset)?;
+    let host = spool::host_name(options.host.as_deref())?;
+    // A dataset in object storage: everything local (log, open files, finished files until
+    // they are uploaded) lives in the spool, a dataset folder of its own.
+    let url = options
+        .dataset
+        .to_str()
+        .filter(|text| p11trace_store::is_url(text))
+        .map(str::to_owned);
+    let remote = match &url {
+        Some(url) => Some(p11trace_store::Remote::open(url)?),
+        None => None,
+    };
+    let root = match &url {
+        Some(url) => spool::spool_for(url, options.spool.as_deref())?,
+        None => options.dataset.clone(),
+    };
+    let _lock = dataset::lock(&root)?;
+    let dataset = dataset::open(&root)?;
     let socket = options.socket.clone().unwrap_or_else(|| {
         p11trace_record::socket::default_socket_path(p11trace_record::socket::current_uid())
     });
@@ -150,7 +168,7 @@ pub fn run(options: Options) -> Result<Summary> {
 
     // Replay what a previous run left in the log before accepting anyone.
     let ledger = ledger::Ledger::load(&dataset.wal());
-    let (ledger, recovered) = recovery::recover(&dataset, &run_id, &stats, ledger)?;
+    let (ledger, recovered) = recovery::recover(&dataset, &run_id, &host, &stats, ledger)?;
     if recovered.segments > 0 {
         eprintln!(
             "p11trace-recorder: recovered {} logged events from {} write-ahead log segment(s){}",
@@ -204,6 +222,8 @@ pub fn run(options: Options) -> Result<Summary> {
         jobs: job_rx,
         dataset: dataset.clone(),
         run_id: run_id.clone(),
+        host: host.clone(),
+        spool_max_bytes: remote.is_some().then_some(options.spool_max_bytes),
         roll_rows: options.roll_rows.max(1),
         roll_secs: Duration::from_secs(options.roll_secs.max(1)),
         stats: stats.clone(),
@@ -232,6 +252,7 @@ pub fn run(options: Options) -> Result<Summary> {
         control: control_rx,
         events: event_tx,
         run_id: run_id.clone(),
+        host: options.host.clone(),
         stats: stats.clone(),
         once: options.once,
         crash: crash.clone(),
@@ -265,6 +286,23 @@ pub fn run(options: Options) -> Result<Summary> {
             failed
         })?
     };
+    let finished = Arc::new(AtomicBool::new(false));
+    stats.remote.store(remote.is_some(), Ordering::Relaxed);
+    let uploader = match remote {
+        Some(remote) => {
+            let uploader = upload::Uploader {
+                remote,
+                spool: dataset.clone(),
+                stats: stats.clone(),
+                finished: finished.clone(),
+                shutdown_timeout: Duration::from_secs(options.shutdown_timeout),
+                part_bytes: options.upload_part_bytes,
+                crash: crash.clone(),
+            };
+            Some(spawn("uploader").spawn(move || uploader.run())?)
+        }
+        None => None,
+    };
     let reporter = (options.stats_every > 0).then(|| {
         let stats = stats.clone();
         let stop = stop.clone();
@@ -287,6 +325,15 @@ pub fn run(options: Options) -> Result<Summary> {
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the writer actor panicked"))?;
+    finished.store(true, Ordering::Release);
+    let left = match uploader {
+        Some(uploader) => Some(
+            uploader
+                .join()
+                .map_err(|_| anyhow::anyhow!("the uploader actor panicked"))?,
+        ),
+        None => None,
+    };
     let logged = wal_actor
         .join()
         .map_err(|_| anyhow::anyhow!("the log actor panicked"))?;
@@ -316,5 +363,24 @@ pub fn run(options: Options) -> Result<Summary> {
         Stats::get(&stats.rejected),
         Stats::get(&stats.protocol_errors),
     );
+    let line = match (&url, left) {
+        (Some(url), Some(left)) => {
+            if left.files > 0 {
+                eprintln!(
+                    "p11trace-recorder: {} file(s) ({} bytes) not uploaded to {url} within \
+                     --shutdown-timeout; they stay in the spool {} and the next start uploads them",
+                    left.files,
+                    left.bytes,
+                    root.display()
+                );
+            }
+            format!(
+                "{line} uploaded={} left_in_spool={}",
+                Stats::get(&stats.files_uploaded),
+                left.files
+            )
+        }
+        _ => line,
+    };
     Ok(Summary { socket, line })
 }

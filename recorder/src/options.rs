@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const AFTER_HELP: &str = "\
 Examples:
   p11trace-recorder --dataset ./trace            # record until Ctrl-C
+  AWS_REGION=eu-west-1 p11trace-recorder --dataset s3://audit/p11trace --host web-7
   p11trace-recorder run -- pkcs11-tool --module /usr/lib/p11trace/libp11trace_shim.so -L
   p11trace-recorder doctor --shim ./libp11trace_shim.so --module /usr/lib/softhsm/libsofthsm2.so
 
@@ -34,10 +35,40 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Dataset folder (created if missing). Holds calls/date=YYYY-MM-DD/*.parquet,
-    /// clients/date=YYYY-MM-DD/*.parquet, and the working folders .tmp/ and .wal/.
-    #[arg(long, value_name = "DIR", required = true)]
+    /// Dataset folder (created if missing), or object storage: s3://BUCKET/PREFIX, gs://…,
+    /// az://…, file:///PATH. Holds calls/date=YYYY-MM-DD/*.parquet and
+    /// clients/date=YYYY-MM-DD/*.parquet; a folder also the working folders .tmp/ and .wal/.
+    /// For a store, credentials and endpoint come from the environment (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, GOOGLE_*, AZURE_*).
+    #[arg(long, value_name = "DIR|URL", required = true)]
     pub dataset: Option<PathBuf>,
+
+    /// With a store: the local folder for the write-ahead log, the files being written and the
+    /// finished files until they are uploaded and verified
+    /// [default: $XDG_STATE_HOME/p11trace/spool/<dataset URL>, else ~/.local/state/…].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+
+    /// With a store: finished files the spool may hold while uploads fail. Past it, files wait
+    /// in memory, then in the write-ahead log (up to --wal-max-bytes), then the shims drop and
+    /// count.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 30)]
+    pub spool_max_bytes: u64,
+
+    /// With a store: after SIGTERM/Ctrl-C (or --once's end), keep uploading for at most this
+    /// many seconds; what is left stays in the spool for the next start.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
+    /// This recorder's host name, in file names (part-<host>-<writer>-<n>.parquet: many hosts
+    /// write into one prefix) and in the `host` column of its rows [default: the machine's].
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+
+    /// With a store: files larger than this go up as a multipart upload in parts of this size
+    /// (S3 wants at least 5 MiB a part).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, hide = true)]
+    pub upload_part_bytes: usize,
 
     /// Unix socket to listen on; `P11TRACE_SOCKET` is the variable the shim reads too.
     /// [default: /run/user/<uid>/p11trace.sock where /run/user/<uid> exists,
@@ -95,6 +126,11 @@ pub struct Options {
     pub once: bool,
     pub fsync_ms: u64,
     pub wal_max_bytes: u64,
+    pub spool: Option<PathBuf>,
+    pub spool_max_bytes: u64,
+    pub shutdown_timeout: u64,
+    pub host: Option<String>,
+    pub upload_part_bytes: usize,
 }
 
 impl Options {
@@ -110,6 +146,11 @@ impl Options {
             once: false,
             fsync_ms: 100,
             wal_max_bytes: 1 << 30,
+            spool: None,
+            spool_max_bytes: 4 << 30,
+            shutdown_timeout: 30,
+            host: None,
+            upload_part_bytes: 8 << 20,
         }
     }
 }
@@ -131,6 +172,11 @@ impl Cli {
             once: self.once,
             fsync_ms: self.fsync_ms,
             wal_max_bytes: self.wal_max_bytes,
+            spool: self.spool.clone(),
+            spool_max_bytes: self.spool_max_bytes,
+            shutdown_timeout: self.shutdown_timeout,
+            host: self.host.clone(),
+            upload_part_bytes: self.upload_part_bytes,
         })
     }
 }

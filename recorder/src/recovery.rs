@@ -86,6 +86,7 @@ fn written_keys(
 pub fn recover(
     dataset: &Layout,
     run_id: &str,
+    host: &str,
     stats: &Arc<Stats>,
     mut ledger: Ledger,
 ) -> Result<(Ledger, Recovered)> {
@@ -116,6 +117,8 @@ pub fn recover(
         jobs: jobs_rx,
         dataset: dataset.clone(),
         run_id: run_id.to_owned(),
+        host: host.to_owned(),
+        spool_max_bytes: None,
         roll_rows: u64::MAX,
         roll_secs: std::time::Duration::MAX,
         stats: stats.clone(),

@@ -37,6 +37,8 @@ pub struct Stats {
     pub bytes_uploaded: AtomicU64,
     /// Upload attempts that failed (each is retried with backoff).
     pub upload_failures: AtomicU64,
+    /// The dataset is in object storage: the statistics line shows the upload's counters.
+    pub remote: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
@@ -46,7 +48,7 @@ impl Stats {
 
     /// One line: the `--stats-every` format.
     pub fn line(&self, records_per_second: f64) -> String {
-        format!(
+        let mut line = format!(
             "clients={} active={} records={} rate={:.0}/s written={} files={} queues=capture:{},write:{} wal_bytes={} dropped={} lost={} dropped_by_recorder={} rejected={} protocol_errors={}",
             Self::get(&self.clients_connected),
             Self::get(&self.clients_active),
@@ -62,7 +64,17 @@ impl Stats {
             Self::get(&self.dropped_by_recorder),
             Self::get(&self.rejected),
             Self::get(&self.protocol_errors),
-        )
+        );
+        if self.remote.load(Ordering::Relaxed) {
+            line.push_str(&format!(
+                " spool_bytes={} upload_backlog={} uploaded={} upload_failures={}",
+                Self::get(&self.spool_bytes),
+                Self::get(&self.upload_backlog),
+                Self::get(&self.files_uploaded),
+                Self::get(&self.upload_failures),
+            ));
+        }
+        line
     }
 }
 

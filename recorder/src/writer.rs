@@ -59,6 +59,11 @@ pub struct Writer {
     pub jobs: Receiver<Job>,
     pub dataset: Layout,
     pub run_id: String,
+    /// The recorder's host (`--host`), in every file name: many hosts write into one prefix.
+    pub host: String,
+    /// For a dataset in object storage, the cap of the spool's finished files: past it a file
+    /// is not stored (it waits in memory, then in the log) until uploads make room.
+    pub spool_max_bytes: Option<u64>,
     pub roll_rows: u64,
     pub roll_secs: Duration,
     pub stats: Arc<Stats>,
@@ -103,7 +108,7 @@ impl Writer {
         let mut state = State::default();
         // Names unique to this writer (UUIDv7: time-ordered, random): the live writer, the
         // replay writer, a clock stepped back and a reused --run-id never pick the same name.
-        let started = uuid::Uuid::now_v7().simple().to_string();
+        let started = format!("{}-{}", self.host, uuid::Uuid::now_v7().simple());
         for job in &self.jobs {
             match job {
                 Job::Rows {
@@ -260,6 +265,16 @@ impl Writer {
 
     /// Stores a complete file in place and counts it.
     fn store(&self, file: &Pending) -> std::io::Result<()> {
+        let size = file.bytes.len() as u64;
+        if let Some(max) = self.spool_max_bytes {
+            let spooled = Stats::get(&self.stats.spool_bytes);
+            if spooled.saturating_add(size) > max {
+                return Err(std::io::Error::other(format!(
+                    "the spool is full ({spooled} bytes wait to be uploaded; --spool-max-bytes \
+                     {max})"
+                )));
+            }
+        }
         let crash = &self.crash;
         store_with(&self.dataset.temp(), &file.path, &file.bytes, |stage| {
             crash.at(stage)
@@ -270,6 +285,10 @@ impl Writer {
                 .fetch_add(file.rows, Ordering::Relaxed);
         }
         self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        if self.spool_max_bytes.is_some() {
+            // The uploader's next scan counts it too; until then the cap sees it here.
+            self.stats.spool_bytes.fetch_add(size, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -1,6 +1,9 @@
 //! Inputs: Parquet files, dataset folders, pkcs11-spy logs and observe JSON lines, told apart by
 //! content (not by name), all turned into the one `calls` table (and `clients` where present).
-//! Logs are recognised and imported by `p11trace-import`; this module adds Parquet and loading.
+//! Logs are recognised and imported by `p11trace-import`; this module adds Parquet, datasets in
+//! object storage ([`remote`]) and loading.
+
+pub mod remote;
 
 use std::fs;
 use std::io::Read;
@@ -71,7 +74,7 @@ pub fn parquet_files(folder: &Path) -> Result<Vec<PathBuf>> {
 
 /// Guesses the format of a file from its first bytes.
 pub fn detect(path: &Path) -> Result<InputFormat> {
-    if path.is_dir() {
+    if path.is_dir() || remote::is_remote(path) {
         return Ok(InputFormat::Parquet);
     }
     let mut head = vec![0u8; p11trace_import::format::SNIFF_LEN];
@@ -130,6 +133,20 @@ pub fn locate(
     let mut clients_files = Vec::new();
     let mut scratch = Vec::new();
     for input in inputs {
+        if remote::is_remote(input) {
+            let url = input.to_string_lossy();
+            let dir = remote::fetch(&url)?;
+            let calls = dir.path().join("calls");
+            if calls.is_dir() {
+                calls_files.extend(parquet_files(&calls)?);
+            }
+            let clients = dir.path().join("clients");
+            if clients.is_dir() {
+                clients_files.extend(parquet_files(&clients)?);
+            }
+            scratch.push(dir);
+            continue;
+        }
         let format = match format {
             Some(format) => format,
             None => detect(input)?,

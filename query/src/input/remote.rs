@@ -1,0 +1,36 @@
+//! Datasets in object storage (`s3://BUCKET/PREFIX`, `gs://…`, `az://…`, `file:///…`): their
+//! `calls` and `clients` files are fetched (sizes checked) into a private temporary dataset
+//! folder, removed when the command ends, and read from there like any local dataset — so a
+//! command gives the same answer on the store as on a copy of it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use p11trace_store::Remote;
+
+/// Is this input a store URL rather than a local path?
+pub fn is_remote(input: &Path) -> bool {
+    input.to_str().is_some_and(p11trace_store::is_url)
+}
+
+/// Fetches the dataset at `url` into a new temporary folder (0700; files 0600).
+pub fn fetch(url: &str) -> Result<tempfile::TempDir> {
+    let remote = Remote::open(url)?;
+    let dir = tempfile::Builder::new()
+        .prefix("p11trace-fetch-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let mut files = 0usize;
+    for table in ["calls", "clients"] {
+        for entry in remote.list(table)? {
+            remote
+                .fetch(&entry, &dir.path().join(&entry.relative))
+                .with_context(|| format!("cannot fetch the dataset {url}"))?;
+            files += 1;
+        }
+    }
+    if files == 0 {
+        bail!("{url}: no Parquet files under calls/ or clients/ (is the prefix right?)");
+    }
+    Ok(dir)
+}
