@@ -88,7 +88,7 @@ impl S3Server {
             .spawn()
             .map_err(|e| match e.kind() {
                 ErrorKind::NotFound => anyhow::anyhow!(
-                    "moto_server is not on PATH: pip install 'moto[server]==5.2.5' (.ci/run does)"
+                    "moto_server is not on PATH: pip install 'moto[server]==5.2.5' (.ci/run and `just deps` do)"
                 ),
                 _ => anyhow::Error::new(e).context("cannot start moto_server"),
             })?;
