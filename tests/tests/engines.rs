@@ -18,6 +18,8 @@ use serde_json::Value;
 const PYARROW: &str = "pyarrow==26.0.1";
 const PYSPARK: &str = "pyspark==4.3.0";
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// An engine's script: Spark's JVM takes ~20 s to start on two idle cores, more under the suite.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Calls by function name.
 type Counts = BTreeMap<String, i64>;
@@ -99,7 +101,7 @@ fn engine(script: &str, arg: &str, envs: Vec<(String, String)>) -> Result<(Value
             .arg(arg)
             .envs(envs)
             .current_dir(dir.path()),
-        TIMEOUT,
+        ENGINE_TIMEOUT,
     )?;
     let elapsed = started.elapsed();
     let stdout = text(&output.stdout);
