@@ -40,8 +40,8 @@ demo-deps:
     fi
 
 # SoftHSM2, OpenSC, GnuTLS tools, p11-kit, jq, valgrind, real clients (OpenSSL's engine, a JDK,
-# chromium, python-pkcs11), DuckDB CLI, pyarrow, polars; `.ci/run` installs the same, plus what
-# building Kryoptic needs.
+# chromium, python-pkcs11), DuckDB CLI, pyarrow, polars, moto_server, pyspark; `.ci/run` installs
+# the same, plus what building Kryoptic needs.
 # Install what the tests and the benchmarks need on Debian 12.
 deps: demo-deps
     #!/usr/bin/env bash
@@ -70,6 +70,10 @@ deps: demo-deps
     command -v duckdb >/dev/null || pins+=(duckdb-cli==1.5.6)
     python3 -c 'import pyarrow, polars' 2>/dev/null || pins+=(pyarrow==26.0.1 polars==2.1.0)
     python3 -c 'import pkcs11' 2>/dev/null || pins+=(python-pkcs11==0.10.1)
+    # moto_server: the S3-compatible server of the object-storage tests (tests/src/s3.rs).
+    command -v moto_server >/dev/null || pins+=('moto[server]==5.2.5')
+    # Apache Spark, local mode, reading a dataset (tests/tests/engines.rs): 456 MB, ~33 s.
+    python3 -c 'import pyspark' 2>/dev/null || pins+=(pyspark==4.3.0)
     if [ ${#pins[@]} -gt 0 ]; then
         python3 -m pip install -q --disable-pip-version-check "${pins[@]}" 2>/dev/null ||
             $sudo python3 -m pip install -q --disable-pip-version-check --break-system-packages "${pins[@]}"

@@ -16,6 +16,7 @@
 //! - [`scan`]: looking for secrets in what was written.
 //! - [`readme`]: the README's runnable blocks.
 //! - [`module`]: loading a PKCS#11 module (the test client's and the benchmark client's).
+//! - [`s3`]: a real S3-compatible server (`moto_server`) on a loopback port, and its buckets.
 //!
 //! The binaries under test are found in the cargo target folder (`just test` builds them first);
 //! the pkcs11-spy logs the tests import are in `tests/fixtures/corpus/`, the pkcs11-logger ones in
@@ -32,6 +33,7 @@ pub mod p11kit;
 pub mod process;
 pub mod readme;
 pub mod recorder;
+pub mod s3;
 pub mod scan;
 pub mod token;
 
