@@ -9,6 +9,7 @@
 //! their rows are still in the log.
 
 use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -37,8 +38,33 @@ pub struct Recovered {
     pub unknown_records: u64,
 }
 
+/// A Parquet file opened for reading, and the last log position its rows came from.
+fn open_written(path: &Path) -> Result<(ParquetRecordBatchReaderBuilder<File>, Option<Lsn>)> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let last = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == writer::WAL_LAST_KEY))
+        .and_then(|k| k.value.as_deref()?.parse::<Lsn>().ok());
+    Ok((builder, last))
+}
+
+/// The last log position of a written file's rows (`None`: not recorded).
+pub fn wal_last(path: &Path) -> Result<Option<Lsn>> {
+    Ok(open_written(path)?.1)
+}
+
+/// The first log position the log still holds (`None`: no segment left).
+pub fn log_floor(dataset: &Layout) -> Result<Option<Lsn>> {
+    let segments = wal::segments(&dataset.wal()).context("cannot list the write-ahead log")?;
+    Ok(segments.first().map(|(first, _)| wal::lsn(*first, 0)))
+}
+
 /// The keys (`first` column, second column) of rows in files whose log range ends at or after
-/// `from`.
+/// `from`: the dataset's files, and a spool's files kept after their upload.
 fn written_keys(
     dataset: &Layout,
     table: &str,
@@ -46,17 +72,13 @@ fn written_keys(
     from: Lsn,
 ) -> Result<Vec<(String, i64)>> {
     let mut keys = Vec::new();
-    let files = parquet_files(&dataset.table(table))?;
+    let mut files = parquet_files(&dataset.table(table))?;
+    let uploaded = dataset.uploaded().table(table);
+    if uploaded.is_dir() {
+        files.extend(parquet_files(&uploaded)?);
+    }
     for path in files {
-        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let last = builder
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|k| k.key == writer::WAL_LAST_KEY))
-            .and_then(|k| k.value.as_deref()?.parse::<Lsn>().ok());
+        let (builder, last) = open_written(&path)?;
         if last.is_none_or(|last| last < from) {
             continue;
         }
@@ -98,10 +120,9 @@ pub fn recover(
     }
     let segments = wal::segments(&dataset.wal()).context("cannot list the write-ahead log")?;
     let mut recovered = Recovered::default();
-    let Some((first, _)) = segments.first() else {
+    let Some(from) = log_floor(dataset)? else {
         return Ok((ledger, recovered));
     };
-    let from = wal::lsn(*first, 0);
     let written = Written {
         calls: written_keys(dataset, CALLS, "seq", from)?
             .into_iter()

@@ -2,10 +2,14 @@
 //! files from the spool (a local dataset folder: the WAL, the files being written, the files
 //! written) into the store, oldest first, under the same dataset-relative names.
 //!
-//! A file is removed from the spool only once [`p11trace_store::Remote::upload`] proved it
+//! A file leaves the spool's tables only once [`p11trace_store::Remote::upload`] proved it
 //! arrived (size, and MD5 ETag or bytes read back). A crash between the two leaves the file in
-//! the spool, and the next start uploads it again under the same name: the object is replaced
-//! by the same bytes, so each file lands exactly once. While the store cannot be reached,
+//! place, and the next start uploads it again under the same name: the object is replaced by
+//! the same bytes, so each file lands exactly once. An uploaded file moves to `.uploaded/`
+//! (hidden: never uploaded again, never read as data) and stays there while the write-ahead log
+//! still holds a segment its rows came from: a crash's recovery replays those segments, and
+//! reads the keys of the rows already written from these files (`recovery::written_keys`), so
+//! it writes none of them twice. Once the log has let go of them, they are deleted. While the store cannot be reached,
 //! uploads are retried with exponential backoff and jitter, and files accumulate in the spool;
 //! the writer refuses to store more than `--spool-max-bytes` there (its files then wait in
 //! memory, then in the write-ahead log, whose cap makes the shims drop and count).
@@ -13,7 +17,8 @@
 //! The spool is rescanned at every round, so files a previous run left, files the replay of the
 //! log wrote, and files the writer stores now are found alike.
 
-use std::path::{Path, PathBuf};
+use std::cell::Cell;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +28,8 @@ use p11trace_dataset::layout::Layout;
 use p11trace_store::Remote;
 
 use crate::crash::Crash;
+use crate::events::Lsn;
+use crate::recovery;
 use crate::stats::Stats;
 
 /// How often an idle uploader looks for new files.
@@ -55,6 +62,23 @@ struct Spooled {
     modified: SystemTime,
 }
 
+/// An uploaded file kept for recovery, and the last log position of its rows.
+struct Kept {
+    path: PathBuf,
+    wal_last: Option<Lsn>,
+}
+
+/// The uploaded files a previous run kept.
+fn kept_files(spool: &Layout) -> Vec<Kept> {
+    scan(&spool.uploaded())
+        .into_iter()
+        .map(|file| Kept {
+            wal_last: recovery::wal_last(&file.path).ok().flatten(),
+            path: file.path,
+        })
+        .collect()
+}
+
 /// The finished files in the spool, oldest first.
 fn scan(spool: &Layout) -> Vec<Spooled> {
     let mut files = Vec::new();
@@ -80,15 +104,6 @@ fn scan(spool: &Layout) -> Vec<Spooled> {
     files
 }
 
-/// Sleeps `pause`, or less if `deadline` comes first.
-fn pause_until(pause: Duration, deadline: Option<Instant>) {
-    let pause = match deadline {
-        Some(deadline) => pause.min(deadline.saturating_duration_since(Instant::now())),
-        None => pause,
-    };
-    std::thread::sleep(pause);
-}
-
 fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
@@ -108,24 +123,37 @@ impl Uploader {
             .store(files.len() as u64, Ordering::Relaxed);
     }
 
+    /// When to stop: `shutdown_timeout` after the writer finished (`None` until then).
+    fn deadline(&self, deadline: &Cell<Option<Instant>>) -> Option<Instant> {
+        if deadline.get().is_none() && self.finished.load(Ordering::Acquire) {
+            deadline.set(Some(Instant::now() + self.shutdown_timeout));
+        }
+        deadline.get()
+    }
+
+    fn past(&self, deadline: &Cell<Option<Instant>>) -> bool {
+        self.deadline(deadline).is_some_and(|d| Instant::now() >= d)
+    }
+
     pub fn run(self) -> Left {
         let mut delays = backoff();
-        let mut deadline: Option<Instant> = None;
+        let deadline = Cell::new(None);
+        let give_up = || self.past(&deadline);
         let mut failing = false;
+        let mut kept = kept_files(&self.spool);
         loop {
-            if deadline.is_none() && self.finished.load(Ordering::Acquire) {
-                deadline = Some(Instant::now() + self.shutdown_timeout);
-            }
+            self.forget_released(&mut kept);
+            let stopping = self.deadline(&deadline).is_some();
             let files = scan(&self.spool);
             self.publish(&files);
             if files.is_empty() {
-                if deadline.is_some() {
+                if stopping {
                     return Left::default();
                 }
                 std::thread::sleep(IDLE_SCAN);
                 continue;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if give_up() {
                 return Left {
                     files: files.len() as u64,
                     bytes: files.iter().map(|f| f.bytes).sum(),
@@ -134,7 +162,7 @@ impl Uploader {
             for file in &files {
                 match self
                     .remote
-                    .upload(&file.path, &file.relative, self.part_bytes, deadline)
+                    .upload(&file.path, &file.relative, self.part_bytes, &give_up)
                 {
                     Ok(_) => {
                         self.crash.at("after-upload");
@@ -146,41 +174,78 @@ impl Uploader {
                             failing = false;
                         }
                         delays = backoff();
-                        self.uploaded(&file.path, file.bytes);
+                        if let Some(keep) = self.uploaded(file) {
+                            kept.push(keep);
+                        }
                     }
                     Err(e) => {
-                        self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
-                        let pause = delays.next().unwrap_or(Duration::from_secs(30));
-                        eprintln!(
-                            "p11trace-recorder: {e}; {} file(s) wait in the spool; next try in {:.1} s",
-                            files.len(),
-                            pause.as_secs_f64()
-                        );
-                        failing = true;
-                        pause_until(pause, deadline);
+                        if !give_up() {
+                            self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
+                            let pause = delays.next().unwrap_or(Duration::from_secs(30));
+                            eprintln!(
+                                "p11trace-recorder: {e}; {} file(s) wait in the spool; next try in {:.1} s",
+                                files.len(),
+                                pause.as_secs_f64()
+                            );
+                            failing = true;
+                            self.pause(pause, &deadline);
+                        }
                         break;
                     }
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if give_up() {
                     break;
                 }
             }
         }
     }
 
-    fn uploaded(&self, path: &Path, bytes: u64) {
-        if let Err(e) = std::fs::remove_file(path) {
-            // Uploaded and verified: a file that cannot be removed is uploaded again (the same
+    /// Sleeps `pause`, or until the deadline if it comes first (or appears meanwhile).
+    fn pause(&self, pause: Duration, deadline: &Cell<Option<Instant>>) {
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !self.past(deadline) {
+            std::thread::sleep(IDLE_SCAN.min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// Moves an uploaded file to `.uploaded/` and counts it.
+    fn uploaded(&self, file: &Spooled) -> Option<Kept> {
+        let to = self.spool.uploaded().root.join(&file.relative);
+        let moved = to
+            .parent()
+            .map_or(Ok(()), p11trace_dataset::layout::private_dir)
+            .and_then(|()| std::fs::rename(&file.path, &to));
+        if let Err(e) = moved {
+            // Uploaded and verified: a file that cannot be moved is uploaded again (the same
             // bytes under the same name) at the next round.
             eprintln!(
-                "p11trace-recorder: uploaded {} but cannot remove it from the spool: {e}",
-                path.display()
+                "p11trace-recorder: uploaded {} but cannot move it out of the spool: {e}",
+                file.path.display()
             );
-            return;
+            return None;
         }
         self.stats.files_uploaded.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_uploaded
-            .fetch_add(bytes, Ordering::Relaxed);
+            .fetch_add(file.bytes, Ordering::Relaxed);
+        Some(Kept {
+            wal_last: recovery::wal_last(&to).ok().flatten(),
+            path: to,
+        })
+    }
+
+    /// Deletes the uploaded files whose rows the log no longer holds.
+    fn forget_released(&self, kept: &mut Vec<Kept>) {
+        if kept.is_empty() {
+            return;
+        }
+        let Ok(floor) = recovery::log_floor(&self.spool) else {
+            return;
+        };
+        kept.retain(|file| {
+            let needed =
+                matches!((file.wal_last, floor), (Some(last), Some(floor)) if last >= floor);
+            needed || std::fs::remove_file(&file.path).is_err()
+        });
     }
 }

@@ -101,6 +101,9 @@ struct State {
     /// [`PENDING_MAX_BYTES`]): coverage never passes it; they are written at the next start.
     failed_floor: Option<Lsn>,
     reported: Lsn,
+    /// Shutting down: the spool's cap no longer applies (the last files go into the spool,
+    /// rather than stay in the log, for the uploader or the next start).
+    closing: bool,
 }
 
 impl Writer {
@@ -138,6 +141,7 @@ impl Writer {
                 Job::Shutdown => break,
             }
         }
+        state.closing = true;
         let open: Vec<OpenFile> = state.open.drain().map(|(_, file)| file).collect();
         for file in open {
             self.close(&mut state, file);
@@ -243,7 +247,7 @@ impl Writer {
             rows,
             lsn_min: file.lsn_min,
         };
-        if let Err(e) = self.store(&pending) {
+        if let Err(e) = self.store(&pending, state.closing) {
             let size = pending.bytes.len();
             if state.pending_bytes.saturating_add(size) > PENDING_MAX_BYTES {
                 let message = format!(
@@ -264,9 +268,9 @@ impl Writer {
     }
 
     /// Stores a complete file in place and counts it.
-    fn store(&self, file: &Pending) -> std::io::Result<()> {
+    fn store(&self, file: &Pending, closing: bool) -> std::io::Result<()> {
         let size = file.bytes.len() as u64;
-        if let Some(max) = self.spool_max_bytes {
+        if let Some(max) = self.spool_max_bytes.filter(|_| !closing) {
             let spooled = Stats::get(&self.stats.spool_bytes);
             if spooled.saturating_add(size) > max {
                 return Err(std::io::Error::other(format!(
@@ -298,7 +302,7 @@ impl Writer {
             return;
         }
         while let Some(file) = state.pending.front() {
-            if self.store(file).is_err() {
+            if self.store(file, state.closing).is_err() {
                 return;
             }
             let size = file.bytes.len();

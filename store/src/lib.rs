@@ -48,8 +48,8 @@ pub enum StoreError {
     },
     #[error("{key}: uploaded but not verified: {why}")]
     Verify { key: String, why: String },
-    #[error("{what}: no answer within {seconds:.1} s")]
-    Timeout { what: String, seconds: f64 },
+    #[error("{what}: given up before the store answered")]
+    GaveUp { what: String },
 }
 
 /// One line of `error`: the message, with an S3 XML error body replaced by its code and message.

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -14,6 +14,13 @@ use object_store::{ObjectStoreExt, PutPayload};
 use sha2::Sha256;
 
 use crate::{Remote, StoreError};
+
+/// How often a transfer asks whether to give up.
+const POLL: Duration = Duration::from_millis(100);
+
+fn never() -> bool {
+    false
+}
 
 /// What [`Remote::upload`] stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,42 +58,45 @@ fn s3_etag(parts: &[Bytes]) -> String {
 }
 
 impl Remote {
-    /// Runs `future` to its end, or until `deadline`.
+    /// Runs `future` to its end, or until `give_up` (asked every 100 ms) says so.
     fn drive<T>(
         &self,
         what: &str,
-        deadline: Option<Instant>,
+        give_up: &dyn Fn() -> bool,
         future: impl Future<Output = Result<T, object_store::Error>>,
     ) -> Result<T, StoreError> {
-        let backend = |e| StoreError::Backend {
-            what: what.to_owned(),
-            why: crate::brief(&e),
-        };
-        match deadline {
-            None => self.runtime.block_on(future).map_err(backend),
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                self.runtime
-                    .block_on(async { tokio::time::timeout(left, future).await })
-                    .map_err(|_| StoreError::Timeout {
-                        what: what.to_owned(),
-                        seconds: left.as_secs_f64(),
-                    })?
-                    .map_err(backend)
+        let answer = self.runtime.block_on(async {
+            let mut future = std::pin::pin!(future);
+            loop {
+                match tokio::time::timeout(POLL, &mut future).await {
+                    Ok(answer) => return Some(answer),
+                    Err(_) if give_up() => return None,
+                    Err(_) => {}
+                }
             }
+        });
+        match answer {
+            Some(answer) => answer.map_err(|e| StoreError::Backend {
+                what: what.to_owned(),
+                why: crate::brief(&e),
+            }),
+            None => Err(StoreError::GaveUp {
+                what: what.to_owned(),
+            }),
         }
     }
 
     /// Stores `local` under `relative` and proves it arrived whole; files of `part_bytes` or
     /// more go up as a multipart upload in parts of that size. Storing the same bytes under the
     /// same name again is harmless (the names are deterministic: a retry after a crash
-    /// replaces an object with itself). Gives up at `deadline`, if any.
+    /// replaces an object with itself). Gives up when `give_up` says so (asked every 100 ms
+    /// while the store has not answered).
     pub fn upload(
         &self,
         local: &Path,
         relative: &str,
         part_bytes: usize,
-        deadline: Option<Instant>,
+        give_up: &dyn Fn() -> bool,
     ) -> Result<Uploaded, StoreError> {
         let data = Bytes::from(std::fs::read(local).map_err(|source| StoreError::Io {
             path: local.to_owned(),
@@ -127,8 +137,8 @@ impl Remote {
                 upload.complete().await
             }
         };
-        let put = self.drive(&what, deadline, upload)?;
-        let verified_by = self.verify(&key, &data, &parts, put.e_tag.as_deref(), deadline)?;
+        let put = self.drive(&what, give_up, upload)?;
+        let verified_by = self.verify(&key, &data, &parts, put.e_tag.as_deref(), give_up)?;
         Ok(Uploaded {
             key: key.to_string(),
             bytes: data.len() as u64,
@@ -144,14 +154,14 @@ impl Remote {
         data: &Bytes,
         parts: &[Bytes],
         put_etag: Option<&str>,
-        deadline: Option<Instant>,
+        give_up: &dyn Fn() -> bool,
     ) -> Result<&'static str, StoreError> {
         let what = format!("cannot check {key}");
         let failed = |why: String| StoreError::Verify {
             key: key.to_string(),
             why,
         };
-        let meta = self.drive(&what, deadline, self.store.head(key))?;
+        let meta = self.drive(&what, give_up, self.store.head(key))?;
         if meta.size != data.len() as u64 {
             return Err(failed(format!(
                 "the store holds {} bytes, the file has {}",
@@ -172,7 +182,7 @@ impl Remote {
             return Ok("etag-md5");
         }
         // Not a content hash here (a local store, GCS, Azure, S3 with SSE-KMS): read it back.
-        let bytes = self.drive(&what, deadline, async {
+        let bytes = self.drive(&what, give_up, async {
             self.store.get(key).await?.bytes().await
         })?;
         if Sha256::digest(&bytes) != Sha256::digest(data) {
@@ -188,7 +198,7 @@ impl Remote {
         let what = format!("cannot list {}", self.describe(folder));
         let listed = self.drive(
             &what,
-            None,
+            &never,
             self.store.list(Some(&base)).try_collect::<Vec<_>>(),
         )?;
         let prefix_parts = self.prefix.parts().count();
@@ -217,7 +227,7 @@ impl Remote {
     pub fn fetch(&self, entry: &Entry, to: &Path) -> Result<(), StoreError> {
         let key = self.key(&entry.relative);
         let what = format!("cannot read {}", self.describe(&entry.relative));
-        let bytes = self.drive(&what, None, async {
+        let bytes = self.drive(&what, &never, async {
             self.store.get(&key).await?.bytes().await
         })?;
         if bytes.len() as u64 != entry.size {
@@ -271,7 +281,7 @@ mod tests {
         let url = format!("file://{}/store/pre", dir.path().display());
         let remote = Remote::open(&url).unwrap();
         let up = remote
-            .upload(&local, "calls/date=2026-12-04/x.parquet", 8, None)
+            .upload(&local, "calls/date=2026-12-04/x.parquet", 8, &never)
             .unwrap();
         assert_eq!(up.parts, 3);
         assert_eq!(up.verified_by, "read-back-sha256");

@@ -4,6 +4,7 @@ python3 s3.py ENDPOINT create-bucket BUCKET [versioned]
 python3 s3.py ENDPOINT objects BUCKET PREFIX     -> [{"key", "size", "etag"}]
 python3 s3.py ENDPOINT versions BUCKET PREFIX    -> [{"key", "version_id", "etag", "size"}]
 python3 s3.py ENDPOINT upload BUCKET FILE KEY [FILE KEY]...
+python3 s3.py ENDPOINT download BUCKET PREFIX FOLDER  -> [relative names written]
 
 Credentials and region come from the environment (S3Server::env); JSON on stdout; ETags
 without their quotes.
@@ -52,6 +53,20 @@ def main(endpoint, command, bucket, *rest):
         for file, key in zip(rest[0::2], rest[1::2]):
             s3.upload_file(file, bucket, key)
         return None
+    if command == "download":
+        import os
+
+        prefix, folder = rest
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        written = []
+        for page in pages:
+            for o in page.get("Contents", []):
+                relative = o["Key"][len(prefix):]
+                target = os.path.join(folder, relative)
+                os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+                s3.download_file(bucket, o["Key"], target)
+                written.append(relative)
+        return written
     sys.exit(f"s3.py: unknown command {command}")
 
 

@@ -226,6 +226,14 @@ impl S3Server {
         self.boto3(&args).map(drop)
     }
 
+    /// Downloads every object of `bucket` under `prefix` (used as given: end it with `/`) into
+    /// `folder`, keys less the prefix as relative paths; the relative names written.
+    pub fn download_dir(&self, bucket: &str, prefix: &str, folder: &Path) -> Result<Vec<String>> {
+        let folder = folder.to_str().context("a path not UTF-8")?;
+        let out = self.boto3(&["download", bucket, prefix, folder])?;
+        serde_json::from_str(&out).with_context(|| format!("s3.py download: {out}"))
+    }
+
     /// Runs `tests/scripts/s3.py ENDPOINT args…` with this server's environment; its stdout.
     fn boto3(&self, args: &[&str]) -> Result<String> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/s3.py");

@@ -60,7 +60,7 @@ fn failed_calls(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result<()> {
         .filter(failed())
         .group_by([col("rv_name"), col("func")])
         .agg([len().alias("count")])
-        .largest_first("count")
+        .largest_first("count", &["rv_name", "func"])
         .collect()
         .explain("cannot list failed calls")?;
     if by_rv.height() == 0 {
@@ -139,7 +139,7 @@ fn buffer_too_small_storms(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result
         .group_by([col("client_id"), col("session"), col("func")])
         .agg([len().alias("count")])
         .filter(col("count").gt_eq(lit(STORM as u32)))
-        .largest_first("count")
+        .largest_first("count", &["client_id", "session", "func"])
         .collect()
         .explain("cannot look for CKR_BUFFER_TOO_SMALL storms")?;
     if storms.height() > 0 {

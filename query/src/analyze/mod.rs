@@ -68,18 +68,22 @@ fn failed() -> Expr {
     not_ok().and(col(expected::EXPECTED).not())
 }
 
-/// Sorting for the report's tables: the largest first; ties keep their order, so a report is the
-/// same run to run.
+/// Sorting for the report's tables: the largest first, ties by `ties` ascending, so a report is
+/// the same run to run and on any copy of the dataset (group-by order is not).
 trait LargestFirst {
-    fn largest_first(self, column: &str) -> LazyFrame;
+    fn largest_first(self, column: &str, ties: &[&str]) -> LazyFrame;
 }
 
 impl LargestFirst for LazyFrame {
-    fn largest_first(self, column: &str) -> LazyFrame {
+    fn largest_first(self, column: &str, ties: &[&str]) -> LazyFrame {
+        let columns: Vec<&str> = std::iter::once(column)
+            .chain(ties.iter().copied())
+            .collect();
+        let descending: Vec<bool> = columns.iter().map(|c| *c == column).collect();
         self.sort(
-            [column],
+            columns,
             SortMultipleOptions::default()
-                .with_order_descending(true)
+                .with_order_descending_multi(descending)
                 .with_maintain_order(true),
         )
     }
@@ -193,7 +197,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
         .clone()
         .group_by([col("func")])
         .agg(latency_aggs())
-        .largest_first("count")
+        .largest_first("count", &["func"])
         .collect()
         .explain("cannot compute per-function statistics")?;
     let mut performance = std::collections::BTreeMap::new();
@@ -255,7 +259,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
         .clone()
         .group_by([col("rv"), col("rv_name"), col(expected::EXPECTED)])
         .agg([len().alias("count")])
-        .largest_first("count")
+        .largest_first("count", &["rv"])
         .collect()
         .explain("cannot compute return codes")?;
     let return_codes = (0..codes.height())
@@ -288,7 +292,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
                 .alias("total_ns"),
             col("dur_ns").count().alias("timed"),
         ])
-        .largest_first("calls")
+        .largest_first("calls", &["pid", "process"])
         .collect()
         .explain("cannot compute the per-process breakdown")?;
     let by_process = (0..processes.height())
@@ -321,7 +325,7 @@ pub fn analyze(calls: LazyFrame, options: AnalyzeOptions) -> Result<Report> {
     let providers = with_providers
         .group_by([col("provider")])
         .agg(latency_aggs())
-        .largest_first("count")
+        .largest_first("count", &["provider"])
         .collect()
         .explain("cannot compute the per-provider breakdown")?;
     let by_provider = (0..providers.height())

@@ -70,6 +70,13 @@ impl Layout {
         self.root.join(".wal")
     }
 
+    /// A spool's files already uploaded to object storage, kept (same relative names) until
+    /// the write-ahead log no longer holds their rows: recovery reads their keys so it does not
+    /// write those rows again.
+    pub fn uploaded(&self) -> Layout {
+        Layout::new(&self.root.join(".uploaded"))
+    }
+
     /// The hive partition of `table` for a UTC `date` (`YYYY-MM-DD`, or `unknown`).
     pub fn partition(&self, table: &str, date: &str) -> PathBuf {
         self.table(table).join(format!("date={date}"))
