@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const AFTER_HELP: &str = "\
 Examples:
   p11trace-recorder --dataset ./trace            # record until Ctrl-C
+  p11trace-recorder --dataset ./trace --metrics 9464   # and serve http://127.0.0.1:9464/metrics
   p11trace-recorder run -- pkcs11-tool --module /usr/lib/p11trace/libp11trace_shim.so -L
   p11trace-recorder doctor --shim ./libp11trace_shim.so --module /usr/lib/softhsm/libsofthsm2.so
 
@@ -74,6 +75,12 @@ pub struct Cli {
     /// grows; at the cap, incoming call records are dropped, counted and reported.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub wal_max_bytes: u64,
+
+    /// Serve live Prometheus metrics on http://ADDR/metrics: calls by function and rv, latency
+    /// histograms, drops, queues (names in schemas/metrics.md). ADDR is PORT (on 127.0.0.1),
+    /// IP:PORT or localhost:PORT; another address than loopback is served as asked, unprotected.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The subcommands.
@@ -95,6 +102,7 @@ pub struct Options {
     pub once: bool,
     pub fsync_ms: u64,
     pub wal_max_bytes: u64,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -110,6 +118,7 @@ impl Options {
             once: false,
             fsync_ms: 100,
             wal_max_bytes: 1 << 30,
+            metrics: None,
         }
     }
 }
@@ -131,6 +140,7 @@ impl Cli {
             once: self.once,
             fsync_ms: self.fsync_ms,
             wal_max_bytes: self.wal_max_bytes,
+            metrics: self.metrics,
         })
     }
 }
