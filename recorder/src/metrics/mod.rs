@@ -124,7 +124,10 @@ fn text_response(
     body: String,
     content_type: &str,
 ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let response = tiny_http::Response::from_string(body).with_status_code(status);
+    // Always a Content-Length (tiny_http would chunk bodies past 32 KiB): every scraper reads it.
+    let response = tiny_http::Response::from_string(body)
+        .with_status_code(status)
+        .with_chunked_threshold(usize::MAX);
     match tiny_http::Header::from_bytes("Content-Type", content_type) {
         Ok(header) => response.with_header(header),
         Err(()) => response,
