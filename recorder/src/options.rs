@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Examples:
-  p11trace-recorder --dataset ./trace            # record until Ctrl-C
+  p11trace-recorder --dataset ./trace                  # record until Ctrl-C
   p11trace-recorder --dataset ./trace --metrics 9464   # and serve http://127.0.0.1:9464/metrics
   p11trace-recorder run -- pkcs11-tool --module /usr/lib/p11trace/libp11trace_shim.so -L
   p11trace-recorder doctor --shim ./libp11trace_shim.so --module /usr/lib/softhsm/libsofthsm2.so
@@ -78,7 +78,7 @@ pub struct Cli {
 
     /// Serve live Prometheus metrics on http://ADDR/metrics: calls by function and rv, latency
     /// histograms, drops, queues (names in schemas/metrics.md). ADDR is PORT (on 127.0.0.1),
-    /// IP:PORT or localhost:PORT; another address than loopback is served as asked, unprotected.
+    /// IP:PORT or localhost:PORT; any other address is bound as given, without authentication.
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 }

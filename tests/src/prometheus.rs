@@ -170,6 +170,34 @@ impl Scrape {
         Ok(())
     }
 
+    /// The metrics exposed are exactly those `schemas/metrics.md` lists (its table rows whose
+    /// first cell is a `p11trace_…` name; counters with their `_total`).
+    pub fn check_documented(&self) -> Result<()> {
+        let documented: std::collections::BTreeSet<String> =
+            crate::data::documented_paths("metrics.md")?
+                .into_iter()
+                .filter(|name| name.starts_with("p11trace_"))
+                .collect();
+        let exposed: std::collections::BTreeSet<String> = self
+            .families
+            .iter()
+            .map(|family| {
+                let name = family["name"].as_str().unwrap_or("");
+                match family["type"].as_str() {
+                    Some("counter") => format!("{name}_total"),
+                    _ => name.to_owned(),
+                }
+            })
+            .collect();
+        ensure!(
+            documented == exposed,
+            "schemas/metrics.md lists {:?} but the scrape has {:?}",
+            documented.difference(&exposed).collect::<Vec<_>>(),
+            exposed.difference(&documented).collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+
     /// Every histogram's buckets, per series, are cumulative, end with `+Inf`, and that bucket
     /// equals the series' `_count`.
     pub fn check_histograms(&self) -> Result<()> {

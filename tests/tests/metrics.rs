@@ -90,6 +90,7 @@ fn live_metrics_parse_and_end_equal_to_the_dataset() -> Result<()> {
     })?;
     last.check_names()?;
     last.check_histograms()?;
+    last.check_documented()?;
     traced.recorder.stop()?;
     let ds = &traced.recorder.dataset;
     check_invariant(ds, &reports)?;
