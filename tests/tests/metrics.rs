@@ -150,6 +150,7 @@ fn live_metrics_parse_and_end_equal_to_the_dataset() -> Result<()> {
         ))
     };
     let dropped = per_client("dropped")?;
+    eprintln!("dropped per client (client_id|pid|process): {dropped:?}");
     ensure!(
         dropped.values().any(|&n| n > 0),
         "the 3 s stall must make the fast client (queue of 1,024) drop calls: {reports:?}"
