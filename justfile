@@ -40,8 +40,8 @@ demo-deps:
     fi
 
 # SoftHSM2, OpenSC, GnuTLS tools, p11-kit, jq, valgrind, real clients (OpenSSL's engine, a JDK,
-# chromium, python-pkcs11), DuckDB CLI, pyarrow, polars, moto_server, pyspark; `.ci/run` installs
-# the same, plus what building Kryoptic needs.
+# chromium, python-pkcs11), DuckDB CLI, pyarrow, polars, moto_server, pyspark, prometheus-client;
+# `.ci/run` installs the same, plus what building Kryoptic needs.
 # Install what the tests and the benchmarks need on Debian 12.
 deps: demo-deps
     #!/usr/bin/env bash
@@ -64,7 +64,8 @@ deps: demo-deps
             p11-kit p11-kit-modules libengine-pkcs11-openssl openjdk-17-jdk-headless chromium python3-pip >/dev/null
     fi
     # From PyPI, pinned: the DuckDB CLI; pyarrow and polars (the README's Python examples);
-    # python-pkcs11 (a real client, tests/tests/clients_python.rs). Debian's own python3 refuses
+    # python-pkcs11 (a real client, tests/tests/clients_python.rs); prometheus-client (its parser
+    # reads the recorder's --metrics scrapes, tests/tests/metrics.rs). Debian's own python3 refuses
     # system-wide installs (PEP 668): then --break-system-packages (self-contained wheels).
     pins=()
     command -v duckdb >/dev/null || pins+=(duckdb-cli==1.5.6)
@@ -74,6 +75,7 @@ deps: demo-deps
     command -v moto_server >/dev/null || pins+=('moto[server]==5.2.5')
     # Apache Spark, local mode, reading a dataset (tests/tests/engines.rs): 456 MB, ~33 s.
     python3 -c 'import pyspark' 2>/dev/null || pins+=(pyspark==4.3.0)
+    python3 -c 'import prometheus_client' 2>/dev/null || pins+=(prometheus-client==0.26.0)
     if [ ${#pins[@]} -gt 0 ]; then
         python3 -m pip install -q --disable-pip-version-check "${pins[@]}" 2>/dev/null ||
             $sudo python3 -m pip install -q --disable-pip-version-check --break-system-packages "${pins[@]}"

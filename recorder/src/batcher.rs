@@ -20,6 +20,7 @@ use p11trace_record::wire::{CallRecord, InterfaceVersion, record_flags};
 
 use crate::events::{Connection, Counters, Event, Logged, Lsn, OpenConnection, now_us};
 use crate::ledger::{self, Ledger};
+use crate::metrics::Tally;
 use crate::stats::Stats;
 use crate::writer::{Job, Table};
 
@@ -49,6 +50,8 @@ pub struct Batcher {
     pub jobs: Sender<Job>,
     pub stats: Arc<Stats>,
     pub ledger: Ledger,
+    /// `--metrics`: the counts for the endpoint (none: nothing is counted).
+    pub metrics: Option<Tally>,
 }
 
 /// The date partition of the last row, cached: formatting a date per row would dominate.
@@ -131,12 +134,14 @@ struct State {
     /// Call records of connections this batcher never heard of (no `Connected` event and no
     /// checkpoint naming them): they cannot become rows.
     unknown_records: u64,
+    metrics: Option<Tally>,
 }
 
 impl Batcher {
     /// Runs until the shutdown event; returns the ledger (to be saved by the caller).
     pub fn run(self) -> Ledger {
         let mut state = State::new(self.stats, self.ledger, None);
+        state.metrics = self.metrics;
         let mut last_flush = Instant::now();
         loop {
             let logged = match self.events.recv_timeout(FLUSH_EVERY) {
@@ -186,6 +191,7 @@ impl State {
             days: DayCache::default(),
             interfaces: HashMap::new(),
             unknown_records: 0,
+            metrics: None,
         }
     }
 
@@ -320,6 +326,9 @@ impl State {
             );
             self.pending_rows += 1;
         }
+        if let Some(metrics) = &mut self.metrics {
+            metrics.calls(records);
+        }
     }
 
     fn disconnected(&mut self, lsn: Lsn, key: u64, reason: DisconnectReason, at_us: i64) {
@@ -368,6 +377,9 @@ impl State {
                 });
             self.pending_rows += 1;
         }
+        if let Some(metrics) = &mut self.metrics {
+            metrics.client(&meta.client_id, meta.pid, &meta.process, dropped, lost);
+        }
         self.stats
             .dropped_by_clients
             .fetch_add(dropped, Ordering::Relaxed);
@@ -414,6 +426,9 @@ impl State {
             .write_queue
             .store(jobs.len() as u64, Ordering::Relaxed);
         self.pending_rows = 0;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.publish();
+        }
     }
 }
 

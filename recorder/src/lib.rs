@@ -27,6 +27,9 @@
 //! failed to be stored and wait to be stored again (at most `writer::PENDING_MAX_BYTES`), plus
 //! the batcher's builders (at most 64 Ki rows between flushes).
 //!
+//! With `--metrics ADDR`, a `metrics` thread serves Prometheus text on `/metrics` ([`metrics`]):
+//! the batcher's call counts, published once per flush, and the shared [`stats`].
+//!
 //! Crash safety: see [`wal`] (what a crash or power cut can lose) and [`recovery`] (replay on
 //! start). Security: see [`acceptor`] and [`dataset`] — version 1 accepts clients of the
 //! recorder's own uid only.
@@ -45,6 +48,7 @@ pub mod dataset;
 pub mod doctor;
 pub mod events;
 pub mod ledger;
+pub mod metrics;
 pub mod oneshot;
 pub mod options;
 pub mod recovery;
@@ -165,6 +169,12 @@ pub fn run(options: Options) -> Result<Summary> {
     let key = label_key(&dataset)?;
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
+    // Bound before anything is accepted: a taken port is an error now, not a silent absence.
+    let metrics_shared = metrics::Shared::default();
+    let metrics_server = options
+        .metrics
+        .map(|addr| metrics::Server::start(addr, metrics_shared.clone(), stats.clone()))
+        .transpose()?;
 
     // Replay what a previous run left in the log before accepting anyone.
     let ledger = ledger::Ledger::load(&dataset.wal());
@@ -236,6 +246,9 @@ pub fn run(options: Options) -> Result<Summary> {
         jobs: job_tx,
         stats: stats.clone(),
         ledger,
+        metrics: metrics_server
+            .as_ref()
+            .map(|_| metrics::Tally::new(metrics_shared)),
     };
     let batcher = spawn("batcher").spawn(move || batcher.run())?;
     let wal_actor = wal::WalActor {
@@ -310,6 +323,12 @@ pub fn run(options: Options) -> Result<Summary> {
         std::thread::spawn(move || stats::report_every(&stats, every, &stop))
     });
 
+    if let Some(server) = &metrics_server {
+        eprintln!(
+            "p11trace-recorder: metrics on http://{}/metrics",
+            server.addr()
+        );
+    }
     eprintln!("p11trace-recorder: listening on {}", socket.display());
 
     let captured = capture

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Examples:
-  p11trace-recorder --dataset ./trace            # record until Ctrl-C
+  p11trace-recorder --dataset ./trace                  # record until Ctrl-C
+  p11trace-recorder --dataset ./trace --metrics 9464   # and serve http://127.0.0.1:9464/metrics
   AWS_REGION=eu-west-1 p11trace-recorder --dataset s3://audit/p11trace --host web-7
   p11trace-recorder run -- pkcs11-tool --module /usr/lib/p11trace/libp11trace_shim.so -L
   p11trace-recorder doctor --shim ./libp11trace_shim.so --module /usr/lib/softhsm/libsofthsm2.so
@@ -105,6 +106,12 @@ pub struct Cli {
     /// grows; at the cap, incoming call records are dropped, counted and reported.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub wal_max_bytes: u64,
+
+    /// Serve live Prometheus metrics on http://ADDR/metrics: calls by function and rv, latency
+    /// histograms, drops, queues (names in schemas/metrics.md). ADDR is PORT (on 127.0.0.1),
+    /// IP:PORT or localhost:PORT; any other address is bound as given, without authentication.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The subcommands.
@@ -131,6 +138,7 @@ pub struct Options {
     pub shutdown_timeout: u64,
     pub host: Option<String>,
     pub upload_part_bytes: usize,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -151,6 +159,7 @@ impl Options {
             shutdown_timeout: 30,
             host: None,
             upload_part_bytes: 8 << 20,
+            metrics: None,
         }
     }
 }
@@ -177,6 +186,7 @@ impl Cli {
             shutdown_timeout: self.shutdown_timeout,
             host: self.host.clone(),
             upload_part_bytes: self.upload_part_bytes,
+            metrics: self.metrics,
         })
     }
 }

@@ -13,6 +13,7 @@
 //!   token they look for.
 //! - [`data`]: reading datasets and imports back with DuckDB and `p11trace-query`.
 //! - [`process`]: running commands with a timeout, and what a process cost.
+//! - [`prometheus`]: scraping the recorder's `--metrics` endpoint, parsed as Prometheus does.
 //! - [`scan`]: looking for secrets in what was written.
 //! - [`readme`]: the README's runnable blocks.
 //! - [`module`]: loading a PKCS#11 module (the test client's and the benchmark client's).
@@ -31,6 +32,7 @@ pub mod module;
 pub mod oracle;
 pub mod p11kit;
 pub mod process;
+pub mod prometheus;
 pub mod readme;
 pub mod recorder;
 pub mod s3;
