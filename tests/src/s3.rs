@@ -82,6 +82,9 @@ impl S3Server {
         let log = std::fs::File::create(dir.path().join("moto.log"))?;
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // S3 refuses multipart parts under 5 MiB but the last; a test's files are KiBs. A
+            // 1 KiB minimum lets the tests upload real multipart uploads of small files.
+            .env("S3_UPLOAD_PART_MIN_SIZE", "1024")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

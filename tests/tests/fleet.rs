@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use p11trace_tests::prometheus;
 use p11trace_tests::s3::S3Server;
 use p11trace_tests::*;
 use serde_json::Value;
@@ -216,8 +217,14 @@ fn three_hosts_upload_into_one_bucket_through_a_kill_a_crash_and_an_outage() -> 
     let server = S3Server::start()?;
     server.create_bucket(BUCKET, true)?;
     let token = Token::new("fleet")?;
+    // web-1 uploads its files in 4 KiB parts (multipart uploads; their ETags have the
+    // multipart form) and serves its metrics.
+    let metrics = format!("127.0.0.1:{}", prometheus::free_port()?);
     let hosts = [
-        Host::new("web-1", &[]),
+        Host::new(
+            "web-1",
+            &["--upload-part-bytes", "4096", "--metrics", &metrics],
+        ),
         Host::new("web-2", &[]),
         Host::new("db-1", &[]),
     ];
@@ -242,9 +249,18 @@ fn three_hosts_upload_into_one_bucket_through_a_kill_a_crash_and_an_outage() -> 
     std::thread::sleep(Duration::from_millis(300));
     recorders[1] = hosts[1].start(&server, &[])?;
     // The store stops answering for a few seconds (SIGSTOP: connections hang).
+    // Meanwhile files pile up in the spools: the upload backlog shows it.
     server.pause()?;
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(3));
+    let during = prometheus::scrape(&metrics)?;
+    std::thread::sleep(Duration::from_secs(1));
     server.resume()?;
+    ensure!(
+        during.value("p11trace_upload_backlog_files")? >= 1.0
+            && during.value("p11trace_spool_bytes")? > 0.0,
+        "web-1's backlog while the store was away: {:?}",
+        during.series("p11trace_upload_backlog_files")
+    );
     // db-1 crashed after an upload; it comes back on its spool and uploads that file again.
     let (status, stderr) = recorders[2].wait()?;
     ensure!(
@@ -261,14 +277,44 @@ fn three_hosts_upload_into_one_bucket_through_a_kill_a_crash_and_an_outage() -> 
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     let per_host = check_objects(&server, &names)?;
     ensure!(per_host.len() == 3, "every host uploaded: {per_host:?}");
+    let objects = server.objects(BUCKET, &format!("{PREFIX}/"))?;
+    // Every file of `host` over 4 KiB has a multipart ETag (there is at least one such file).
+    let multipart = |host: &str| {
+        let large: Vec<_> = objects
+            .iter()
+            .filter(|o| o.key.contains(&format!("/part-{host}-")) && o.size > 4096)
+            .collect();
+        !large.is_empty() && large.iter().all(|o| o.etag.contains('-'))
+    };
+    ensure!(
+        multipart("web-1") && !multipart("web-2"),
+        "web-1's files over 4 KiB are multipart uploads, web-2's plain: {objects:?}"
+    );
     // db-1's re-upload after the crash: one key holds two versions, with the same bytes.
     let versions = server.versions(BUCKET, &format!("{PREFIX}/"))?;
-    let objects = server.objects(BUCKET, &format!("{PREFIX}/"))?;
     ensure!(
         versions.len() > objects.len(),
         "the file uploaded before the crash should have been uploaded again"
     );
     let copy = check_dataset(&server, &reports)?;
+    // The multipart ETags are S3's md5-of-part-md5s of the bytes read back: what the uploader
+    // checks before it lets a file go.
+    let script = "import hashlib,sys\nfor path, etag in zip(sys.argv[1::2], sys.argv[2::2]):\n    data = open(path, 'rb').read()\n    parts = [data[i:i + 4096] for i in range(0, len(data), 4096)]\n    got = hashlib.md5(b''.join(hashlib.md5(p).digest() for p in parts)).hexdigest() + '-' + str(len(parts))\n    assert got == etag, (path, got, etag)\n";
+    let mut check = Command::new("python3");
+    check.args(["-c", script]);
+    for object in objects.iter().filter(|o| o.etag.contains('-')) {
+        let relative = object
+            .key
+            .strip_prefix(&format!("{PREFIX}/"))
+            .context("key")?;
+        check.arg(copy.path().join(relative)).arg(&object.etag);
+    }
+    let checked = check.output()?;
+    ensure!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     // The host column says which recorder wrote each row: each host's rows are its own
     // clients' rows, and the hosts' counts add up to the fleet's.
     let by_host = counts(&format!(
