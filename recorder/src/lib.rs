@@ -34,6 +34,10 @@
 //! start). Security: see [`acceptor`] and [`dataset`] — version 1 accepts clients of the
 //! recorder's own uid only.
 //!
+//! Object storage (`--dataset s3://…`): the dataset folder becomes a local spool and an
+//! [`upload`] actor moves each finished file into the store through `p11trace-store`, proving
+//! it arrived before letting it go; [`spool`] places the spool and names the host.
+//!
 //! Two subcommands share the binary: [`oneshot`] (`run -- COMMAND`: a private recorder for
 //! one command, then the analysis from the `p11trace-query` binary beside this one) and
 //! [`doctor`] (checks a tracing setup: loads modules through `p11trace-ffi`, says a hello).

@@ -56,7 +56,7 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 30)]
     pub spool_max_bytes: u64,
 
-    /// With a store: after SIGTERM/Ctrl-C (or --once's end), keep uploading for at most this
+    /// With a store: after SIGTERM, Ctrl-C or the end of --once, keep uploading for at most this
     /// many seconds; what is left stays in the spool for the next start.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_timeout: u64,

@@ -104,6 +104,35 @@ fn scan(spool: &Layout) -> Vec<Spooled> {
     files
 }
 
+/// How often a store that keeps failing is reported (the first failure is reported at once).
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// A run of failed uploads: said when it starts, then once a minute, and when it ends.
+#[derive(Default)]
+struct Failing {
+    streak: u64,
+    said: Option<Instant>,
+}
+
+impl Failing {
+    fn say(&mut self, error: &p11trace_store::StoreError, files: &[Spooled], pause: Duration) {
+        self.streak += 1;
+        if self.said.is_some_and(|said| said.elapsed() < REPORT_EVERY) {
+            return;
+        }
+        self.said = Some(Instant::now());
+        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        eprintln!(
+            "p11trace-recorder: {error}; {} file(s) ({bytes} bytes) wait in the spool; retrying \
+             with backoff (next in {:.1} s, {} failed attempt(s) so far; said again every {} s)",
+            files.len(),
+            pause.as_secs_f64(),
+            self.streak,
+            REPORT_EVERY.as_secs()
+        );
+    }
+}
+
 fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
@@ -139,7 +168,7 @@ impl Uploader {
         let mut delays = backoff();
         let deadline = Cell::new(None);
         let give_up = || self.past(&deadline);
-        let mut failing = false;
+        let mut failing = Failing::default();
         let mut kept = kept_files(&self.spool);
         loop {
             self.forget_released(&mut kept);
@@ -166,12 +195,14 @@ impl Uploader {
                 {
                     Ok(_) => {
                         self.crash.at("after-upload");
-                        if failing {
+                        if failing.streak > 0 {
                             eprintln!(
-                                "p11trace-recorder: uploading again to {}",
-                                self.remote.url()
+                                "p11trace-recorder: uploading again to {} (after {} failed \
+                                 attempt(s))",
+                                self.remote.url(),
+                                failing.streak
                             );
-                            failing = false;
+                            failing = Failing::default();
                         }
                         delays = backoff();
                         if let Some(keep) = self.uploaded(file) {
@@ -182,12 +213,7 @@ impl Uploader {
                         if !give_up() {
                             self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
                             let pause = delays.next().unwrap_or(Duration::from_secs(30));
-                            eprintln!(
-                                "p11trace-recorder: {e}; {} file(s) wait in the spool; next try in {:.1} s",
-                                files.len(),
-                                pause.as_secs_f64()
-                            );
-                            failing = true;
+                            failing.say(&e, &files, pause);
                             self.pause(pause, &deadline);
                         }
                         break;
