@@ -35,6 +35,7 @@ pub const POINTS: &[&str] = &[
     "wal-rotate",
     "slow-capture",
     "after-upload",
+    "after-move",
 ];
 
 impl Crash {

@@ -85,8 +85,21 @@ pub const EVENT_QUEUE: usize = 64;
 /// Capacity of the batcher → writer channel (record batches).
 pub const JOB_QUEUE: usize = 16;
 
-/// The per-dataset secret for `P11TRACE_REDACT=labels`, created on first use (`DIR/.key`, 0600).
-fn label_key(dataset: &Layout) -> Result<[u8; 32]> {
+/// The secret for `P11TRACE_REDACT=labels`: `--label-key FILE` (a fleet's hosts share one, so
+/// hashed labels join across hosts), else the dataset's own, created on first use (`DIR/.key`,
+/// 0600).
+fn label_key(dataset: &Layout, given: Option<&Path>) -> Result<[u8; 32]> {
+    if let Some(path) = given {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read {} (--label-key)", path.display()))?;
+        return bytes.try_into().map_err(|bytes: Vec<u8>| {
+            anyhow::anyhow!(
+                "{} (--label-key) holds {} bytes, not 32; make one with `head -c 32 /dev/urandom`",
+                path.display(),
+                bytes.len()
+            )
+        });
+    }
     let path = dataset.root.join(".key");
     if let Ok(bytes) = std::fs::read(&path) {
         return bytes.try_into().map_err(|_| {
@@ -162,6 +175,9 @@ pub fn run(options: Options) -> Result<Summary> {
         None => options.dataset.clone(),
     };
     let _lock = dataset::lock(&root)?;
+    if let Some(url) = &url {
+        spool::bind(&root, url)?;
+    }
     let dataset = dataset::open(&root)?;
     let socket = options.socket.clone().unwrap_or_else(|| {
         p11trace_record::socket::default_socket_path(p11trace_record::socket::current_uid())
@@ -170,7 +186,7 @@ pub fn run(options: Options) -> Result<Summary> {
         .run_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let key = label_key(&dataset)?;
+    let key = label_key(&dataset, options.label_key.as_deref())?;
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
     // Bound before anything is accepted: a taken port is an error now, not a silent absence.
@@ -238,6 +254,7 @@ pub fn run(options: Options) -> Result<Summary> {
         run_id: run_id.clone(),
         host: host.clone(),
         spool_max_bytes: remote.is_some().then_some(options.spool_max_bytes),
+        stopping: stop.clone(),
         roll_rows: options.roll_rows.max(1),
         roll_secs: Duration::from_secs(options.roll_secs.max(1)),
         stats: stats.clone(),

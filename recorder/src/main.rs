@@ -21,6 +21,13 @@ fn main() -> ExitCode {
         eprintln!("p11trace-recorder: error: --dataset DIR is required (see --help)");
         return ExitCode::from(2);
     };
+    if let Some(flag) = cli.store_option_without_store() {
+        eprintln!(
+            "p11trace-recorder: error: {flag} applies to a dataset in object storage \
+             (--dataset s3://BUCKET/PREFIX, gs://, az://, file://), not to a dataset folder (see --help)"
+        );
+        return ExitCode::from(2);
+    }
     match run(options) {
         Ok(summary) => {
             eprintln!("p11trace-recorder: {}", summary.line);

@@ -51,15 +51,22 @@ pub struct Cli {
     pub spool: Option<PathBuf>,
 
     /// With a store: finished files the spool may hold while uploads fail. Past it, files wait
-    /// in memory, then in the write-ahead log (up to --wal-max-bytes), then the shims drop and
-    /// count.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 30)]
-    pub spool_max_bytes: u64,
+    /// in memory (256 MiB), then the writer waits: the pipeline behind it stops and the shims
+    /// drop and count. [default: 4294967296, 4 GiB]
+    #[arg(long, value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
 
-    /// With a store: after SIGTERM, Ctrl-C or the end of --once, keep uploading for at most this
-    /// many seconds; what is left stays in the spool for the next start.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub shutdown_timeout: u64,
+    /// With a store: once everything received is written into the spool (after SIGTERM,
+    /// Ctrl-C or the end of --once), keep uploading for at most this many seconds; what is left
+    /// stays in the spool for the next start. [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
+
+    /// The 32-byte secret that hashes labels under P11TRACE_REDACT=labels [default: the
+    /// dataset's own DIR/.key, or the spool's]. Give a fleet's recorders the same file so that
+    /// hashed labels join across hosts.
+    #[arg(long, value_name = "FILE")]
+    pub label_key: Option<PathBuf>,
 
     /// This recorder's host name, in file names (part-<host>-<writer>-<n>.parquet: many hosts
     /// write into one prefix) and in the `host` column of its rows [default: the machine's].
@@ -68,8 +75,9 @@ pub struct Cli {
 
     /// With a store: files larger than this go up as a multipart upload in parts of this size
     /// (S3 wants at least 5 MiB a part).
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, hide = true)]
-    pub upload_part_bytes: usize,
+    #[arg(long, value_name = "BYTES", hide = true,
+          value_parser = clap::value_parser!(u64).range(1024..=5 << 30))]
+    pub upload_part_bytes: Option<u64>,
 
     /// Unix socket to listen on; `P11TRACE_SOCKET` is the variable the shim reads too.
     /// [default: /run/user/<uid>/p11trace.sock where /run/user/<uid> exists,
@@ -114,6 +122,13 @@ pub struct Cli {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+/// `--spool-max-bytes` unless given.
+pub const SPOOL_MAX_BYTES: u64 = 4 << 30;
+/// `--shutdown-timeout` unless given.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// `--upload-part-bytes` unless given.
+pub const UPLOAD_PART_BYTES: usize = 8 << 20;
+
 /// The subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
@@ -137,6 +152,7 @@ pub struct Options {
     pub spool_max_bytes: u64,
     pub shutdown_timeout: u64,
     pub host: Option<String>,
+    pub label_key: Option<PathBuf>,
     pub upload_part_bytes: usize,
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -155,10 +171,11 @@ impl Options {
             fsync_ms: 100,
             wal_max_bytes: 1 << 30,
             spool: None,
-            spool_max_bytes: 4 << 30,
-            shutdown_timeout: 30,
+            spool_max_bytes: SPOOL_MAX_BYTES,
+            shutdown_timeout: SHUTDOWN_TIMEOUT_SECS,
             host: None,
-            upload_part_bytes: 8 << 20,
+            label_key: None,
+            upload_part_bytes: UPLOAD_PART_BYTES,
             metrics: None,
         }
     }
@@ -182,12 +199,32 @@ impl Cli {
             fsync_ms: self.fsync_ms,
             wal_max_bytes: self.wal_max_bytes,
             spool: self.spool.clone(),
-            spool_max_bytes: self.spool_max_bytes,
-            shutdown_timeout: self.shutdown_timeout,
+            spool_max_bytes: self.spool_max_bytes.unwrap_or(SPOOL_MAX_BYTES),
+            shutdown_timeout: self.shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT_SECS),
             host: self.host.clone(),
-            upload_part_bytes: self.upload_part_bytes,
+            label_key: self.label_key.clone(),
+            upload_part_bytes: self.upload_part_bytes.map_or(UPLOAD_PART_BYTES, |b| {
+                usize::try_from(b).unwrap_or(usize::MAX)
+            }),
             metrics: self.metrics,
         })
+    }
+
+    /// An option that only a dataset in object storage takes, given with a dataset folder.
+    pub fn store_option_without_store(&self) -> Option<&'static str> {
+        let url = self
+            .dataset
+            .as_deref()
+            .and_then(|d| d.to_str())
+            .is_some_and(p11trace_store::is_url);
+        let given = [
+            ("--spool", self.spool.is_some()),
+            ("--spool-max-bytes", self.spool_max_bytes.is_some()),
+            ("--shutdown-timeout", self.shutdown_timeout.is_some()),
+            ("--upload-part-bytes", self.upload_part_bytes.is_some()),
+        ];
+        let (flag, _) = given.into_iter().find(|(_, given)| *given)?;
+        (!url).then_some(flag)
     }
 }
 

@@ -140,6 +140,7 @@ pub fn recover(
         run_id: run_id.to_owned(),
         host: host.to_owned(),
         spool_max_bytes: None,
+        stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         roll_rows: u64::MAX,
         roll_secs: std::time::Duration::MAX,
         stats: stats.clone(),

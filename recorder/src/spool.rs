@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
 
 /// Letters, digits, `.`, `_`, `-`: what a host name may hold to stand in a file name.
 fn file_name_safe(c: char) -> bool {
@@ -35,9 +36,10 @@ pub fn host_name(given: Option<&str>) -> Result<String> {
     })
 }
 
-/// `--spool DIR`, or the default for `url`: `$XDG_STATE_HOME/p11trace/spool/<url>`, else
-/// `$HOME/.local/state/p11trace/spool/<url>` (the URL with every other character than letters,
-/// digits, `.`, `_`, `-` as `_`).
+/// `--spool DIR`, or the default for `url`: `$XDG_STATE_HOME/p11trace/spool/<name>`, else
+/// `$HOME/.local/state/p11trace/spool/<name>`, where `<name>` is the URL (every character but
+/// letters, digits, `.`, `_`, `-` as `_`; at most 96 of them) and 12 hex digits of its SHA-256,
+/// so two URLs never share a spool.
 pub fn spool_for(url: &str, given: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = given {
         return Ok(dir.to_owned());
@@ -49,16 +51,58 @@ pub fn spool_for(url: &str, given: Option<&Path>) -> Result<PathBuf> {
             "cannot place the spool for {url}: neither XDG_STATE_HOME nor HOME is set; use --spool DIR"
         ),
     };
-    let name: String = url
+    let readable: String = url
         .chars()
+        .take(96)
         .map(|c| if file_name_safe(c) { c } else { '_' })
         .collect();
-    Ok(state.join("p11trace").join("spool").join(name))
+    let digest = Sha256::digest(url.as_bytes());
+    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(state
+        .join("p11trace")
+        .join("spool")
+        .join(format!("{readable}-{tag}")))
+}
+
+/// Ties a spool to its dataset URL (`SPOOL/.remote`, written on first use): a spool holds
+/// files of one dataset, and its leftovers must never go to another.
+pub fn bind(spool: &Path, url: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let marker = spool.join(".remote");
+    match std::fs::read_to_string(&marker) {
+        Ok(bound) if bound.trim_end() == url => Ok(()),
+        Ok(bound) => bail!(
+            "the spool {} holds files for {}, not {url}; use another --spool (or upload or \
+             remove what it holds first)",
+            spool.display(),
+            bound.trim_end()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&marker)
+                .with_context(|| format!("cannot create {}", marker.display()))?;
+            writeln!(file, "{url}").with_context(|| format!("cannot write {}", marker.display()))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", marker.display()))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spool_serves_one_url() {
+        let dir = tempfile::tempdir().unwrap();
+        bind(dir.path(), "s3://a/p").unwrap();
+        bind(dir.path(), "s3://a/p").unwrap();
+        let refused = bind(dir.path(), "s3://b/p").unwrap_err().to_string();
+        assert!(refused.contains("holds files for s3://a/p"), "{refused}");
+    }
 
     #[test]
     fn host_names_are_checked_or_made_safe() {
@@ -74,10 +118,14 @@ mod tests {
         let dir = spool_for("s3://b/p", Some(Path::new("/x"))).unwrap();
         assert_eq!(dir, Path::new("/x"));
         let dir = spool_for("s3://b/p", None).unwrap();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
-            dir.ends_with("p11trace/spool/s3___b_p"),
-            "{}",
-            dir.display()
+            name.starts_with("s3___b_p-") && name.len() == 9 + 12,
+            "{name}"
         );
+        let other = spool_for("s3://b_p", None).unwrap();
+        assert_ne!(dir, other, "two URLs, one readable name, two spools");
+        let long = spool_for(&format!("s3://b/{}", "x".repeat(1000)), None).unwrap();
+        assert!(long.file_name().unwrap().len() <= 96 + 13);
     }
 }

@@ -18,6 +18,7 @@
 //! log wrote, and files the writer stores now are found alike.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,10 +171,14 @@ impl Uploader {
         let give_up = || self.past(&deadline);
         let mut failing = Failing::default();
         let mut kept = kept_files(&self.spool);
+        // Failed attempts per file: a file that keeps failing (refused, unreadable) goes after
+        // the others, so it holds up nobody.
+        let mut attempts: HashMap<String, u32> = HashMap::new();
         loop {
             self.forget_released(&mut kept);
             let stopping = self.deadline(&deadline).is_some();
-            let files = scan(&self.spool);
+            let mut files = scan(&self.spool);
+            files.sort_by_key(|f| attempts.get(&f.relative).copied().unwrap_or(0));
             self.publish(&files);
             if files.is_empty() {
                 if stopping {
@@ -205,12 +210,15 @@ impl Uploader {
                             failing = Failing::default();
                         }
                         delays = backoff();
+                        attempts.remove(&file.relative);
                         if let Some(keep) = self.uploaded(file) {
+                            self.crash.at("after-move");
                             kept.push(keep);
                         }
                     }
                     Err(e) => {
                         if !give_up() {
+                            *attempts.entry(file.relative.clone()).or_default() += 1;
                             self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
                             let pause = delays.next().unwrap_or(Duration::from_secs(30));
                             failing.say(&e, &files, pause);
@@ -249,6 +257,15 @@ impl Uploader {
                 file.path.display()
             );
             return None;
+        }
+        // Out of the spool now (the next scan recounts; until then the writer's cap sees it).
+        for (gauge, less) in [
+            (&self.stats.spool_bytes, file.bytes),
+            (&self.stats.upload_backlog, 1),
+        ] {
+            let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(less))
+            });
         }
         self.stats.files_uploaded.fetch_add(1, Ordering::Relaxed);
         self.stats

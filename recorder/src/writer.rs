@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -64,6 +64,9 @@ pub struct Writer {
     /// For a dataset in object storage, the cap of the spool's finished files: past it a file
     /// is not stored (it waits in memory, then in the log) until uploads make room.
     pub spool_max_bytes: Option<u64>,
+    /// The recorder is stopping: the spool's cap no longer applies (everything received goes
+    /// into the spool, for the uploader or the next start).
+    pub stopping: Arc<AtomicBool>,
     pub roll_rows: u64,
     pub roll_secs: Duration,
     pub stats: Arc<Stats>,
@@ -247,8 +250,11 @@ impl Writer {
             rows,
             lsn_min: file.lsn_min,
         };
-        if let Err(e) = self.store(&pending, state.closing) {
-            let size = pending.bytes.len();
+        let size = pending.bytes.len();
+        if self.spool_refuses(size, state).is_some() {
+            self.wait_for_room(state, size);
+        }
+        if let Err(e) = self.store(&pending, state) {
             if state.pending_bytes.saturating_add(size) > PENDING_MAX_BYTES {
                 let message = format!(
                     "cannot close a {} file: {e}; {} bytes of files already wait to be written",
@@ -267,17 +273,47 @@ impl Writer {
         }
     }
 
+    /// Why the spool cannot take a file of `size` bytes now (`None`: it can, or there is no
+    /// cap: a local dataset, a stopping recorder). An empty spool takes any one file.
+    fn spool_refuses(&self, size: usize, state: &State) -> Option<String> {
+        let max = self.spool_max_bytes?;
+        if state.closing || self.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        let spooled = Stats::get(&self.stats.spool_bytes);
+        (spooled > 0 && spooled.saturating_add(size as u64) > max).then(|| {
+            format!(
+                "the spool is full ({spooled} bytes wait to be uploaded; --spool-max-bytes {max})"
+            )
+        })
+    }
+
+    /// The spool is full and the files waiting in memory are at [`PENDING_MAX_BYTES`]: waits
+    /// until uploads make room (or the recorder stops). The writer taking no more rows stops
+    /// the pipeline behind it, and the shims drop and count what they cannot send; letting the
+    /// rows go instead would keep the log from shrinking for the rest of the run.
+    fn wait_for_room(&self, state: &mut State, size: usize) {
+        if state.pending_bytes.saturating_add(size) <= PENDING_MAX_BYTES {
+            return;
+        }
+        eprintln!(
+            "p11trace-recorder: the spool is full and {} bytes of files wait in memory; the \
+             writer waits for uploads to make room (the shims drop and count meanwhile)",
+            state.pending_bytes
+        );
+        while state.pending_bytes.saturating_add(size) > PENDING_MAX_BYTES
+            && !self.stopping.load(Ordering::Acquire)
+        {
+            std::thread::sleep(Duration::from_millis(200));
+            self.store_pending(state);
+        }
+    }
+
     /// Stores a complete file in place and counts it.
-    fn store(&self, file: &Pending, closing: bool) -> std::io::Result<()> {
+    fn store(&self, file: &Pending, state: &State) -> std::io::Result<()> {
         let size = file.bytes.len() as u64;
-        if let Some(max) = self.spool_max_bytes.filter(|_| !closing) {
-            let spooled = Stats::get(&self.stats.spool_bytes);
-            if spooled.saturating_add(size) > max {
-                return Err(std::io::Error::other(format!(
-                    "the spool is full ({spooled} bytes wait to be uploaded; --spool-max-bytes \
-                     {max})"
-                )));
-            }
+        if let Some(full) = self.spool_refuses(file.bytes.len(), state) {
+            return Err(std::io::Error::other(full));
         }
         let crash = &self.crash;
         store_with(&self.dataset.temp(), &file.path, &file.bytes, |stage| {
@@ -302,7 +338,7 @@ impl Writer {
             return;
         }
         while let Some(file) = state.pending.front() {
-            if self.store(file, state.closing).is_err() {
+            if self.store(file, state).is_err() {
                 return;
             }
             let size = file.bytes.len();

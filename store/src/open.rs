@@ -12,10 +12,10 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreScheme,
 
 use crate::{Remote, StoreError};
 
-/// One request may take this long before it counts as failed (a stalled server); the caller
-/// retries. Overridden by the store's own variables (e.g. `AWS_TIMEOUT`... as object_store
-/// names them).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// One request, its body included, may take this long before it counts as failed (a stalled
+/// server); the caller retries. An 8 MiB part in 60 s needs ~1.2 Mbit/s; slower links set
+/// `AWS_TIMEOUT=300s` (`GOOGLE_TIMEOUT`, `AZURE_TIMEOUT`: object_store's client keys).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// object_store's own retries of one request (5xx, throttling, connection resets): a few, quickly;

@@ -15,6 +15,11 @@ use sha2::Sha256;
 
 use crate::{Remote, StoreError};
 
+/// S3's limit of parts in one multipart upload.
+const MAX_PARTS: usize = 10_000;
+/// How long an abandoned multipart upload is given to be aborted.
+const ABORT_WAIT: Duration = Duration::from_secs(5);
+
 /// How often a transfer asks whether to give up.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -86,8 +91,8 @@ impl Remote {
         }
     }
 
-    /// Stores `local` under `relative` and proves it arrived whole; files of `part_bytes` or
-    /// more go up as a multipart upload in parts of that size. Storing the same bytes under the
+    /// Stores `local` under `relative` and proves it arrived whole; files larger than
+    /// `part_bytes` go up as a multipart upload in parts of that size. Storing the same bytes under the
     /// same name again is harmless (the names are deterministic: a retry after a crash
     /// replaces an object with itself). Gives up when `give_up` says so (asked every 100 ms
     /// while the store has not answered).
@@ -108,7 +113,8 @@ impl Remote {
             local.display(),
             self.describe(relative)
         );
-        let part_bytes = part_bytes.max(1);
+        // S3 takes at most 10 000 parts: larger parts for a file that would need more.
+        let part_bytes = part_bytes.max(1).max(data.len().div_ceil(MAX_PARTS));
         let parts: Vec<Bytes> = if data.len() > part_bytes {
             (0..data.len())
                 .step_by(part_bytes)
@@ -117,27 +123,14 @@ impl Remote {
         } else {
             vec![data.clone()]
         };
-        let store = self.store.clone();
-        let upload = {
-            let key = key.clone();
-            let parts = parts.clone();
-            async move {
-                if let [single] = parts.as_slice() {
-                    return store
-                        .put(&key, PutPayload::from_bytes(single.clone()))
-                        .await;
-                }
-                let mut upload = store.put_multipart(&key).await?;
-                for part in &parts {
-                    if let Err(e) = upload.put_part(PutPayload::from_bytes(part.clone())).await {
-                        let _ = upload.abort().await;
-                        return Err(e);
-                    }
-                }
-                upload.complete().await
-            }
+        let put = match parts.as_slice() {
+            [single] => self.drive(
+                &what,
+                give_up,
+                self.store.put(&key, PutPayload::from_bytes(single.clone())),
+            )?,
+            _ => self.multipart(&key, &parts, &what, give_up)?,
         };
-        let put = self.drive(&what, give_up, upload)?;
         let verified_by = self.verify(&key, &data, &parts, put.e_tag.as_deref(), give_up)?;
         Ok(Uploaded {
             key: key.to_string(),
@@ -145,6 +138,40 @@ impl Remote {
             parts: parts.len(),
             verified_by,
         })
+    }
+
+    /// Uploads `parts` as one multipart upload; aborts it (so the store keeps no parts) when a
+    /// part or the completion fails, or when `give_up` ends the wait.
+    fn multipart(
+        &self,
+        key: &ObjectPath,
+        parts: &[Bytes],
+        what: &str,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<object_store::PutResult, StoreError> {
+        let mut upload = self.drive(what, give_up, self.store.put_multipart(key))?;
+        let mut sent = Ok(());
+        for part in parts {
+            sent = self.drive(
+                what,
+                give_up,
+                upload.put_part(PutPayload::from_bytes(part.clone())),
+            );
+            if sent.is_err() {
+                break;
+            }
+        }
+        let completed = match sent {
+            Ok(()) => self.drive(what, give_up, upload.complete()),
+            Err(e) => Err(e),
+        };
+        if completed.is_err() {
+            let abort = upload.abort();
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(ABORT_WAIT, abort).await });
+        }
+        completed
     }
 
     /// The object at `key` holds `data`: its size, then its ETag or its bytes read back.

@@ -6,6 +6,8 @@
 //! Nothing here is a mock.
 //!
 //! - [`fixture`]: a token, a recorder, and runs traced through the shim into it.
+//! - [`fleet`]: recorders of several hosts uploading into one bucket of [`s3::S3Server`], and
+//!   the checks of what they uploaded.
 //! - [`token`] and [`recorder`]: the two halves on their own.
 //! - [`oracle`]: modules that log every call between the shim and the token.
 //! - [`p11kit`]: p11-kit managing the shim, logging every call (`log-calls: yes`).
@@ -28,6 +30,7 @@ use std::path::PathBuf;
 pub mod clients;
 pub mod data;
 pub mod fixture;
+pub mod fleet;
 pub mod module;
 pub mod oracle;
 pub mod p11kit;

@@ -68,7 +68,8 @@ impl S3Server {
     pub fn start() -> Result<S3Server> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::start_once() {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            match Self::start_on(port) {
                 Ok(server) => return Ok(server),
                 Err(error) => last = Some(error),
             }
@@ -76,8 +77,8 @@ impl S3Server {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("moto_server did not start")))
     }
 
-    fn start_once() -> Result<S3Server> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    /// `moto_server` on a given loopback port (one a client was already told about).
+    pub fn start_on(port: u16) -> Result<S3Server> {
         let dir = crate::temp();
         let log = std::fs::File::create(dir.path().join("moto.log"))?;
         let child = Command::new("moto_server")
@@ -148,11 +149,16 @@ impl S3Server {
     /// The environment a client of this server needs: dummy credentials, the region, the
     /// endpoint, and `AWS_ALLOW_HTTP` (object_store refuses plain http without it).
     pub fn env(&self) -> Vec<(String, String)> {
+        Self::env_at(&self.endpoint)
+    }
+
+    /// [`S3Server::env`] for a server at `endpoint` that may not be running (yet).
+    pub fn env_at(endpoint: &str) -> Vec<(String, String)> {
         [
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
             ("AWS_REGION", REGION),
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ENDPOINT_URL", endpoint),
             ("AWS_ALLOW_HTTP", "true"),
         ]
         .into_iter()
@@ -235,6 +241,28 @@ impl S3Server {
         let folder = folder.to_str().context("a path not UTF-8")?;
         let out = self.boto3(&["download", bucket, prefix, folder])?;
         serde_json::from_str(&out).with_context(|| format!("s3.py download: {out}"))
+    }
+
+    /// `p11trace-query ARGS` with this server's credentials and endpoint; its output, whatever
+    /// its exit status.
+    pub fn query_output(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(crate::query_bin())
+            .args(args)
+            .envs(self.env())
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()?)
+    }
+
+    /// [`S3Server::query_output`], which must succeed.
+    pub fn query(&self, args: &[&str]) -> Result<std::process::Output> {
+        let output = self.query_output(args)?;
+        ensure!(
+            output.status.success(),
+            "p11trace-query {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(output)
     }
 
     /// Runs `tests/scripts/s3.py ENDPOINT args…` with this server's environment; its stdout.

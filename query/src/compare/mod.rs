@@ -80,7 +80,7 @@ pub fn load_side(
     want_scripts: bool,
 ) -> Result<Side> {
     let shown = path.display().to_string();
-    if !path.exists() {
+    if !path.exists() && !input::remote::is_remote(path) {
         bail!("{shown}: no such file or folder");
     }
     let mut side = if is_analysis_json(path) {
