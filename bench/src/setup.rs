@@ -166,7 +166,11 @@ pub struct Rig {
 
 impl Rig {
     pub fn start(ctx: &crate::Ctx, token: Token) -> Result<Rig> {
-        Rig::launch(ctx, token, Launch::in_dir(tempfile::tempdir_in(&ctx.scratch)?))
+        Rig::launch(
+            ctx,
+            token,
+            Launch::in_dir(tempfile::tempdir_in(&ctx.scratch)?),
+        )
     }
 
     /// [`Rig::start`] with a recorder launched as `launch` says (a store URL, more arguments);

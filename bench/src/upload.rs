@@ -22,7 +22,7 @@ use crate::Ctx;
 use crate::client::Op;
 use crate::measure::{self, parquet_bytes, parquet_rows};
 use crate::report::{Line, bytes};
-use crate::setup::{Rig, RecorderRun, Route, token_with_keys};
+use crate::setup::{RecorderRun, Rig, Route, token_with_keys};
 
 const BENCH: &str = "8 upload";
 const BUCKET: &str = "bench";
@@ -45,7 +45,11 @@ const MIX: [Op; 6] = [
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// `C_GetSessionInfo` from `clients` processes, `calls` each, at `rate` calls/s in all.
-    SessionInfo { clients: usize, calls: u64, rate: f64 },
+    SessionInfo {
+        clients: usize,
+        calls: u64,
+        rate: f64,
+    },
     /// [`MIX`] `rounds` times in each of `clients` processes, as fast as they go.
     SigningMix { clients: usize, rounds: u64 },
 }
@@ -62,7 +66,7 @@ impl Workload {
                 rate / 1e3
             ),
             Workload::SigningMix { clients, rounds } => format!(
-                "signing mix (find ×3, EC sign ×2, RSA sign ×1), {clients} clients × {rounds} rounds"
+                "signing mix (find ×3, EC sign ×2, RSA sign ×1), {clients} client(s) × {rounds} rounds"
             ),
         }
     }
@@ -132,8 +136,10 @@ impl Workload {
 /// One recorder's run of a workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct Side {
-    /// Rows in the dataset (local: its files; upload: the objects, downloaded).
+    /// Rows in the dataset's `calls` (local: its files; upload: the objects, downloaded).
     pub rows: u64,
+    /// Call records the recorder received (its `records=`).
+    pub records: u64,
     pub dropped: u64,
     /// Parquet files (`calls` + `clients`): local files, or objects in the bucket.
     pub files: u64,
@@ -179,6 +185,7 @@ fn stop(rig: Rig) -> Result<(RecorderRun, p11trace_tests::Recorder, f64)> {
 fn side(run: &RecorderRun, rows: u64, files: u64, bytes: u64, drain_secs: f64) -> Side {
     Side {
         rows,
+        records: run.summary.get("records"),
         dropped: run.summary.undelivered(),
         files,
         bytes,
@@ -192,11 +199,7 @@ fn side(run: &RecorderRun, rows: u64, files: u64, bytes: u64, drain_secs: f64) -
 
 fn local(ctx: &Ctx, token: Token, workload: Workload) -> Result<Side> {
     let dir = tempfile::tempdir_in(&ctx.scratch)?;
-    let rig = Rig::launch(
-        ctx,
-        token,
-        Launch::in_dir(dir).args(&["--host", HOST]),
-    )?;
+    let rig = Rig::launch(ctx, token, Launch::in_dir(dir).args(&["--host", HOST]))?;
     workload.drive(&rig)?;
     let (run, recorder, drain) = stop(rig)?;
     let tables = ["calls", "clients"].map(|t| recorder.dataset.join(t));
@@ -272,15 +275,18 @@ fn lines(result: &Upload) -> Vec<Line> {
                 "rows local {} · uploaded {} · dropped {} / {}",
                 local.rows, upload.rows, local.dropped, upload.dropped
             ),
-            "0 dropped, same rows",
-            local.dropped == 0 && upload.dropped == 0 && local.rows == upload.rows,
+            "0 dropped, rows = records received",
+            [local, upload]
+                .iter()
+                .all(|side| side.dropped == 0 && side.rows == side.records),
         ),
         Line::target(
             BENCH,
             "  bytes per M calls",
             format!(
-                "uploaded {} ({} objects, {:.1} per M; recorder uploaded={}) · local {} ({} files) · {:+.1}%",
+                "uploaded {} ({:.1} B/call; {} objects, {:.1} per M; recorder uploaded={}) · local {} ({} files) · {:+.1}%",
                 bytes(result.uploaded_bytes_per_million),
+                result.uploaded_bytes_per_million / 1e6,
                 upload.files,
                 result.objects_per_million,
                 upload.uploaded,
@@ -359,8 +365,7 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
     let mut results = Vec::new();
     let mut found = Vec::new();
     for workload in workloads {
-        let result = measure_workload(ctx, &server, workload)
-            .with_context(|| workload.label())?;
+        let result = measure_workload(ctx, &server, workload).with_context(|| workload.label())?;
         ensure!(
             result.upload.rows > 0,
             "{}: nothing was uploaded",
