@@ -143,6 +143,8 @@ pub struct Side {
     pub dropped: u64,
     /// Parquet files (`calls` + `clients`): local files, or objects in the bucket.
     pub files: u64,
+    /// Of which in `calls`.
+    pub calls_files: u64,
     pub bytes: u64,
     /// The recorder's `uploaded=` and `left_in_spool=` (0 for a local dataset).
     pub uploaded: u64,
@@ -182,9 +184,13 @@ fn stop(rig: Rig) -> Result<(RecorderRun, p11trace_tests::Recorder, f64)> {
     Ok((run, recorder, signalled.elapsed().as_secs_f64()))
 }
 
-fn side(run: &RecorderRun, rows: u64, files: u64, bytes: u64, drain_secs: f64) -> Side {
+/// Rows, (files, of which calls), bytes.
+type Found = (u64, (u64, u64), u64);
+
+fn side(run: &RecorderRun, (rows, (files, calls_files), bytes): Found, drain_secs: f64) -> Side {
     Side {
         rows,
+        calls_files,
         records: run.summary.get("records"),
         dropped: run.summary.undelivered(),
         files,
@@ -203,13 +209,12 @@ fn local(ctx: &Ctx, token: Token, workload: Workload) -> Result<Side> {
     workload.drive(&rig)?;
     let (run, recorder, drain) = stop(rig)?;
     let tables = ["calls", "clients"].map(|t| recorder.dataset.join(t));
-    let files = tables
-        .iter()
-        .map(|t| p11trace_dataset::layout::parquet_files(t).map_or(0, |f| f.len() as u64))
-        .sum();
+    let [calls, clients] = tables
+        .each_ref()
+        .map(|t| p11trace_dataset::layout::parquet_files(t).map_or(0, |f| f.len() as u64));
     let bytes = tables.iter().map(|t| parquet_bytes(t)).sum();
     let rows = parquet_rows(&tables[0]).context("counting the local rows")?;
-    Ok(side(&run, rows, files, bytes, drain))
+    Ok(side(&run, (rows, (calls + clients, calls), bytes), drain))
 }
 
 fn uploaded(ctx: &Ctx, server: &S3Server, token: Token, workload: Workload) -> Result<Side> {
@@ -231,7 +236,12 @@ fn uploaded(ctx: &Ctx, server: &S3Server, token: Token, workload: Workload) -> R
     server.download_dir(BUCKET, &format!("{prefix}/"), &copy)?;
     let rows = parquet_rows(&copy.join("calls")).context("counting the uploaded rows")?;
     let bytes = objects.iter().map(|o| o.size).sum();
-    Ok(side(&run, rows, objects.len() as u64, bytes, drain))
+    let calls = objects
+        .iter()
+        .filter(|o| o.key.starts_with(&format!("{prefix}/calls/")))
+        .count() as u64;
+    let files = (objects.len() as u64, calls);
+    Ok(side(&run, (rows, files, bytes), drain))
 }
 
 /// The binaries under test are a debug build (beside a `debug` folder, or this bench is one).
@@ -284,10 +294,11 @@ fn lines(result: &Upload) -> Vec<Line> {
             BENCH,
             "  bytes per M calls",
             format!(
-                "uploaded {} ({:.1} B/call; {} objects, {:.1} per M; recorder uploaded={}) · local {} ({} files) · {:+.1}%",
+                "uploaded {} ({:.1} B/call; {} objects, {} of calls, {:.1} per M; recorder uploaded={}) · local {} ({} files) · {:+.1}%",
                 bytes(result.uploaded_bytes_per_million),
                 result.uploaded_bytes_per_million / 1e6,
                 upload.files,
+                upload.calls_files,
                 result.objects_per_million,
                 upload.uploaded,
                 bytes(result.local_bytes_per_million),
