@@ -17,15 +17,17 @@ use p11trace_bench::{Bench, Ctx, client, setup};
 /// `just bench` builds release; a debug build runs too, its CPU figures labelled as such). Needs
 /// softhsm2, opensc (pkcs11-tool, pkcs11-spy), valgrind, the duckdb CLI and moto_server.
 ///
-/// Examples:
-///   p11trace-bench                                   # everything
-///   p11trace-bench --only upload --no-kryoptic      # object storage upload vs local dataset
-///   p11trace-bench --quick --json /tmp/figures.json  # the smoke run
-///
 /// Exit status: 0 when every target was met (or --quick), 1 when one was missed or a benchmark
 /// failed, 2 on a usage error.
 #[derive(Debug, Parser)]
-#[command(name = "p11trace-bench", version)]
+#[command(
+    name = "p11trace-bench",
+    version,
+    after_help = "Examples:\n  \
+        p11trace-bench                                    # everything\n  \
+        p11trace-bench --only upload --no-kryoptic        # object storage upload vs local dataset\n  \
+        p11trace-bench --quick --json /tmp/figures.json   # the smoke run"
+)]
 struct Options {
     #[command(subcommand)]
     command: Option<Command>,
