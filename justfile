@@ -111,7 +111,8 @@ docker-demo:
     docker run --rm -v "$PWD/target/docker-demo:/out" -e P11TRACE_DEMO_DIR=/out p11trace p11trace-demo
 
 # Release build (polars takes ~20 min cold): overhead vs pkcs11-spy, recorder throughput,
-# bytes/call, query speed vs DuckDB, instruction budget; one table, see BENCHMARKS.md.
+# bytes/call, query speed vs DuckDB, instruction budget, import speed, object-storage upload vs a
+# local dataset (moto_server); one table, see BENCHMARKS.md. `just bench --only upload`: one.
 # `just bench --quick` is the smoke mode; `just bench --help` lists the options.
 # Run the benchmarks.
 bench *args: deps kryoptic

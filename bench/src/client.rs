@@ -348,6 +348,11 @@ pub struct ClientArgs {
     /// At most this many operations per second (default: as fast as possible).
     #[arg(long, value_name = "OPS")]
     pub rate: Option<f64>,
+    /// Runs the whole --ops list this many times, interleaving its operations (a mix:
+    /// `--ops find,sign-ec --ops-per-batch 1 --batches 1 --repeat 10000`); each operation's
+    /// line then holds batches × repeat values.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeat: u64,
 }
 
 /// Runs the client; prints one [`Timing`] line per operation.
@@ -365,20 +370,32 @@ pub fn run(args: &ClientArgs) -> Result<()> {
     } else {
         Keys { rsa: 0, ec: 0 }
     };
-    for &op in &args.ops {
-        let per_batch = args
-            .ops_per_batch
-            .unwrap_or_else(|| ((op.batch() as f64 * args.scale).round() as u64).max(1));
-        let warmup = args.warmup.unwrap_or(per_batch / 10);
-        if warmup > 0 {
-            session.time(op, warmup, &keys, None)?;
+    let mut timings: Vec<Timing> = args
+        .ops
+        .iter()
+        .map(|&op| Timing {
+            op,
+            ns_per_op: Vec::with_capacity(args.batches as usize),
+        })
+        .collect();
+    for round in 0..args.repeat {
+        for timing in &mut timings {
+            let op = timing.op;
+            let per_batch = args
+                .ops_per_batch
+                .unwrap_or_else(|| ((op.batch() as f64 * args.scale).round() as u64).max(1));
+            let warmup = args.warmup.unwrap_or(per_batch / 10);
+            if warmup > 0 && round == 0 {
+                session.time(op, warmup, &keys, None)?;
+            }
+            for _ in 0..args.batches {
+                let elapsed = session.time(op, per_batch, &keys, args.rate)?;
+                timing.ns_per_op.push(elapsed as f64 / per_batch as f64);
+            }
         }
-        let mut ns_per_op = Vec::with_capacity(args.batches as usize);
-        for _ in 0..args.batches {
-            let elapsed = session.time(op, per_batch, &keys, args.rate)?;
-            ns_per_op.push(elapsed as f64 / per_batch as f64);
-        }
-        println!("{}", serde_json::to_string(&Timing { op, ns_per_op })?);
+    }
+    for timing in &timings {
+        println!("{}", serde_json::to_string(timing)?);
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! processes; (3) bytes on disk per call vs the spy's log of the same calls; (4) query speed on a
 //! synthetic 10 M-call dataset vs DuckDB, and spy import speed vs `wc -l`; (5) `--quick`, the smoke
 //! mode the test suite runs so this code cannot rot; (6) the callgrind instruction budget; (7)
-//! import speed per log format vs `wc -l` (`--only import`).
+//! import speed per log format vs `wc -l` (`--only import`); (8) the cost of uploading to object
+//! storage (`--dataset s3://…`, against moto) vs writing a local dataset (`--only upload`).
 //!
 //! Owns measurement only: it drives the real binaries (shim, recorder, query) as a user would and
 //! never links the shim's or the recorder's internals. Timings are never asserted by tests; the
@@ -22,6 +23,7 @@ pub mod setup;
 pub mod size;
 pub mod synth;
 pub mod throughput;
+pub mod upload;
 
 use std::path::PathBuf;
 
@@ -45,16 +47,18 @@ pub enum Bench {
     Query,
     Budget,
     Import,
+    Upload,
 }
 
 impl Bench {
-    pub const ALL: [Bench; 6] = [
+    pub const ALL: [Bench; 7] = [
         Bench::Overhead,
         Bench::Throughput,
         Bench::Size,
         Bench::Query,
         Bench::Budget,
         Bench::Import,
+        Bench::Upload,
     ];
 
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<(Vec<report::Line>, serde_json::Value)> {
@@ -65,6 +69,7 @@ impl Bench {
             Bench::Query => query_speed::run(ctx),
             Bench::Budget => budget::run(ctx),
             Bench::Import => import_speed::run(ctx),
+            Bench::Upload => upload::run(ctx),
         }
     }
 }

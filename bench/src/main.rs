@@ -11,15 +11,23 @@ use p11trace_bench::{Bench, Ctx, client, setup};
 /// Benchmarks p11trace against the direct module and pkcs11-spy; prints one table.
 ///
 /// Runs, by default, all of: per-call overhead (SoftHSM2 and Kryoptic), recorder throughput,
-/// bytes per call, query speed (vs DuckDB; spy import vs wc -l), and the callgrind instruction
-/// budget. Uses the shim, recorder and query binaries built beside this one (same profile:
-/// `just bench` builds release). Needs softhsm2, opensc (pkcs11-tool, pkcs11-spy), valgrind and
-/// the duckdb CLI.
+/// bytes per call, query speed (vs DuckDB; spy import vs wc -l), the callgrind instruction
+/// budget, import speed, and the cost of uploading to object storage (vs a local dataset, against
+/// moto_server). Uses the shim, recorder and query binaries built beside this one (same profile:
+/// `just bench` builds release; a debug build runs too, its CPU figures labelled as such). Needs
+/// softhsm2, opensc (pkcs11-tool, pkcs11-spy), valgrind, the duckdb CLI and moto_server.
 ///
 /// Exit status: 0 when every target was met (or --quick), 1 when one was missed or a benchmark
 /// failed, 2 on a usage error.
 #[derive(Debug, Parser)]
-#[command(name = "p11trace-bench", version)]
+#[command(
+    name = "p11trace-bench",
+    version,
+    after_help = "Examples:\n  \
+        p11trace-bench                                    # everything\n  \
+        p11trace-bench --only upload --no-kryoptic        # object storage upload vs local dataset\n  \
+        p11trace-bench --quick --json /tmp/figures.json   # the smoke run"
+)]
 struct Options {
     #[command(subcommand)]
     command: Option<Command>,

@@ -166,7 +166,17 @@ pub struct Rig {
 
 impl Rig {
     pub fn start(ctx: &crate::Ctx, token: Token) -> Result<Rig> {
-        let recorder = Launch::in_dir(tempfile::tempdir_in(&ctx.scratch)?)
+        Rig::launch(
+            ctx,
+            token,
+            Launch::in_dir(tempfile::tempdir_in(&ctx.scratch)?),
+        )
+    }
+
+    /// [`Rig::start`] with a recorder launched as `launch` says (a store URL, more arguments);
+    /// the bench's recorder binary and exit timeout are set here.
+    pub fn launch(ctx: &crate::Ctx, token: Token, launch: Launch) -> Result<Rig> {
+        let recorder = launch
             .bin(&ctx.bins.recorder)
             // Draining what a saturation run left queued may take a while.
             .exit_timeout(std::time::Duration::from_secs(600))

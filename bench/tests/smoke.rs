@@ -29,6 +29,7 @@ fn quick_run() -> Result<Value> {
         "4 query",
         "6 instructions",
         "7 import",
+        "8 upload",
     ] {
         assert!(
             table.contains(bench),
@@ -128,6 +129,33 @@ fn quick_mode_runs_every_benchmark_against_the_real_binaries() -> Result<()> {
             "{format}"
         );
         assert!(number(&format["log_bytes"], "log bytes") >= 1e6, "{format}");
+    }
+
+    // 8: both workloads, each written locally and uploaded to moto: every call in the bucket,
+    // everything uploaded at the exit, the same bytes give or take the files' own metadata.
+    let uploads = figures["upload"].as_array().context("upload workloads")?;
+    assert_eq!(uploads.len(), 2, "{uploads:#?}");
+    for workload in uploads {
+        let (local, upload) = (&workload["local"], &workload["upload"]);
+        for side in [local, upload] {
+            assert_eq!(side["dropped"], 0, "{workload}");
+            assert!(side["rows"].as_u64().context("rows")? > 1000, "{workload}");
+            assert_eq!(side["rows"], side["records"], "{workload}");
+            assert!(number(&side["recorder_max_rss"], "rss") > 0.0, "{workload}");
+        }
+        assert_eq!(upload["left_in_spool"], 0, "{workload}");
+        assert!(
+            upload["uploaded"].as_u64().context("uploaded")? >= 2,
+            "{workload}"
+        );
+        assert_eq!(upload["uploaded"], upload["files"], "{workload}");
+        let ratio = number(&workload["uploaded_bytes_per_million"], "uploaded")
+            / number(&workload["local_bytes_per_million"], "local");
+        assert!((0.9..1.1).contains(&ratio), "{workload}");
+        assert!(
+            number(&workload["cpu_ratio"], "cpu ratio") > 0.0,
+            "{workload}"
+        );
     }
     Ok(())
 }
