@@ -63,10 +63,13 @@ Examples:
   p11trace-query analyze ~/p11trace-data --format json | jq -e '.summary.failed_operations == 0'
   p11trace-query analyze pkcs11-spy.log --func C_Sign --slow-floor 5ms
   p11trace-query analyze dataset/ --since 2026-11-25 --format markdown > analysis.md
+  AWS_REGION=eu-west-1 p11trace-query analyze s3://audit/p11trace   # a fleet's prefix
 
 Latencies print in the unit that fits each value (ns, µs, ms, s); JSON keeps milliseconds.
 CKR_BUFFER_TOO_SMALL retried, attribute and mechanism probes count as `expected`, not failed.
-JSON keys: schemas/analysis.md.";
+JSON keys: schemas/analysis.md. A dataset in object storage (s3://, gs://, az://, file://; every
+command takes one) is fetched into a private temporary folder first; credentials and endpoint
+from AWS_* / GOOGLE_* / AZURE_* as the AWS tools read them (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).";
 
 const IMPORT_EXAMPLES: &str = "\
 Examples:
