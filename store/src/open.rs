@@ -61,51 +61,29 @@ impl Remote {
             what: format!("cannot open {url}"),
             why: crate::brief(&e),
         };
+        // Our client settings first, then what the environment says (it may override them),
+        // then the URL: what each builder's `from_env` does, with our defaults under it.
+        macro_rules! configured {
+            ($builder:ty, $prefix:literal) => {{
+                let builder = env_with($prefix).into_iter().fold(
+                    <$builder>::new()
+                        .with_client_options(client())
+                        .with_retry(retry()),
+                    |builder, (key, value)| match key.parse() {
+                        Ok(key) => builder.with_config(key, value),
+                        Err(_) => builder,
+                    },
+                );
+                Arc::new(builder.with_url(url).build().map_err(backend)?)
+            }};
+        }
         let (store, md5_etags): (Arc<dyn ObjectStore>, bool) = match scheme {
-            ObjectStoreScheme::AmazonS3 => {
-                let builder = env_with("AWS_").into_iter().fold(
-                    AmazonS3Builder::new()
-                        .with_client_options(client())
-                        .with_retry(retry()),
-                    |builder, (key, value)| match key.parse() {
-                        Ok(key) => builder.with_config(key, value),
-                        Err(_) => builder,
-                    },
-                );
-                (
-                    Arc::new(builder.with_url(url).build().map_err(backend)?),
-                    true,
-                )
-            }
+            ObjectStoreScheme::AmazonS3 => (configured!(AmazonS3Builder, "AWS_"), true),
             ObjectStoreScheme::GoogleCloudStorage => {
-                let builder = env_with("GOOGLE_").into_iter().fold(
-                    GoogleCloudStorageBuilder::new()
-                        .with_client_options(client())
-                        .with_retry(retry()),
-                    |builder, (key, value)| match key.parse() {
-                        Ok(key) => builder.with_config(key, value),
-                        Err(_) => builder,
-                    },
-                );
-                (
-                    Arc::new(builder.with_url(url).build().map_err(backend)?),
-                    false,
-                )
+                (configured!(GoogleCloudStorageBuilder, "GOOGLE_"), false)
             }
             ObjectStoreScheme::MicrosoftAzure => {
-                let builder = env_with("AZURE_").into_iter().fold(
-                    MicrosoftAzureBuilder::new()
-                        .with_client_options(client())
-                        .with_retry(retry()),
-                    |builder, (key, value)| match key.parse() {
-                        Ok(key) => builder.with_config(key, value),
-                        Err(_) => builder,
-                    },
-                );
-                (
-                    Arc::new(builder.with_url(url).build().map_err(backend)?),
-                    false,
-                )
+                (configured!(MicrosoftAzureBuilder, "AZURE_"), false)
             }
             ObjectStoreScheme::Local => (Arc::new(LocalFileSystem::new()), false),
             other => {

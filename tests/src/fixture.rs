@@ -85,6 +85,24 @@ impl Traced {
         command
     }
 
+    /// An ECDSA signature of 32 bytes with the key of `id`, traced (`pkcs11-tool --sign`), which
+    /// must succeed; the signature's bytes.
+    pub fn sign_ecdsa(&self, id: &str, timeout: Duration) -> Result<Vec<u8>> {
+        let dir = crate::temp();
+        let message = dir.path().join("message");
+        std::fs::write(&message, [7u8; 32])?;
+        let signature = dir.path().join("signature");
+        run_ok(
+            self.pkcs11_tool(&login(&["--sign", "--id", id, "-m", "ECDSA"]))
+                .arg("--input-file")
+                .arg(&message)
+                .arg("--output-file")
+                .arg(&signature),
+            timeout,
+        )?;
+        Ok(std::fs::read(&signature)?)
+    }
+
     /// `pkcs11-tool --login --pin <user PIN> --test`, traced, which must succeed; then the
     /// recorder is stopped.
     pub fn pkcs11_tool_test(label: &str) -> Result<Traced> {

@@ -4,13 +4,13 @@
 //! bytes, every call accounted for, and `analyze s3://…` equal to `analyze` of a copy.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use crate::s3::S3Server;
+use crate::s3::{S3Server, files_below};
 use crate::{Launch, Recorder, check_invariant, query, report, temp};
 
 pub const BUCKET: &str = "fleet";
@@ -77,24 +77,11 @@ impl Host {
         for table in ["calls", "clients"] {
             let folder = self.spool().join(table);
             if folder.is_dir() {
-                files.extend(parquet_files_below(&folder)?);
+                files.extend(files_below(&folder)?);
             }
         }
         Ok(files)
     }
-}
-
-fn parquet_files_below(folder: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(folder)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            out.extend(parquet_files_below(&path)?);
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            out.push(path);
-        }
-    }
-    Ok(out)
 }
 
 /// Stops a recorder with SIGTERM; it must exit 0 with nothing left in its spool.

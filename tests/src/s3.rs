@@ -299,7 +299,9 @@ impl Drop for S3Server {
 }
 
 /// The files below `folder` to upload, sorted: hidden entries and `*.tmp`/`*.wal` left out.
-fn files_below(folder: &Path) -> Result<Vec<PathBuf>> {
+/// The files below `folder`, sorted, leaving out hidden entries and files being written
+/// (`*.tmp`, `*.wal`).
+pub fn files_below(folder: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut folders = vec![folder.to_path_buf()];
     while let Some(dir) = folders.pop() {

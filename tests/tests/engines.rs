@@ -30,18 +30,7 @@ fn traced_dataset(label: &str) -> Result<(Traced, Counts)> {
     let mut traced = Traced::new(label)?;
     let keygen = ["--keypairgen", "--key-type", "EC:prime256v1", "--id", "01"];
     run_ok(&mut traced.pkcs11_tool(&login(&keygen)), TIMEOUT)?;
-    let dir = temp();
-    let message = dir.path().join("message");
-    std::fs::write(&message, [7u8; 32])?;
-    run_ok(
-        traced
-            .pkcs11_tool(&login(&["--sign", "--id", "01", "-m", "ECDSA"]))
-            .arg("--input-file")
-            .arg(&message)
-            .arg("--output-file")
-            .arg(dir.path().join("signature")),
-        TIMEOUT,
-    )?;
+    traced.sign_ecdsa("01", TIMEOUT)?;
     run_ok(
         &mut traced.pkcs11_tool(&login(&["--list-objects"])),
         TIMEOUT,

@@ -33,19 +33,7 @@ fn record(traced: &mut Traced, crafted: Option<&Path>) -> Result<()> {
         ])),
         long,
     )?;
-    let dir = tempfile::tempdir()?;
-    let message = dir.path().join("message");
-    std::fs::write(&message, [7u8; 32])?;
-    let signature = dir.path().join("signature");
-    run_ok(
-        traced
-            .pkcs11_tool(&login(&["--sign", "--id", "01", "-m", "ECDSA"]))
-            .arg("--input-file")
-            .arg(&message)
-            .arg("--output-file")
-            .arg(&signature),
-        long,
-    )?;
+    traced.sign_ecdsa("01", long)?;
     run_ok(&mut traced.pkcs11_tool(&["--list-objects"]), long)?;
     let wrong = run(
         &mut traced.pkcs11_tool(&["--login", "--pin", "Not-The-Pin", "--list-objects"]),
