@@ -93,17 +93,26 @@ fn two_hundred_forks_deliver_exact_counts_without_deadlock() -> Result<()> {
             );
         }
     }
-    // One client_id per process, whose seq runs from 0 without gaps: no parent seq leaked into a child.
+    // One client_id per process, whose seq runs from 0 with no gap but the calls its shim
+    // dropped or lost (a loaded machine makes some): no parent seq leaked into a child.
     let clients = duckdb(&format!(
-        "SELECT client_id, count(DISTINCT pid) AS pids, min(seq) AS lo, max(seq) AS hi, count(*) AS n FROM {} GROUP BY 1",
-        recorder.table("calls")
+        "SELECT c.client_id, count(DISTINCT c.pid) AS pids, min(c.seq) AS lo, max(c.seq) AS hi, count(*) AS n, \
+         any_value(u.undelivered) AS undelivered FROM {} c JOIN (SELECT client_id, sum(dropped + lost)::BIGINT AS undelivered \
+         FROM {} GROUP BY 1) u USING (client_id) GROUP BY 1",
+        recorder.table("calls"),
+        recorder.table("clients")
     ))?;
     ensure!(clients.len() == 201, "{} clients", clients.len());
     for client in &clients {
+        let int = |key: &str| client[key].as_i64().unwrap_or(-1);
+        let seqs = int("hi") + 1;
+        let gaps_explained = if int("undelivered") == 0 {
+            seqs == int("n")
+        } else {
+            int("n") <= seqs && seqs <= int("n") + int("undelivered")
+        };
         ensure!(
-            client["pids"] == 1
-                && client["lo"] == 0
-                && client["hi"].as_i64().map(|h| h + 1) == client["n"].as_i64(),
+            int("pids") == 1 && int("lo") == 0 && gaps_explained,
             "{client}"
         );
     }
