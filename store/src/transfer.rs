@@ -7,13 +7,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use sha2::Sha256;
 
 use crate::{Remote, StoreError};
+
+/// Downloads at a time when a dataset is fetched.
+const FETCH_CONCURRENCY: usize = 8;
 
 /// S3's limit of parts in one multipart upload.
 const MAX_PARTS: usize = 10_000;
@@ -250,21 +253,25 @@ impl Remote {
         Ok(entries)
     }
 
-    /// Downloads `entry` to `to` (0600, parents 0700), checking its size.
-    pub fn fetch(&self, entry: &Entry, to: &Path) -> Result<(), StoreError> {
+    /// Downloads `entries` into `folder` under their relative names (files 0600, folders
+    /// 0700), a few at a time, each streamed to disk and its size checked.
+    pub fn fetch_all(&self, entries: &[Entry], folder: &Path) -> Result<(), StoreError> {
+        let fetches = futures::stream::iter(entries.iter())
+            .map(|entry| self.fetch_one(entry, folder))
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .try_collect::<Vec<()>>();
+        self.runtime.block_on(fetches).map(drop)
+    }
+
+    async fn fetch_one(&self, entry: &Entry, folder: &Path) -> Result<(), StoreError> {
         let key = self.key(&entry.relative);
-        let what = format!("cannot read {}", self.describe(&entry.relative));
-        let bytes = self.drive(&what, &never, async {
-            self.store.get(&key).await?.bytes().await
-        })?;
-        if bytes.len() as u64 != entry.size {
-            return Err(StoreError::Verify {
-                key: key.to_string(),
-                why: format!("listed as {} bytes, read {}", entry.size, bytes.len()),
-            });
-        }
+        let to = folder.join(&entry.relative);
+        let backend = |e: object_store::Error| StoreError::Backend {
+            what: format!("cannot read {}", self.describe(&entry.relative)),
+            why: crate::brief(&e),
+        };
         let io = |source| StoreError::Io {
-            path: to.to_owned(),
+            path: to.clone(),
             source,
         };
         if let Some(parent) = to.parent() {
@@ -278,9 +285,21 @@ impl Remote {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(to)
+            .open(&to)
             .map_err(io)?;
-        file.write_all(&bytes).map_err(io)
+        let mut stream = self.store.get(&key).await.map_err(backend)?.into_stream();
+        let mut read = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(backend)? {
+            read = read.saturating_add(chunk.len() as u64);
+            file.write_all(&chunk).map_err(io)?;
+        }
+        if read != entry.size {
+            return Err(StoreError::Verify {
+                key: key.to_string(),
+                why: format!("listed as {} bytes, read {read}", entry.size),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -325,8 +344,11 @@ mod tests {
                 size: 20
             }]
         );
-        let back = dir.path().join("back/x.parquet");
-        remote.fetch(&listed[0], &back).unwrap();
-        assert_eq!(std::fs::read(back).unwrap(), std::fs::read(local).unwrap());
+        let back = dir.path().join("back");
+        remote.fetch_all(&listed, &back).unwrap();
+        assert_eq!(
+            std::fs::read(back.join("calls/date=2026-12-04/x.parquet")).unwrap(),
+            std::fs::read(local).unwrap()
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Datasets in object storage (`s3://BUCKET/PREFIX`, `gs://…`, `az://…`, `file:///…`): their
-//! `calls` and `clients` files are fetched (sizes checked) into a private temporary dataset
+//! `calls` and `clients` files are fetched (eight at a time, streamed to disk, sizes checked) into a private temporary dataset
 //! folder, removed when the command ends, and read from there like any local dataset — so a
 //! command gives the same answer on the store as on a copy of it.
 
@@ -20,16 +20,12 @@ pub fn fetch(url: &str) -> Result<tempfile::TempDir> {
         .prefix("p11trace-fetch-")
         .tempdir()
         .context("cannot create a temporary folder")?;
-    let mut files = 0usize;
-    for table in ["calls", "clients"] {
-        for entry in remote.list(table)? {
-            remote
-                .fetch(&entry, &dir.path().join(&entry.relative))
-                .with_context(|| format!("cannot fetch the dataset {url}"))?;
-            files += 1;
-        }
-    }
-    if files == 0 {
+    let mut entries = remote.list("calls")?;
+    entries.extend(remote.list("clients")?);
+    remote
+        .fetch_all(&entries, dir.path())
+        .with_context(|| format!("cannot fetch the dataset {url}"))?;
+    if entries.is_empty() {
         bail!("{url}: no Parquet files under calls/ or clients/ (is the prefix right?)");
     }
     Ok(dir)
