@@ -120,8 +120,30 @@ fn what_cannot_work_with_a_store_is_refused_by_name() -> Result<()> {
                 .contains("--spool-max-bytes applies to a dataset in object storage"),
         "{refused:?}"
     );
+    // doctor asks the store itself, and says what it answered.
+    let doctor = |url: &str| {
+        std::process::Command::new(recorder_bin())
+            .args(["doctor", "--dataset", url])
+            .envs(server.env())
+            .output()
+    };
+    let absent = String::from_utf8_lossy(&doctor("s3://no-such-bucket/x")?.stdout).into_owned();
+    ensure!(
+        absent
+            .lines()
+            .any(|l| l.starts_with("fail") && l.contains("dataset") && l.contains("NoSuchBucket")),
+        "{absent}"
+    );
     // A spool serves one URL: another dataset's recorder on it refuses to start.
     server.create_bucket(BUCKET, false)?;
+    let present =
+        String::from_utf8_lossy(&doctor(&format!("s3://{BUCKET}/ds"))?.stdout).into_owned();
+    ensure!(
+        present
+            .lines()
+            .any(|l| l.starts_with("pass") && l.contains("the store answers")),
+        "{present}"
+    );
     let host = Host::new("bound-1", &[]);
     let mut first = host.start(&server, &[])?;
     first.stop()?;

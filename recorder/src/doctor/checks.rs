@@ -308,11 +308,34 @@ pub fn recorder(args: &DoctorArgs, setup: &Setup, socket_check: Status) -> Check
     }
 }
 
+/// A dataset in object storage: the store opens with this environment and answers a listing.
+fn store(url: &str) -> Check {
+    let fix = "check the URL's bucket, AWS_* (or GOOGLE_*, AZURE_*) credentials, AWS_REGION and \
+               AWS_ENDPOINT_URL (with AWS_ALLOW_HTTP=true for http)"
+        .to_owned();
+    let listed = p11trace_store::Remote::open(url).and_then(|remote| remote.list("calls"));
+    match listed {
+        Ok(files) => Check::pass(
+            "dataset",
+            format!(
+                "the store answers for {url} ({} calls file(s) there); the recorder spools \
+                 locally and uploads",
+                files.len()
+            ),
+        ),
+        Err(error) => Check::fail("dataset", error.to_string(), fix),
+    }
+    .detail("path", url.to_owned())
+}
+
 pub fn dataset(args: &DoctorArgs) -> Check {
     let Some(dir) = &args.dataset else {
         return Check::skipped("dataset", "no --dataset DIR given".into());
     };
     let shown = dir.display().to_string();
+    if p11trace_store::is_url(&shown) {
+        return store(&shown);
+    }
     let fix = format!("give the recorder a folder you can write (or chmod u+w {shown})");
     if !dir.exists() {
         let parent = dir
