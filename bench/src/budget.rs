@@ -2,7 +2,8 @@
 //! instruction counts do not. `valgrind --tool=callgrind --separate-threads=yes` counts what the
 //! calling thread executes for N and for 2N `C_GetSessionInfo` calls, direct and through the shim
 //! (recorder listening); the difference of differences is what the shim adds to each call on the
-//! application's thread, with process start-up and shutdown cancelled out.
+//! application's thread, with process start-up and shutdown cancelled out. The same for a digest
+//! operation and for a `C_FindObjectsInit` with a 4-attribute template.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +30,15 @@ pub const INSTRUCTION_BUDGET: f64 = 450.0;
 /// or a hashed map per call does not fit.
 pub const OP_INSTRUCTION_BUDGET: f64 = 1600.0;
 
+/// Instructions the shim may add, on the calling thread, to one `C_FindObjectsInit` with a
+/// 4-attribute template (class, key type, token, label) followed by `C_FindObjectsFinal` (both
+/// tracked for `op_id`; release build). See BENCHMARKS.md for what the figure is made of.
+pub const TEMPLATE_INSTRUCTION_BUDGET: f64 = 2500.0;
+
+/// Set to a folder, the bench copies the main-thread callgrind files there (for
+/// `callgrind_annotate`): `<route>-<op>-<calls>.callgrind`.
+pub const KEEP_ENV: &str = "P11TRACE_BENCH_KEEP_CALLGRIND";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Budget {
     pub calls: u64,
@@ -41,6 +51,11 @@ pub struct Budget {
     pub shim_per_digest: f64,
     pub added_per_digest: f64,
     pub digest_budget: f64,
+    /// The same for one `C_FindObjectsInit` (4-attribute template) + `C_FindObjectsFinal`.
+    pub direct_per_find_template: f64,
+    pub shim_per_find_template: f64,
+    pub added_per_find_template: f64,
+    pub find_template_budget: f64,
     pub shim: PathBuf,
 }
 
@@ -79,6 +94,12 @@ fn main_thread_instructions(
         .map(|e| e.path())
         .find(|p| p.to_string_lossy().ends_with("-01"))
         .with_context(|| format!("callgrind wrote no main-thread file in {}", out.display()))?;
+    if let Some(keep) = std::env::var_os(KEEP_ENV) {
+        let name = out.file_name().context("callgrind folder name")?;
+        let kept = Path::new(&keep).join(format!("{}.callgrind", name.to_string_lossy()));
+        std::fs::create_dir_all(&keep)?;
+        std::fs::copy(&file, &kept).with_context(|| format!("cannot keep {}", kept.display()))?;
+    }
     let text = std::fs::read_to_string(&file)?;
     text.lines()
         .find_map(|line| {
@@ -94,7 +115,7 @@ pub fn measure(ctx: &Ctx) -> Result<Budget> {
     let rig = Rig::start(ctx, Token::new("bench")?)?;
     let env = rig.env();
     let mut per_call = Vec::new();
-    for op in [Op::SessionInfo, Op::Digest] {
+    for op in [Op::SessionInfo, Op::Digest, Op::FindTemplate] {
         for route in [Route::Direct, Route::Shim] {
             let mut at = Vec::new();
             for n in [calls, 2 * calls] {
@@ -114,8 +135,9 @@ pub fn measure(ctx: &Ctx) -> Result<Budget> {
         }
     }
     let (recorded, _) = rig.stop()?;
-    // 3n session-info calls and 3n digest operations (2 calls each) went through the shim.
-    let traced = 3 * calls + 6 * calls;
+    // 3n session-info calls, 3n digest operations and 3n template finds (2 calls each) went
+    // through the shim.
+    let traced = 3 * calls + 6 * calls + 6 * calls;
     if recorded.summary.get("records") < traced {
         bail!(
             "the recorder received {} records, fewer than the {traced} traced calls: the shim path was not measured",
@@ -132,6 +154,10 @@ pub fn measure(ctx: &Ctx) -> Result<Budget> {
         shim_per_digest: per_call[3],
         added_per_digest: per_call[3] - per_call[2],
         digest_budget: OP_INSTRUCTION_BUDGET,
+        direct_per_find_template: per_call[4],
+        shim_per_find_template: per_call[5],
+        added_per_find_template: per_call[5] - per_call[4],
+        find_template_budget: TEMPLATE_INSTRUCTION_BUDGET,
         shim: ctx.bins.shim.clone(),
     })
 }
@@ -158,6 +184,18 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
             ),
             format!("≤ {OP_INSTRUCTION_BUDGET:.0}"),
             budget.added_per_digest <= OP_INSTRUCTION_BUDGET,
+        ),
+        Line::target(
+            "6 instructions",
+            "C_FindObjectsInit (4 attributes) + C_FindObjectsFinal, calling thread (callgrind)",
+            format!(
+                "shim adds {:.0} instructions/operation (direct {:.0}, traced {:.0})",
+                budget.added_per_find_template,
+                budget.direct_per_find_template,
+                budget.shim_per_find_template
+            ),
+            format!("≤ {TEMPLATE_INSTRUCTION_BUDGET:.0}"),
+            budget.added_per_find_template <= TEMPLATE_INSTRUCTION_BUDGET,
         ),
     ];
     Ok((lines, serde_json::to_value(&budget)?))

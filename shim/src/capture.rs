@@ -9,12 +9,15 @@ use p11trace_ffi::*;
 use p11trace_record::attr::{Attr, AttrType, AttrValue, Template};
 use p11trace_record::names;
 use p11trace_record::params::{MechParams, takes_bare_iv};
-use p11trace_record::policy::{MAX_VALUE_LEN, ValuePolicy, value_from_bytes, value_policy};
-use p11trace_record::wire::CallRecord;
+use p11trace_record::policy::{MAX_VALUE_LEN, ValuePolicy, value_policy};
+
+use crate::queued::{self, Extra, Pending, Pool, Rec};
 
 /// A call being recorded: the record plus facts roles need to share.
 pub struct Call {
-    pub rec: CallRecord,
+    pub rec: Rec,
+    /// Where [`Call::extra`] takes its box from.
+    pub pool: &'static Pool,
     /// An output buffer pointer was null: the call only asked for a size.
     pub size_query: bool,
     /// `C_Initialize` flags (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`, ...).
@@ -25,6 +28,23 @@ pub struct Call {
     /// `C_GetAttributeValue`: the caller's value buffers as they were before the call, so the
     /// values read after it never go past what the caller allocated, whatever the module wrote.
     pub caller_buffers: Vec<CallerBuffer>,
+}
+
+impl Call {
+    /// The record's variable-size parts (templates, info fields, handles, parameters), taken
+    /// from the pool on first use.
+    pub fn extra(&mut self) -> &mut Extra {
+        self.rec
+            .extra
+            .get_or_insert_with(|| queued::take(self.pool))
+    }
+
+    /// Appends finished attributes (info fields, labels) to `attrs`.
+    pub fn push_attrs(&mut self, attrs: impl IntoIterator<Item = Attr>) {
+        self.extra()
+            .attrs()
+            .extend(attrs.into_iter().map(Pending::Attr));
+    }
 }
 
 /// One attribute's output buffer as the caller passed it: `pValue` and `ulValueLen`.
@@ -67,24 +87,28 @@ pub unsafe fn caller_buffers(template: CK_ATTRIBUTE_PTR, count: CK_ULONG) -> Vec
         .collect()
 }
 
-/// Reads one attribute value through the allowlist.
+/// Reads one attribute value through the allowlist: `Err` with the value when nothing may or can
+/// be read, else the allowlisted bytes (turned into a value by `value_from_bytes` on the sender).
 ///
 /// # Safety
 /// `value` must be null or point to `len` readable bytes.
-unsafe fn read_value(attribute: u64, value: *const u8, len: CK_ULONG) -> AttrValue {
+unsafe fn read_value<'a>(
+    attribute: u64,
+    value: *const u8,
+    len: CK_ULONG,
+) -> Result<&'a [u8], AttrValue> {
     if matches!(value_policy(attribute), ValuePolicy::Redact) {
-        return AttrValue::Redacted;
+        return Err(AttrValue::Redacted);
     }
     if value.is_null()
         || len == 0
         || len == CK_UNAVAILABLE_INFORMATION
         || len as usize > MAX_VALUE_LEN
     {
-        return AttrValue::None;
+        return Err(AttrValue::None);
     }
     // SAFETY: non-null, and the caller guarantees `len` readable bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(value, len as usize) };
-    value_from_bytes(attribute, bytes)
+    Ok(unsafe { std::slice::from_raw_parts(value, len as usize) })
 }
 
 /// Where an attribute's value is read from, and how many bytes at most.
@@ -112,7 +136,7 @@ fn value_source(
     (buffer.value, written.min(buffer.len))
 }
 
-/// Captures a template. Before the call (`rv == None`, `caller == None`) values are inputs; after
+/// Captures a template into `call`'s `attrs`. Before the call (`rv == None`, `caller == None`) values are inputs; after
 /// it (`C_GetAttributeValue`) they are outputs, read only where the call filled them and only
 /// within the caller's buffers (`caller`, see [`caller_buffers`]).
 ///
@@ -120,14 +144,17 @@ fn value_source(
 /// `template` must be null or point to `count` attributes, as the PKCS#11 call requires; each
 /// `caller` buffer must hold its `len` bytes.
 pub unsafe fn template(
+    call: &mut Call,
     which: Template,
     template: CK_ATTRIBUTE_PTR,
     count: CK_ULONG,
     rv: Option<CK_RV>,
     caller: Option<&[CallerBuffer]>,
-) -> Vec<Attr> {
+) {
+    let extra = call.extra();
+    extra.attrs();
     if template.is_null() {
-        return Vec::new();
+        return;
     }
     let filled = match rv {
         None => true,
@@ -139,30 +166,29 @@ pub unsafe fn template(
     let count = usize::try_from(count).map_or(MAX_TEMPLATE_ATTRS, |c| c.min(MAX_TEMPLATE_ATTRS));
     // SAFETY: the caller passed `count` attributes.
     let attributes = unsafe { std::slice::from_raw_parts(template, count) };
-    attributes
-        .iter()
-        .enumerate()
-        .map(|(index, attribute)| {
-            let kind = attribute.type_ as u64;
-            let (source, len) = value_source(attribute, index, caller);
-            let value = if filled {
-                // SAFETY: an input's pValue holds ulValueLen bytes; an output is read from the
-                // caller's buffer, at most the caller's size of it.
-                unsafe { read_value(kind, source, len) }
-            } else {
-                match value_policy(kind) {
-                    ValuePolicy::Redact => AttrValue::Redacted,
-                    _ => AttrValue::None,
-                }
-            };
-            Attr {
+    for (index, attribute) in attributes.iter().enumerate() {
+        let kind = attribute.type_ as u64;
+        let (source, len) = value_source(attribute, index, caller);
+        let read = if filled {
+            // SAFETY: an input's pValue holds ulValueLen bytes; an output is read from the
+            // caller's buffer, at most the caller's size of it.
+            unsafe { read_value(kind, source, len) }
+        } else {
+            Err(match value_policy(kind) {
+                ValuePolicy::Redact => AttrValue::Redacted,
+                _ => AttrValue::None,
+            })
+        };
+        match read {
+            Ok(bytes) => extra.push_raw(which, kind, recorded_len(len), bytes),
+            Err(value) => extra.attrs().push(Pending::Attr(Attr {
                 template: which,
                 kind: AttrType::Attribute(kind),
                 len: recorded_len(len),
                 value,
-            }
-        })
-        .collect()
+            })),
+        }
+    }
 }
 
 pub use p11trace_record::attr::info_field as field;

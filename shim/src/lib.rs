@@ -46,6 +46,7 @@ mod diag;
 mod entry;
 mod identity;
 mod ops;
+mod queued;
 mod real;
 mod redact;
 mod roles;

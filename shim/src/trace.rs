@@ -9,12 +9,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use p11trace_ffi::*;
 use p11trace_record::Func;
-use p11trace_record::wire::{CallRecord, InterfaceVersion};
+use p11trace_record::wire::InterfaceVersion;
 
 use crate::capture::Call;
 use crate::client::{self, Client};
 use crate::clock::monotonic_ns;
 use crate::diag::{Problem, report};
+use crate::queued::{Col, Rec};
 use crate::real;
 
 thread_local! {
@@ -87,12 +88,8 @@ pub fn record_call(
         return CKR_GENERAL_ERROR;
     }
     let mut call = Call {
-        rec: CallRecord {
-            func: func.code(),
-            flags,
-            interface,
-            ..CallRecord::default()
-        },
+        rec: Rec::new(func.code(), flags, interface),
+        pool: client.pool(),
         size_query: false,
         init_flags: 0,
         params: None,
@@ -169,25 +166,30 @@ fn unrecorded(real_call: impl FnOnce() -> CK_RV) -> CK_RV {
 
 #[inline(always)]
 fn finish(client: &Client, func: Func, call: &mut Call, rv: CK_RV, start: i64, end: i64) {
+    if let Some(params) = call.params.take() {
+        // Rendered by the sender.
+        call.extra().set_params(params);
+    }
     let rec = &mut call.rec;
     rec.tid = thread_id(client.generation());
     rec.start_ns = start + client.clock_offset();
     rec.dur_ns = end - start;
     rec.rv = rv as u64;
-    if let Some(params) = &call.params {
-        rec.mech_params = params.render();
-    }
+    let session = rec.get(Col::Session);
     if let Some((kind, stage)) = func.spec().op {
-        rec.op_id = client
+        if let Some(op_id) = client
             .ops()
-            .track(rec.session, kind, stage, rv, call.size_query);
+            .track(session, kind, stage, rv, call.size_query)
+        {
+            rec.set(Col::OpId, op_id);
+        }
     } else if matches!(
         func,
         Func::C_CloseSession | Func::C_CloseAllSessions | Func::C_Finalize
     ) && rv == CKR_OK
     {
         client.ops().forget(if func == Func::C_CloseSession {
-            rec.session
+            session
         } else {
             None
         });
