@@ -146,8 +146,16 @@ impl Extra {
 /// Boxes of [`Extra`] ready for use: calling threads take, the sender gives back.
 pub type Pool = ArrayQueue<Box<Extra>>;
 
-/// Most boxes a pool keeps (the rest are freed by the sender).
-pub const POOL_CAPACITY: usize = 1024;
+/// Most boxes a pool keeps (the rest are freed by the sender): at most ~6.5 KiB each (the box,
+/// 32 attributes, 2 KiB of values, 256 handles; see `KEPT_*`), so a pool holds at most ~1.6 MiB;
+/// in steady state a few boxes, as many as records with extras are in flight.
+pub const POOL_CAPACITY: usize = 256;
+
+/// Largest capacities a box may keep to go back to the pool: a call with a huge template or many
+/// handles does not leave a large allocation behind for the life of the process.
+const KEPT_ATTRS: usize = 32;
+const KEPT_BYTES: usize = 2048;
+const KEPT_OBJECTS: usize = 256;
 
 /// A box from `pool`, or a new one when it is empty.
 pub fn take(pool: &Pool) -> Box<Extra> {
@@ -243,7 +251,13 @@ impl Rec {
         };
         if let Some(mut extra) = self.extra {
             extra.drain_into(&mut record);
-            let _ = pool.push(extra);
+            if extra.attrs.capacity() <= KEPT_ATTRS
+                && extra.bytes.capacity() <= KEPT_BYTES
+                && extra.out_objects.capacity() <= KEPT_OBJECTS
+            {
+                // A full pool frees the box.
+                let _ = pool.push(extra);
+            }
         }
         record
     }
@@ -289,6 +303,9 @@ mod tests {
         let reused = take(&pool);
         assert!(reused.attrs.is_empty() && !reused.has_attrs && reused.bytes.is_empty());
         assert!(reused.attrs.capacity() >= 3, "the box keeps its capacity");
+        // What a call copies into the queue (the wire record is ~280 bytes).
+        assert_eq!(size_of::<Rec>(), 136);
+        assert_eq!((size_of::<Pending>(), size_of::<Extra>()), (64, 392));
         let bare = Rec::new(1, 0, None).into_record(&pool);
         assert_eq!(
             (bare.interface, bare.attrs, bare.out_objects),
