@@ -22,9 +22,6 @@ pub struct Call {
     pub size_query: bool,
     /// `C_Initialize` flags (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`, ...).
     pub init_flags: CK_FLAGS,
-    /// Mechanism parameter fields, rendered into `mech_params` when the call is finished. An
-    /// `Option` so the calls without one (most) neither build nor compare a default.
-    pub params: Option<MechParams>,
     /// `C_GetAttributeValue`: the caller's value buffers as they were before the call, so the
     /// values read after it never go past what the caller allocated, whatever the module wrote.
     pub caller_buffers: Vec<CallerBuffer>,
@@ -210,14 +207,14 @@ unsafe fn parameter<T: Copy>(parameter: CK_VOID_PTR, len: CK_ULONG) -> Option<T>
     Some(unsafe { std::ptr::read_unaligned(parameter.cast::<T>()) })
 }
 
-/// The non-secret fields of a mechanism's parameter (`mech_params`).
+/// The non-secret fields of a mechanism's parameter (`mech_params`), written into `out` (a
+/// default value: in place in the record's box, not copied there).
 ///
 /// # Safety
 /// `mechanism.pParameter` must be null or point to `ulParameterLen` readable bytes.
-pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
+pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM, out: &mut MechParams) {
     let (p, len) = (mechanism.pParameter, mechanism.ulParameterLen);
     let code = mechanism.mechanism as u64;
-    let mut out = MechParams::default();
     match mechanism.mechanism {
         CKM_RSA_PKCS_OAEP => {
             // SAFETY: this function's contract, forwarded.
@@ -226,19 +223,22 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
                 out.mgf = Some(params.mgf as u64);
                 out.source = Some(params.source as u64);
                 out.source_len = Some(params.ulSourceDataLen as u64);
-                return out;
+                return;
             }
         }
-        _ if names::MECHANISM
-            .name(code)
-            .is_some_and(|name| name.ends_with("_PSS")) =>
+        // The name lookup (a search of the mechanism table) only for a parameter of the PSS
+        // structure's size: any other falls through to the same `param_len` as before.
+        _ if len as usize == size_of::<CK_RSA_PKCS_PSS_PARAMS>()
+            && names::MECHANISM
+                .name(code)
+                .is_some_and(|name| name.ends_with("_PSS")) =>
         {
             // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_RSA_PKCS_PSS_PARAMS>(p, len) } {
                 out.hash = Some(params.hashAlg as u64);
                 out.mgf = Some(params.mgf as u64);
                 out.salt_len = Some(params.sLen as u64);
-                return out;
+                return;
             }
         }
         CKM_AES_GCM => {
@@ -247,7 +247,7 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
                 out.iv_len = Some(params.ulIvLen as u64);
                 out.aad_len = Some(params.ulAADLen as u64);
                 out.tag_bits = Some(params.ulTagBits as u64);
-                return out;
+                return;
             }
         }
         CKM_AES_CCM => {
@@ -257,14 +257,14 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
                 out.nonce_len = Some(params.ulNonceLen as u64);
                 out.aad_len = Some(params.ulAADLen as u64);
                 out.mac_len = Some(params.ulMACLen as u64);
-                return out;
+                return;
             }
         }
         CKM_AES_CTR => {
             // SAFETY: this function's contract, forwarded.
             if let Some(params) = unsafe { parameter::<CK_AES_CTR_PARAMS>(p, len) } {
                 out.counter_bits = Some(params.ulCounterBits as u64);
-                return out;
+                return;
             }
         }
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => {
@@ -273,7 +273,7 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
                 out.kdf = Some(params.kdf as u64);
                 out.shared_data_len = Some(params.ulSharedDataLen as u64);
                 out.public_data_len = Some(params.ulPublicDataLen as u64);
-                return out;
+                return;
             }
         }
         CKM_PKCS5_PBKD2 => {
@@ -282,7 +282,7 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
             if let Some(params) = unsafe { parameter::<CK_PKCS5_PBKD2_PARAMS2>(p, len) } {
                 out.iterations = Some(params.iterations as u64);
                 out.prf = Some(params.prf as u64);
-                return out;
+                return;
             }
         }
         CKM_EDDSA => {
@@ -290,15 +290,14 @@ pub unsafe fn mechanism_params(mechanism: &CK_MECHANISM) -> MechParams {
             if let Some(params) = unsafe { parameter::<CK_EDDSA_PARAMS>(p, len) } {
                 out.prehash = Some(params.phFlag != 0);
                 out.context_len = Some(params.ulContextDataLen as u64);
-                return out;
+                return;
             }
         }
         _ if takes_bare_iv(code) => {
             out.iv_len = Some(len as u64);
-            return out;
+            return;
         }
         _ => {}
     }
     out.param_len = Some(len as u64);
-    out
 }

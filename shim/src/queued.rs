@@ -97,8 +97,14 @@ impl Extra {
         &mut self.out_objects
     }
 
-    pub fn set_params(&mut self, params: MechParams) {
-        self.params = Some(params);
+    /// Fresh mechanism parameters, to fill in place (rendered by the sender).
+    pub fn new_params(&mut self) -> &mut MechParams {
+        self.params.insert(MechParams::default())
+    }
+
+    /// The mechanism parameters so far (a default when none).
+    pub fn params(&mut self) -> &mut MechParams {
+        self.params.get_or_insert_default()
     }
 
     fn clear(&mut self) {

@@ -206,7 +206,7 @@ pub mod mechanism {
         let mechanism = unsafe { &*mechanism };
         call.rec.set(Col::Mechanism, mechanism.mechanism as u64);
         // SAFETY: pParameter holds ulParameterLen bytes.
-        call.params = Some(unsafe { capture::mechanism_params(mechanism) });
+        unsafe { capture::mechanism_params(mechanism, call.extra().new_params()) };
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_MECHANISM_PTR) {}
 }
@@ -215,7 +215,7 @@ pub mod mechanism {
 pub mod message_param {
     use super::*;
     pub unsafe fn before(call: &mut Call, len: CK_ULONG, _: CK_VOID_PTR) {
-        call.params.get_or_insert_default().param_len = Some(len as u64);
+        call.extra().params().param_len = Some(len as u64);
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_ULONG, _: CK_VOID_PTR) {}
 }
@@ -224,7 +224,7 @@ pub mod message_param {
 pub mod aad_len {
     use super::*;
     pub unsafe fn before(call: &mut Call, len: CK_ULONG) {
-        call.params.get_or_insert_default().aad_len = Some(len as u64);
+        call.extra().params().aad_len = Some(len as u64);
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_ULONG) {}
 }

@@ -92,7 +92,6 @@ pub fn record_call(
         pool: client.pool(),
         size_query: false,
         init_flags: 0,
-        params: None,
         caller_buffers: Vec::new(),
     };
     // A panic while capturing inputs loses those fields, not the call.
@@ -166,10 +165,6 @@ fn unrecorded(real_call: impl FnOnce() -> CK_RV) -> CK_RV {
 
 #[inline(always)]
 fn finish(client: &Client, func: Func, call: &mut Call, rv: CK_RV, start: i64, end: i64) {
-    if let Some(params) = call.params.take() {
-        // Rendered by the sender.
-        call.extra().set_params(params);
-    }
     let rec = &mut call.rec;
     rec.tid = thread_id(client.generation());
     rec.start_ns = start + client.clock_offset();
