@@ -46,8 +46,8 @@ scalar_role! {
     session: CK_SESSION_HANDLE => |call, v| call.rec.set(Col::Session, v as u64);
     slot: CK_SLOT_ID => |call, v| call.rec.set(Col::SlotId, v as u64);
     object: CK_OBJECT_HANDLE => |call, v| call.rec.set(Col::Object, v as u64);
-    object2: CK_OBJECT_HANDLE => |call, v| call.rec.set(Col::Object2, v as u64);
-    user: CK_USER_TYPE => |call, v| call.rec.set(Col::UserType, v as u64);
+    object2: CK_OBJECT_HANDLE => |call, v| call.extra().object2 = Some(v as u64);
+    user: CK_USER_TYPE => |call, v| call.extra().user_type = Some(v as u64);
     flags: CK_FLAGS => |call, v| call.rec.set(Col::CkFlags, v as u64);
     token_present: CK_BBOOL => |call, v| call.rec.set(Col::CkFlags, u64::from(v));
     mech_type: CK_MECHANISM_TYPE => |call, v| call.rec.set(Col::Mechanism, v as u64);

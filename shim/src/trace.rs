@@ -21,18 +21,18 @@ use crate::real;
 thread_local! {
     /// (fork generation, kernel thread id): gettid is a syscall, so it is asked once per thread
     /// and again only in a forked child.
-    static THREAD_ID: std::cell::Cell<(u64, i64)> = const { std::cell::Cell::new((u64::MAX, 0)) };
+    static THREAD_ID: std::cell::Cell<(u64, i32)> = const { std::cell::Cell::new((u64::MAX, 0)) };
 }
 
 #[inline(always)]
-fn thread_id(generation: u64) -> i64 {
+fn thread_id(generation: u64) -> i32 {
     THREAD_ID.with(|cell| {
         let (cached_generation, tid) = cell.get();
         if cached_generation == generation {
             return tid;
         }
         // SAFETY: gettid has no preconditions.
-        let tid = i64::from(unsafe { libc::gettid() });
+        let tid = unsafe { libc::gettid() };
         cell.set((generation, tid));
         tid
     })
