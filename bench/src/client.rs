@@ -35,11 +35,12 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::SessionInfo,
         Op::Random,
         Op::Digest,
         Op::Find,
+        Op::FindTemplate,
         Op::SignRsa,
         Op::SignEc,
     ];
