@@ -32,7 +32,7 @@ fn three_hosts_upload_into_one_bucket_through_a_kill_a_crash_and_an_outage() -> 
         Host::new("web-2", &[]),
         Host::new("db-1", &[]),
     ];
-    let mut recorders = vec![
+    let mut recorders = [
         hosts[0].start(&server, &[])?,
         hosts[1].start(&server, &[])?,
         // Crashes right after its second verified upload, before the spool forgets the file.
