@@ -159,16 +159,18 @@ impl Extra {
 /// Boxes of [`Extra`] ready for use: calling threads take, the sender gives back.
 pub type Pool = ArrayQueue<Box<Extra>>;
 
-/// Most boxes a pool keeps (the rest are freed by the sender): at most ~6.5 KiB each (the box,
-/// 32 attributes, 2 KiB of values, 256 handles; see `KEPT_*`), so a pool holds at most ~1.6 MiB;
-/// in steady state a few boxes, as many as records with extras are in flight.
-pub const POOL_CAPACITY: usize = 256;
+/// Most boxes a pool keeps (the rest are freed by the sender): at most ~3.5 KiB each (the box,
+/// 16 attributes, 1 KiB of values, 128 handles; see `KEPT_*`), so a pool holds at most ~3.5 MiB
+/// (~0.7 MiB of 4-attribute templates). The sender gives boxes back when it drains the queue
+/// (continuously while there is work, else after up to 50 ms idle): a burst of more calls with
+/// extras than this between two drains allocates for the rest, as before the pool.
+pub const POOL_CAPACITY: usize = 1024;
 
 /// Largest capacities a box may keep to go back to the pool: a call with a huge template or many
 /// handles does not leave a large allocation behind for the life of the process.
-const KEPT_ATTRS: usize = 32;
-const KEPT_BYTES: usize = 2048;
-const KEPT_OBJECTS: usize = 256;
+const KEPT_ATTRS: usize = 16;
+const KEPT_BYTES: usize = 1024;
+const KEPT_OBJECTS: usize = 128;
 
 /// A box from `pool`, or a new one when it is empty.
 pub fn take(pool: &Pool) -> Box<Extra> {
