@@ -25,6 +25,9 @@ pub enum Op {
     Digest,
     /// `C_FindObjectsInit(private keys)` + `C_FindObjects` + `C_FindObjectsFinal`.
     Find,
+    /// `C_FindObjectsInit` with a 4-attribute template (class, key type, token, label) +
+    /// `C_FindObjectsFinal`: the template-carrying call of the instruction budget.
+    FindTemplate,
     /// `C_SignInit(SHA256-RSA-PKCS)` + `C_Sign` of 64 bytes with an RSA-2048 key.
     SignRsa,
     /// `C_SignInit(ECDSA)` + `C_Sign` of a 32-byte hash with an EC P-256 key.
@@ -32,11 +35,12 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::SessionInfo,
         Op::Random,
         Op::Digest,
         Op::Find,
+        Op::FindTemplate,
         Op::SignRsa,
         Op::SignEc,
     ];
@@ -45,7 +49,7 @@ impl Op {
     pub fn calls(self) -> u32 {
         match self {
             Op::SessionInfo | Op::Random => 1,
-            Op::Digest | Op::SignRsa | Op::SignEc => 2,
+            Op::Digest | Op::SignRsa | Op::SignEc | Op::FindTemplate => 2,
             Op::Find => 3,
         }
     }
@@ -56,6 +60,7 @@ impl Op {
             Op::SessionInfo | Op::Random => 20_000,
             Op::Digest => 10_000,
             Op::Find => 4_000,
+            Op::FindTemplate => 10_000,
             Op::SignEc => 300,
             Op::SignRsa => 100,
         }
@@ -67,6 +72,7 @@ impl Op {
             Op::Random => "C_GenerateRandom(32)",
             Op::Digest => "C_DigestInit+C_Digest(64 B, SHA-256)",
             Op::Find => "C_FindObjectsInit/FindObjects/Final",
+            Op::FindTemplate => "C_FindObjectsInit(4 attributes)+C_FindObjectsFinal",
             Op::SignRsa => "C_SignInit+C_Sign (RSA-2048)",
             Op::SignEc => "C_SignInit+C_Sign (EC P-256)",
         }
@@ -216,6 +222,7 @@ impl Session {
             pValue: (&raw mut class).cast(),
             ulValueLen: size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
         }];
+        let mut template4 = FindTemplate4::new();
         let mut data = [0x5au8; 64];
         let mut out = [0u8; 512];
         let mut handles = [0 as CK_OBJECT_HANDLE; 8];
@@ -277,6 +284,21 @@ impl Session {
                     check(rv, "C_FindObjects")?;
                     p11!(module, C_FindObjectsFinal(session))
                 }
+                Op::FindTemplate => {
+                    let mut template = template4.attributes();
+                    check(
+                        p11!(
+                            module,
+                            C_FindObjectsInit(
+                                session,
+                                template.as_mut_ptr(),
+                                template.len() as CK_ULONG
+                            )
+                        ),
+                        "C_FindObjectsInit",
+                    )?;
+                    p11!(module, C_FindObjectsFinal(session))
+                }
                 Op::SignRsa | Op::SignEc => {
                     let (mechanism, key, len) = if op == Op::SignRsa {
                         (&mut sha256_rsa, keys.rsa, 64)
@@ -302,6 +324,51 @@ impl Session {
             check(rv, op.label())?;
         }
         Ok(started.elapsed().as_nanos())
+    }
+}
+
+/// The values of the 4-attribute template of [`Op::FindTemplate`]: the EC bench key's class, key
+/// type, token flag and label (three allowlisted scalars and one label, as `pkcs11-tool` sends).
+struct FindTemplate4 {
+    class: CK_OBJECT_CLASS,
+    key_type: CK_KEY_TYPE,
+    token: CK_BBOOL,
+    label: [u8; EC_LABEL.len()],
+}
+
+impl FindTemplate4 {
+    fn new() -> FindTemplate4 {
+        let mut label = [0u8; EC_LABEL.len()];
+        label.copy_from_slice(EC_LABEL.as_bytes());
+        FindTemplate4 {
+            class: CKO_PRIVATE_KEY as CK_OBJECT_CLASS,
+            key_type: CKK_EC as CK_KEY_TYPE,
+            token: CK_TRUE as CK_BBOOL,
+            label,
+        }
+    }
+
+    /// The template, pointing into `self`.
+    fn attributes(&mut self) -> [CK_ATTRIBUTE; 4] {
+        let attribute = |kind: CK_ATTRIBUTE_TYPE, value: *mut u8, len: usize| CK_ATTRIBUTE {
+            type_: kind,
+            pValue: value.cast(),
+            ulValueLen: len as CK_ULONG,
+        };
+        [
+            attribute(
+                CKA_CLASS,
+                (&raw mut self.class).cast(),
+                size_of::<CK_OBJECT_CLASS>(),
+            ),
+            attribute(
+                CKA_KEY_TYPE,
+                (&raw mut self.key_type).cast(),
+                size_of::<CK_KEY_TYPE>(),
+            ),
+            attribute(CKA_TOKEN, &raw mut self.token, 1),
+            attribute(CKA_LABEL, self.label.as_mut_ptr(), self.label.len()),
+        ]
     }
 }
 

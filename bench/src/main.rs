@@ -26,7 +26,8 @@ use p11trace_bench::{Bench, Ctx, client, setup};
     after_help = "Examples:\n  \
         p11trace-bench                                    # everything\n  \
         p11trace-bench --only upload --no-kryoptic        # object storage upload vs local dataset\n  \
-        p11trace-bench --quick --json /tmp/figures.json   # the smoke run"
+        p11trace-bench --quick --json /tmp/figures.json   # the smoke run\n  \
+        P11TRACE_BENCH_KEEP_CALLGRIND=/tmp/cg p11trace-bench --only budget   # keeps callgrind's files"
 )]
 struct Options {
     #[command(subcommand)]

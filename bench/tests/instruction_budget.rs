@@ -1,12 +1,15 @@
 //! The instruction budget (benchmark 6) as a test: callgrind counts, on the application's thread,
 //! the instructions the release-built shim adds to each `C_GetSessionInfo`, and to each digest
-//! operation (`C_DigestInit` + `C_Digest`: the `op_id` path, which must take no lock). Counts repeat exactly
+//! operation (`C_DigestInit` + `C_Digest`: the `op_id` path, which must take no lock), and to each
+//! `C_FindObjectsInit` with a 4-attribute template (+ `C_FindObjectsFinal`). Counts repeat exactly
 //! run to run, so unlike a timing this can fail a build. `just test` builds the release shim first.
 
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use p11trace_bench::budget::{INSTRUCTION_BUDGET, OP_INSTRUCTION_BUDGET};
+use p11trace_bench::budget::{
+    INSTRUCTION_BUDGET, OP_INSTRUCTION_BUDGET, TEMPLATE_INSTRUCTION_BUDGET,
+};
 
 #[test]
 fn the_release_shim_stays_within_its_instruction_budget() -> Result<()> {
@@ -63,6 +66,21 @@ fn the_release_shim_stays_within_its_instruction_budget() -> Result<()> {
         "the shim adds {added_per_digest:.0} instructions per digest operation on the calling \
          thread; the budget is {OP_INSTRUCTION_BUDGET:.0} (see BENCHMARKS.md): the op_id path \
          must take no lock and hash no map. Profile with `valgrind --tool=callgrind`."
+    );
+    let added_per_find = budget["added_per_find_template"]
+        .as_f64()
+        .context("added_per_find_template")?;
+    assert!(
+        added_per_find > 2.0 * 50.0,
+        "implausibly few added instructions per template find: {budget}"
+    );
+    assert!(
+        added_per_find <= TEMPLATE_INSTRUCTION_BUDGET,
+        "the shim adds {added_per_find:.0} instructions per C_FindObjectsInit (4 attributes) + \
+         C_FindObjectsFinal on the calling thread; the budget is \
+         {TEMPLATE_INSTRUCTION_BUDGET:.0} (see BENCHMARKS.md): template values must be copied \
+         through the allowlist without an allocation per attribute. Profile with \
+         `valgrind --tool=callgrind` (P11TRACE_BENCH_KEEP_CALLGRIND=DIR keeps its files)."
     );
     assert!(
         output.status.success(),

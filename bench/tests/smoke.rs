@@ -5,6 +5,7 @@
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use p11trace_bench::client::Op;
 use serde_json::Value;
 
 fn quick_run() -> Result<Value> {
@@ -61,7 +62,7 @@ fn quick_mode_runs_every_benchmark_against_the_real_binaries() -> Result<()> {
     let cells = figures["overhead"].as_array().context("overhead cells")?;
     assert_eq!(
         cells.len(),
-        6 * 4 * 2,
+        Op::ALL.len() * 4 * 2,
         "ops × routes × providers: {cells:#?}"
     );
     for cell in cells {

@@ -21,6 +21,7 @@ use crate::clock;
 use crate::config::{self, Config, Mode};
 use crate::identity::Identity;
 use crate::ops::Ops;
+use crate::queued::{self, Pool, Rec};
 use crate::sender::{self, CONNECTION_FDS, Flush, FlushRequest, Source};
 
 /// What the client needs from the layers above it, handed down instead of imported.
@@ -59,7 +60,9 @@ pub struct Client {
     identity: Identity,
     seq: AtomicU64,
     dropped: AtomicU64,
-    queue: ArrayQueue<CallRecord>,
+    queue: ArrayQueue<Rec>,
+    /// Boxes for the records' variable-size parts, given back by the sender.
+    pool: Pool,
     /// Audit mode: calls admitted but not yet queued.
     in_flight: AtomicUsize,
     /// Set by the sender: is a recorder connection up?
@@ -228,6 +231,7 @@ impl Client {
             seq: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             queue: ArrayQueue::new(config.queue_capacity),
+            pool: Pool::new(config.queue_capacity.clamp(1, queued::POOL_CAPACITY)),
             in_flight: AtomicUsize::new(0),
             connected: AtomicBool::new(false),
             unsent: AtomicUsize::new(0),
@@ -256,6 +260,11 @@ impl Client {
     #[inline(always)]
     pub fn clock_offset(&self) -> i64 {
         self.clock_offset.load(Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    pub fn pool(&'static self) -> &'static Pool {
+        &self.pool
     }
 
     pub fn ops(&self) -> &Ops {
@@ -306,7 +315,7 @@ impl Client {
 
     /// Queues a finished record; when the queue is full the record is dropped and counted.
     #[inline(always)]
-    pub fn submit(&'static self, record: CallRecord) {
+    pub fn submit(&'static self, record: Rec) {
         if self.queue.push(record).is_err() {
             self.count_dropped(1);
         }
@@ -409,7 +418,7 @@ impl Source for Client {
     }
 
     fn pop(&self) -> Option<CallRecord> {
-        self.queue.pop()
+        self.queue.pop().map(|rec| rec.into_record(&self.pool))
     }
 
     fn queue_len(&self) -> usize {

@@ -231,10 +231,7 @@ unsafe fn mirror(call: &mut Call, interface: &mut CK_INTERFACE) {
         interface.pFunctionList = table;
     } else {
         let text = String::from_utf8_lossy(name.to_bytes()).into_owned();
-        call.rec
-            .attrs
-            .get_or_insert_with(Vec::new)
-            .push(field(InfoField::UntracedInterface, AttrValue::Text(text)));
+        call.push_attrs([field(InfoField::UntracedInterface, AttrValue::Text(text))]);
     }
 }
 
@@ -385,10 +382,10 @@ pub unsafe fn get_interface(
                 if name == PKCS11_INTERFACE_NAME && !interface.pFunctionList.is_null() {
                     let (slot, table) = traced_twin(interface.pFunctionList);
                     let version = real::slot_version(slot);
-                    call.rec.attrs.get_or_insert_with(Vec::new).push(field(
+                    call.push_attrs([field(
                         InfoField::InterfaceVersion,
                         AttrValue::Version(version.major, version.minor),
-                    ));
+                    )]);
                     *ppInterface = traced_interface(slot, table, interface.flags);
                 } else {
                     let mut copy = interface;

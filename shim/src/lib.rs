@@ -17,7 +17,9 @@
 //! capture into the `Call` being recorded) → `client` (queue, fork generations) → `sender`
 //! (delivery) → `batch` (messages cut to one ipc fragment) and `connection` (the recorder socket). `real` (the real module and its tables) is
 //! used by `entry`, `tables` and `trace`, and itself uses only leaves. Leaves, used by whoever
-//! needs them: `config`, `diag`, `ops`, `redact`, `clock`, `identity`. The C definitions come
+//! needs them: `config`, `diag`, `ops`, `redact`, `clock`, `identity`, and `queued` (the compact
+//! record on the queue and its pooled box of variable-size parts, turned into the wire record
+//! when the sender takes it). The C definitions come
 //! from the `p11trace-ffi` crate.
 //!
 //! What a lower module needs from a higher one is handed down, never imported: `entry` gives
@@ -46,6 +48,7 @@ mod diag;
 mod entry;
 mod identity;
 mod ops;
+mod queued;
 mod real;
 mod redact;
 mod roles;

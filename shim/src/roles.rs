@@ -16,9 +16,10 @@ use p11trace_record::attr::InfoField;
 use p11trace_record::attr::{Attr, AttrValue, Template};
 
 use crate::capture::{self, Call, field, fixed_text, version};
+use crate::queued::Col;
 
 fn push_attrs(call: &mut Call, attrs: impl IntoIterator<Item = Attr>) {
-    call.rec.attrs.get_or_insert_with(Vec::new).extend(attrs);
+    call.push_attrs(attrs);
 }
 
 /// Output values are meaningful after success, and sizes also after `CKR_BUFFER_TOO_SMALL`.
@@ -42,19 +43,19 @@ macro_rules! scalar_role {
 }
 
 scalar_role! {
-    session: CK_SESSION_HANDLE => |call, v| call.rec.session = Some(v as u64);
-    slot: CK_SLOT_ID => |call, v| call.rec.slot_id = Some(v as u64);
-    object: CK_OBJECT_HANDLE => |call, v| call.rec.object = Some(v as u64);
-    object2: CK_OBJECT_HANDLE => |call, v| call.rec.object2 = Some(v as u64);
-    user: CK_USER_TYPE => |call, v| call.rec.user_type = Some(v as u64);
-    flags: CK_FLAGS => |call, v| call.rec.ck_flags = Some(v as u64);
-    token_present: CK_BBOOL => |call, v| call.rec.ck_flags = Some(u64::from(v));
-    mech_type: CK_MECHANISM_TYPE => |call, v| call.rec.mechanism = Some(v as u64);
-    in_len: CK_ULONG => |call, v| call.rec.in_len = Some(v as i64);
+    session: CK_SESSION_HANDLE => |call, v| call.rec.set(Col::Session, v as u64);
+    slot: CK_SLOT_ID => |call, v| call.rec.set(Col::SlotId, v as u64);
+    object: CK_OBJECT_HANDLE => |call, v| call.rec.set(Col::Object, v as u64);
+    object2: CK_OBJECT_HANDLE => |call, v| call.extra().object2 = Some(v as u64);
+    user: CK_USER_TYPE => |call, v| call.extra().user_type = Some(v as u64);
+    flags: CK_FLAGS => |call, v| call.rec.set(Col::CkFlags, v as u64);
+    token_present: CK_BBOOL => |call, v| call.rec.set(Col::CkFlags, u64::from(v));
+    mech_type: CK_MECHANISM_TYPE => |call, v| call.rec.set(Col::Mechanism, v as u64);
+    in_len: CK_ULONG => |call, v| call.rec.set_signed(Col::InLen, v as i64);
     // The caller-chosen size of an output (C_GenerateRandom), or the length of a signature handed
     // to a verify call: both are recorded as out_len.
-    out_size: CK_ULONG => |call, v| call.rec.out_len = Some(v as i64);
-    signature_len: CK_ULONG => |call, v| call.rec.out_len = Some(v as i64);
+    out_size: CK_ULONG => |call, v| call.rec.set_signed(Col::OutLen, v as i64);
+    signature_len: CK_ULONG => |call, v| call.rec.set_signed(Col::OutLen, v as i64);
 }
 
 /// An argument the record does not use.
@@ -77,7 +78,7 @@ pub mod init_args {
         if !args.is_null() {
             // SAFETY: a non-null pInitArgs points to CK_C_INITIALIZE_ARGS.
             let flags = unsafe { (*args.cast::<CK_C_INITIALIZE_ARGS>()).flags };
-            call.rec.ck_flags = Some(flags as u64);
+            call.rec.set(Col::CkFlags, flags as u64);
             call.init_flags = flags;
         }
     }
@@ -90,7 +91,7 @@ pub mod count_out {
     pub unsafe fn after(call: &mut Call, rv: CK_RV, count: CK_ULONG_PTR) {
         if wrote_size(rv) && !count.is_null() {
             // SAFETY: the module wrote the count.
-            call.rec.out_len = Some(unsafe { *count } as i64);
+            call.rec.set_signed(Col::OutLen, unsafe { *count } as i64);
         }
     }
 }
@@ -117,7 +118,7 @@ pub mod session_out {
     pub unsafe fn after(call: &mut Call, rv: CK_RV, session: CK_SESSION_HANDLE_PTR) {
         if rv == CKR_OK && !session.is_null() {
             // SAFETY: written by a successful C_OpenSession.
-            call.rec.session = Some(unsafe { *session } as u64);
+            call.rec.set(Col::Session, unsafe { *session } as u64);
         }
     }
 }
@@ -128,7 +129,7 @@ pub mod slot_out {
     pub unsafe fn after(call: &mut Call, rv: CK_RV, slot: CK_SLOT_ID_PTR) {
         if rv == CKR_OK && !slot.is_null() {
             // SAFETY: written by a successful C_WaitForSlotEvent.
-            call.rec.slot_id = Some(unsafe { *slot } as u64);
+            call.rec.set(Col::SlotId, unsafe { *slot } as u64);
         }
     }
 }
@@ -139,7 +140,7 @@ pub mod flags_out {
     pub unsafe fn after(call: &mut Call, rv: CK_RV, flags: CK_FLAGS_PTR) {
         if rv == CKR_OK && !flags.is_null() {
             // SAFETY: written by a successful call.
-            call.rec.ck_flags = Some(unsafe { *flags } as u64);
+            call.rec.set(Col::CkFlags, unsafe { *flags } as u64);
         }
     }
 }
@@ -147,16 +148,13 @@ pub mod flags_out {
 pub mod object_out {
     use super::*;
     pub unsafe fn before(call: &mut Call, _: CK_OBJECT_HANDLE_PTR) {
-        call.rec.out_objects.get_or_insert_with(Vec::new);
+        call.extra().out_objects();
     }
     pub unsafe fn after(call: &mut Call, rv: CK_RV, object: CK_OBJECT_HANDLE_PTR) {
         if rv == CKR_OK && !object.is_null() {
             // SAFETY: written by a successful object-creating call.
             let handle = unsafe { *object } as u64;
-            call.rec
-                .out_objects
-                .get_or_insert_with(Vec::new)
-                .push(handle);
+            call.extra().out_objects().push(handle);
         }
     }
 }
@@ -168,7 +166,7 @@ pub mod found_objects {
     /// Most handles recorded per `C_FindObjects` call; `out_len` keeps the count.
     const MAX_FOUND: usize = 4096;
     pub unsafe fn before(call: &mut Call, _: CK_ULONG_PTR, _: CK_OBJECT_HANDLE_PTR, _: CK_ULONG) {
-        call.rec.out_objects = Some(Vec::new());
+        call.extra().out_objects();
     }
     /// The count is clamped to `ulMaxObjectCount`, the caller's array: a module that reports
     /// more never makes the shim read past it (nor record handles it could not have written).
@@ -184,13 +182,16 @@ pub mod found_objects {
         }
         // SAFETY: a successful C_FindObjects wrote the count.
         let found = unsafe { *count }.min(max);
-        call.rec.out_len = Some(i64::try_from(found).unwrap_or(i64::MAX));
+        call.rec
+            .set_signed(Col::OutLen, i64::try_from(found).unwrap_or(i64::MAX));
         if !objects.is_null() {
             let readable = usize::try_from(found).map_or(MAX_FOUND, |n| n.min(MAX_FOUND));
             // SAFETY: phObject holds ulMaxObjectCount handles, and `readable` is no more; a
             // successful call wrote the first `found` of them.
             let handles = unsafe { std::slice::from_raw_parts(objects, readable) };
-            call.rec.out_objects = Some(handles.iter().map(|&h| h as u64).collect());
+            call.extra()
+                .out_objects()
+                .extend(handles.iter().map(|&h| h as u64));
         }
     }
 }
@@ -203,9 +204,9 @@ pub mod mechanism {
         }
         // SAFETY: a non-null pMechanism points to a CK_MECHANISM.
         let mechanism = unsafe { &*mechanism };
-        call.rec.mechanism = Some(mechanism.mechanism as u64);
+        call.rec.set(Col::Mechanism, mechanism.mechanism as u64);
         // SAFETY: pParameter holds ulParameterLen bytes.
-        call.params = Some(unsafe { capture::mechanism_params(mechanism) });
+        unsafe { capture::mechanism_params(mechanism, call.extra().new_params()) };
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_MECHANISM_PTR) {}
 }
@@ -214,7 +215,7 @@ pub mod mechanism {
 pub mod message_param {
     use super::*;
     pub unsafe fn before(call: &mut Call, len: CK_ULONG, _: CK_VOID_PTR) {
-        call.params.get_or_insert_default().param_len = Some(len as u64);
+        call.extra().params().param_len = Some(len as u64);
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_ULONG, _: CK_VOID_PTR) {}
 }
@@ -223,7 +224,7 @@ pub mod message_param {
 pub mod aad_len {
     use super::*;
     pub unsafe fn before(call: &mut Call, len: CK_ULONG) {
-        call.params.get_or_insert_default().aad_len = Some(len as u64);
+        call.extra().params().aad_len = Some(len as u64);
     }
     pub unsafe fn after(_: &mut Call, _: CK_RV, _: CK_ULONG) {}
 }
@@ -235,8 +236,7 @@ macro_rules! template_role {
             pub unsafe fn before(call: &mut Call, count: CK_ULONG, template: CK_ATTRIBUTE_PTR) {
                 if template_role!(@is_before $when) {
                     // SAFETY: pTemplate holds ulCount attributes.
-                    let attrs = unsafe { capture::template($template, template, count, None, None) };
-                    push_attrs(call, attrs);
+                    unsafe { capture::template(call, $template, template, count, None, None) };
                 } else {
                     // SAFETY: as above; the buffers the module may fill, as the caller sized them.
                     call.caller_buffers = unsafe { capture::caller_buffers(template, count) };
@@ -247,10 +247,9 @@ macro_rules! template_role {
                     let caller = std::mem::take(&mut call.caller_buffers);
                     // SAFETY: the module filled the template as far as rv says; values are read
                     // only within the caller's buffers, taken before the call.
-                    let attrs = unsafe {
-                        capture::template($template, template, count, Some(rv), Some(&caller))
+                    unsafe {
+                        capture::template(call, $template, template, count, Some(rv), Some(&caller))
                     };
-                    push_attrs(call, attrs);
                 }
             }
         }
@@ -366,7 +365,7 @@ pub mod session_info_out {
     pub unsafe fn after(call: &mut Call, rv: CK_RV, info: CK_SESSION_INFO_PTR) {
         if rv == CKR_OK && !info.is_null() {
             // SAFETY: a successful call filled the structure.
-            call.rec.slot_id = Some(unsafe { (*info).slotID } as u64);
+            call.rec.set(Col::SlotId, unsafe { (*info).slotID } as u64);
         }
     }
 }

@@ -9,29 +9,30 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use p11trace_ffi::*;
 use p11trace_record::Func;
-use p11trace_record::wire::{CallRecord, InterfaceVersion};
+use p11trace_record::wire::InterfaceVersion;
 
 use crate::capture::Call;
 use crate::client::{self, Client};
 use crate::clock::monotonic_ns;
 use crate::diag::{Problem, report};
+use crate::queued::{Col, Rec};
 use crate::real;
 
 thread_local! {
     /// (fork generation, kernel thread id): gettid is a syscall, so it is asked once per thread
     /// and again only in a forked child.
-    static THREAD_ID: std::cell::Cell<(u64, i64)> = const { std::cell::Cell::new((u64::MAX, 0)) };
+    static THREAD_ID: std::cell::Cell<(u64, i32)> = const { std::cell::Cell::new((u64::MAX, 0)) };
 }
 
 #[inline(always)]
-fn thread_id(generation: u64) -> i64 {
+fn thread_id(generation: u64) -> i32 {
     THREAD_ID.with(|cell| {
         let (cached_generation, tid) = cell.get();
         if cached_generation == generation {
             return tid;
         }
         // SAFETY: gettid has no preconditions.
-        let tid = i64::from(unsafe { libc::gettid() });
+        let tid = unsafe { libc::gettid() };
         cell.set((generation, tid));
         tid
     })
@@ -87,15 +88,10 @@ pub fn record_call(
         return CKR_GENERAL_ERROR;
     }
     let mut call = Call {
-        rec: CallRecord {
-            func: func.code(),
-            flags,
-            interface,
-            ..CallRecord::default()
-        },
+        rec: Rec::new(func.code(), flags, interface),
+        pool: client.pool(),
         size_query: false,
         init_flags: 0,
-        params: None,
         caller_buffers: Vec::new(),
     };
     // A panic while capturing inputs loses those fields, not the call.
@@ -174,20 +170,21 @@ fn finish(client: &Client, func: Func, call: &mut Call, rv: CK_RV, start: i64, e
     rec.start_ns = start + client.clock_offset();
     rec.dur_ns = end - start;
     rec.rv = rv as u64;
-    if let Some(params) = &call.params {
-        rec.mech_params = params.render();
-    }
+    let session = rec.get(Col::Session);
     if let Some((kind, stage)) = func.spec().op {
-        rec.op_id = client
+        if let Some(op_id) = client
             .ops()
-            .track(rec.session, kind, stage, rv, call.size_query);
+            .track(session, kind, stage, rv, call.size_query)
+        {
+            rec.set(Col::OpId, op_id);
+        }
     } else if matches!(
         func,
         Func::C_CloseSession | Func::C_CloseAllSessions | Func::C_Finalize
     ) && rv == CKR_OK
     {
         client.ops().forget(if func == Func::C_CloseSession {
-            rec.session
+            session
         } else {
             None
         });
