@@ -82,10 +82,21 @@ fn kept_files(spool: &Layout) -> Vec<Kept> {
 
 /// The finished files in the spool, oldest first.
 fn scan(spool: &Layout) -> Vec<Spooled> {
+    scan_noting(spool, &mut |_| {})
+}
+
+/// [`scan`], telling `note` why a folder could not be read (a missing one is no news).
+fn scan_noting(spool: &Layout, note: &mut dyn FnMut(String)) -> Vec<Spooled> {
     let mut files = Vec::new();
     for table in ["calls", "clients"] {
-        let Ok(paths) = p11trace_dataset::layout::parquet_files(&spool.table(table)) else {
-            continue;
+        let paths = match p11trace_dataset::layout::parquet_files(&spool.table(table)) {
+            Ok(paths) => paths,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    note(e.to_string());
+                }
+                continue;
+            }
         };
         for path in paths {
             let (Ok(meta), Ok(relative)) =
@@ -174,10 +185,18 @@ impl Uploader {
         // Failed attempts per file: a file that keeps failing (refused, unreadable) goes after
         // the others, so it holds up nobody.
         let mut attempts: HashMap<String, u32> = HashMap::new();
+        let mut unreadable: Option<String> = None;
         loop {
             self.forget_released(&mut kept);
             let stopping = self.deadline(&deadline).is_some();
-            let mut files = scan(&self.spool);
+            let mut files = scan_noting(&self.spool, &mut |why| {
+                // Said once per distinct reason: the files there wait, and the summary would
+                // otherwise count them as not there.
+                if unreadable.as_deref() != Some(why.as_str()) {
+                    eprintln!("p11trace-recorder: cannot look for files to upload: {why}");
+                    unreadable = Some(why);
+                }
+            });
             files.sort_by_key(|f| attempts.get(&f.relative).copied().unwrap_or(0));
             self.publish(&files);
             if files.is_empty() {

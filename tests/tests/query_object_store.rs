@@ -120,6 +120,22 @@ fn what_cannot_work_with_a_store_is_refused_by_name() -> Result<()> {
                 .contains("--spool-max-bytes applies to a dataset in object storage"),
         "{refused:?}"
     );
+    // No credential variable: the recorder says where object_store will look instead (the
+    // metadata service), before anything is uploaded.
+    let spool = dir.path().join("spool");
+    let mut bare = Launch::at(
+        temp(),
+        "s3://fleet/bare".into(),
+        dir.path().join("s/r.sock"),
+    )
+    .args(&["--spool", spool.to_str().context("path")?])
+    .start()?;
+    let noted = bare
+        .stderr_lines
+        .iter()
+        .any(|l| l.contains("no AWS credentials in the environment"));
+    ensure!(noted, "{:?}", bare.stderr_lines);
+    bare.kill()?;
     // doctor asks the store itself, and says what it answered.
     let doctor = |url: &str| {
         std::process::Command::new(recorder_bin())

@@ -69,7 +69,7 @@ Latencies print in the unit that fits each value (ns, µs, ms, s); JSON keeps mi
 CKR_BUFFER_TOO_SMALL retried, attribute and mechanism probes count as `expected`, not failed.
 JSON keys: schemas/analysis.md. A dataset in object storage (s3://, gs://, az://, file://; every
 command takes one) is fetched into a private temporary folder first; credentials and endpoint
-from AWS_* / GOOGLE_* / AZURE_* as the AWS tools read them (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).";
+from AWS_* / GOOGLE_* / AZURE_* variables (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP; not ~/.aws files).";
 
 const IMPORT_EXAMPLES: &str = "\
 Examples:
