@@ -133,23 +133,19 @@ pub fn locate(
     let mut clients_files = Vec::new();
     let mut scratch = Vec::new();
     for input in inputs {
-        if remote::is_remote(input) {
-            let url = input.to_string_lossy();
-            let dir = remote::fetch(&url)?;
-            let calls = dir.path().join("calls");
-            if calls.is_dir() {
-                calls_files.extend(parquet_files(&calls)?);
-            }
-            let clients = dir.path().join("clients");
-            if clients.is_dir() {
-                clients_files.extend(parquet_files(&clients)?);
-            }
+        // A dataset in object storage is read as the dataset folder it is fetched into.
+        let fetched;
+        let (input, format) = if remote::is_remote(input) {
+            let dir = remote::fetch(&input.to_string_lossy())?;
+            fetched = dir.path().to_owned();
             scratch.push(dir);
-            continue;
-        }
-        let format = match format {
-            Some(format) => format,
-            None => detect(input)?,
+            (fetched.as_path(), InputFormat::Parquet)
+        } else {
+            let format = match format {
+                Some(format) => format,
+                None => detect(input)?,
+            };
+            (input.as_path(), format)
         };
         match format.log_format() {
             Some(log) => {
@@ -176,7 +172,7 @@ pub fn locate(
                 if !input.exists() {
                     bail!("{}: no such file or folder", input.display());
                 }
-                calls_files.push(input.clone());
+                calls_files.push(input.to_owned());
             }
         }
     }

@@ -13,7 +13,8 @@ pub fn is_remote(input: &Path) -> bool {
     input.to_str().is_some_and(p11trace_store::is_url)
 }
 
-/// Fetches the dataset at `url` into a new temporary folder (0700; files 0600).
+/// Fetches the dataset at `url` into a new temporary folder (0700; files 0600) laid out as a
+/// dataset folder (`calls/` and `clients/` both there), so it is read as one.
 pub fn fetch(url: &str) -> Result<tempfile::TempDir> {
     let remote = Remote::open(url)?;
     let dir = tempfile::Builder::new()
@@ -22,11 +23,16 @@ pub fn fetch(url: &str) -> Result<tempfile::TempDir> {
         .context("cannot create a temporary folder")?;
     let mut entries = remote.list("calls")?;
     entries.extend(remote.list("clients")?);
-    remote
-        .fetch_all(&entries, dir.path())
-        .with_context(|| format!("cannot fetch the dataset {url}"))?;
     if entries.is_empty() {
         bail!("{url}: no Parquet files under calls/ or clients/ (is the prefix right?)");
     }
+    for table in ["calls", "clients"] {
+        let folder = dir.path().join(table);
+        p11trace_dataset::layout::private_dir(&folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    remote
+        .fetch_all(&entries, dir.path())
+        .with_context(|| format!("cannot fetch the dataset {url}"))?;
     Ok(dir)
 }
