@@ -9,7 +9,7 @@
 //! their rows are still in the log.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -57,10 +57,19 @@ pub fn wal_last(path: &Path) -> Result<Option<Lsn>> {
     Ok(open_written(path)?.1)
 }
 
+/// The log's segments, oldest first.
+fn segments(dataset: &Layout) -> Result<Vec<(u32, PathBuf)>> {
+    wal::segments(&dataset.wal()).context("cannot list the write-ahead log")
+}
+
+/// The first log position `segments` hold (`None`: no segment).
+fn floor_of(segments: &[(u32, PathBuf)]) -> Option<Lsn> {
+    segments.first().map(|(first, _)| wal::lsn(*first, 0))
+}
+
 /// The first log position the log still holds (`None`: no segment left).
 pub fn log_floor(dataset: &Layout) -> Result<Option<Lsn>> {
-    let segments = wal::segments(&dataset.wal()).context("cannot list the write-ahead log")?;
-    Ok(segments.first().map(|(first, _)| wal::lsn(*first, 0)))
+    Ok(floor_of(&segments(dataset)?))
 }
 
 /// The keys (`first` column, second column) of rows in files whose log range ends at or after
@@ -118,9 +127,9 @@ pub fn recover(
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    let segments = wal::segments(&dataset.wal()).context("cannot list the write-ahead log")?;
+    let segments = segments(dataset)?;
     let mut recovered = Recovered::default();
-    let Some(from) = log_floor(dataset)? else {
+    let Some(from) = floor_of(&segments) else {
         return Ok((ledger, recovered));
     };
     let written = Written {
