@@ -170,27 +170,8 @@ pub fn run(options: Options) -> Result<Summary> {
         Some(url) => Some(p11trace_store::Remote::open(url)?),
         None => None,
     };
-    if let Some(url) = url
-        .as_deref()
-        .filter(|u| u.starts_with("s3://") || u.starts_with("s3a://"))
-    {
-        // What object_store takes credentials from besides the metadata service (it reads no
-        // ~/.aws files and no AWS_PROFILE).
-        let named = [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        ]
-        .iter()
-        .any(|key| std::env::var_os(key).is_some_and(|v| !v.is_empty()));
-        if !named {
-            eprintln!(
-                "p11trace-recorder: note: no AWS credentials in the environment for {url}; the \
-                 instance's metadata service will be asked (set AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY otherwise; ~/.aws files and AWS_PROFILE are not read)"
-            );
-        }
+    if let Some(url) = &url {
+        spool::note_missing_credentials(url);
     }
     let root = match &url {
         Some(url) => spool::spool_for(url, options.spool.as_deref())?,

@@ -64,6 +64,30 @@ pub fn spool_for(url: &str, given: Option<&Path>) -> Result<PathBuf> {
         .join(format!("{readable}-{tag}")))
 }
 
+/// Says at start when an `s3://` dataset has no credential variable: object_store then asks the
+/// instance metadata service (it reads no `~/.aws` files and no `AWS_PROFILE`).
+pub fn note_missing_credentials(url: &str) {
+    if !(url.starts_with("s3://") || url.starts_with("s3a://")) {
+        return;
+    }
+    // What object_store takes credentials from besides the metadata service.
+    let named = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|key| std::env::var_os(key).is_some_and(|v| !v.is_empty()));
+    if !named {
+        eprintln!(
+            "p11trace-recorder: note: no AWS credentials in the environment for {url}; the \
+             instance's metadata service will be asked (set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY otherwise; ~/.aws files and AWS_PROFILE are not read)"
+        );
+    }
+}
+
 /// Ties a spool to its dataset URL (`SPOOL/.remote`, written on first use): a spool holds
 /// files of one dataset, and its leftovers must never go to another.
 pub fn bind(spool: &Path, url: &str) -> Result<()> {
