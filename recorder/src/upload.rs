@@ -9,10 +9,11 @@
 //! (hidden: never uploaded again, never read as data) and stays there while the write-ahead log
 //! still holds a segment its rows came from: a crash's recovery replays those segments, and
 //! reads the keys of the rows already written from these files (`recovery::written_keys`), so
-//! it writes none of them twice. Once the log has let go of them, they are deleted. While the store cannot be reached,
-//! uploads are retried with exponential backoff and jitter, and files accumulate in the spool;
-//! the writer refuses to store more than `--spool-max-bytes` there (its files then wait in
-//! memory, then in the write-ahead log, whose cap makes the shims drop and count).
+//! it writes none of them twice. Once the log has let go of them, they are deleted.
+//!
+//! While the store cannot be reached, uploads are retried with exponential backoff and jitter,
+//! and files accumulate in the spool; the writer stores no more than `--spool-max-bytes` there
+//! (its files then wait in memory, then the writer itself waits, and the shims drop and count).
 //!
 //! The spool is rescanned at every round, so files a previous run left, files the replay of the
 //! log wrote, and files the writer stores now are found alike.

@@ -62,7 +62,7 @@ pub struct Writer {
     /// The recorder's host (`--host`), in every file name: many hosts write into one prefix.
     pub host: String,
     /// For a dataset in object storage, the cap of the spool's finished files: past it a file
-    /// is not stored (it waits in memory, then in the log) until uploads make room.
+    /// is not stored (it waits in memory, then the writer waits) until uploads make room.
     pub spool_max_bytes: Option<u64>,
     /// The recorder is stopping: the spool's cap no longer applies (everything received goes
     /// into the spool, for the uploader or the next start).
