@@ -15,6 +15,15 @@ use p11trace_record::wire::CallRecord;
 /// point as a number (milliseconds for 3 digits, microseconds for 6).
 pub(crate) type PrintedTime = (i64, u32, u32, u32, u32, u32, u32);
 
+/// One line's text: borrowed when it is UTF-8 (`from_utf8` checks ASCII a word at a time, where
+/// `from_utf8_lossy` walks it chunk by chunk), with U+FFFD for bad bytes otherwise.
+pub(crate) fn line_text(line: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(line) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(line),
+    }
+}
+
 /// `YYYY-MM-DD HH:MM:SS.` and `fraction` digits at the start of `text` (pkcs11-spy prints 3,
 /// pkcs11-logger and libpkcs11shim 6): each field as printed, checked only to be digits.
 pub(crate) fn printed_time(text: &str, fraction: usize) -> Option<PrintedTime> {

@@ -24,10 +24,7 @@ pub(super) const MAX_ARGUMENTS_BYTES: usize = 64 << 10;
 
 /// `N: C_Function(…` — the number, the name and what follows the opening parenthesis.
 pub(super) fn inline_header(line: &str) -> Option<(i64, &str, &str)> {
-    let (number, rest) = line.split_once(": ")?;
-    if number.is_empty() || number.len() > 12 || !number.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
+    let (number, rest) = super::lex::numbered(line)?;
     let (name, arguments) = rest.split_once('(')?;
     if !name.starts_with("C_") || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return None;
