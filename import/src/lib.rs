@@ -3,7 +3,8 @@
 //! Turns other tracers' logs — pkcs11-spy (every OpenSC form and the integration guide's),
 //! p11-kit `log-calls`, pkcs11-logger, libpkcs11shim — and observe-core JSON lines into schema v1
 //! datasets (one `.parquet` file, or a dataset folder partitioned by date), streamed in constant
-//! memory.
+//! memory: the calling thread parses while a writer thread (`pipeline`) builds the rows and
+//! encodes Parquet.
 //! Lenient by default (an unreadable record is reported with file:line and counted); `strict`
 //! turns the first problem into a failure that leaves no output behind.
 //!
@@ -23,20 +24,22 @@ pub mod logger;
 pub mod observe;
 mod output;
 pub mod p11kit;
+mod pipeline;
 pub mod pkcs11shim;
 pub mod spy;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use p11trace_record::wire::CallRecord;
 
 pub use clock::Clock;
 pub use format::{LogFormat, sniff};
-use output::{FLUSH_ROWS, Output, append};
+use output::Output;
+use pipeline::Writer;
 
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
@@ -62,7 +65,7 @@ pub struct SourceClient {
 
 /// One imported call, before it becomes a row.
 pub struct ImportedCall {
-    pub client: Rc<SourceClient>,
+    pub client: Arc<SourceClient>,
     pub func: String,
     pub tid: Option<i64>,
     pub seq: i64,
@@ -70,7 +73,7 @@ pub struct ImportedCall {
     pub start_local: bool,
     pub returned: bool,
     pub rv: Option<u64>,
-    pub provider: Option<Rc<str>>,
+    pub provider: Option<Arc<str>>,
     pub record: CallRecord,
 }
 
@@ -233,7 +236,8 @@ pub fn import_files(
         .run_id
         .clone()
         .unwrap_or_else(|| format!("import-{}", uuid::Uuid::now_v7()));
-    let mut output = Output::create(out, &run_id)?;
+    // Parsing here, rows and Parquet on the writer's thread (pipeline): each stage has a core.
+    let mut writer = Writer::spawn(Output::create(out, &run_id)?, run_id)?;
     let mut summary = ImportSummary::default();
     let mut clock = Clock::new(options.tz.as_deref())?;
     for &(ref input, format) in inputs {
@@ -249,23 +253,13 @@ pub fn import_files(
             ..Problems::default()
         };
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let source = format.source();
-        let mut failure: Option<anyhow::Error> = None;
+        writer.set_source(format.source());
+        let mut writing = true;
         let calls_before = summary.calls;
         let mut emit = |call: ImportedCall| {
-            if failure.is_some() {
-                return;
-            }
-            summary.calls += 1;
-            let result = output.builder(call.start_us).and_then(|(builder, sink)| {
-                append(builder, &run_id, source, &call);
-                if builder.len() >= FLUSH_ROWS {
-                    sink.write(&builder.finish())?;
-                }
-                Ok(())
-            });
-            if let Err(error) = result {
-                failure = Some(error);
+            if writing {
+                summary.calls += 1;
+                writing = writer.push(call);
             }
         };
         let (lines, read_bytes) = {
@@ -282,8 +276,12 @@ pub fn import_files(
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        if let Some(error) = failure {
-            return Err(error);
+        if !writing {
+            // The writer stopped: its error says why.
+            return Err(match writer.finish() {
+                Err(error) => error,
+                Ok(_) => anyhow::anyhow!("the import's writer stopped early"),
+            });
         }
         summary.bytes += read_bytes;
         summary.problems += problems.count;
@@ -303,6 +301,6 @@ pub fn import_files(
             );
         }
     }
-    output.finish()?;
+    writer.finish()?.finish()?;
     Ok(summary)
 }

@@ -3,7 +3,7 @@
 //! Timestamps are RFC 3339 with an offset, so they are stored as given (`start_local = false`).
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use p11trace_record::attr::{Attr, AttrType, AttrValue, Template};
 use p11trace_record::names;
@@ -33,7 +33,7 @@ struct Event {
 pub struct ObserveParser<'a> {
     file: &'a str,
     problems: &'a mut Problems,
-    clients: HashMap<Option<i64>, Rc<SourceClient>>,
+    clients: HashMap<Option<i64>, Arc<SourceClient>>,
     seqs: HashMap<Option<i64>, i64>,
     op_ids: HashMap<String, u64>,
 }
@@ -79,7 +79,7 @@ impl LineParser for ObserveParser<'_> {
     }
 
     fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
-        let text = String::from_utf8_lossy(line);
+        let text = crate::common::line_text(line);
         let text = text.trim();
         if text.is_empty() {
             return;
@@ -122,7 +122,7 @@ impl LineParser for ObserveParser<'_> {
                     Some(pid) => format!("observe:{file}:{pid}"),
                     None => format!("observe:{file}"),
                 };
-                Rc::new(SourceClient {
+                Arc::new(SourceClient {
                     client_id,
                     module: None,
                     pid: event.pid,

@@ -30,7 +30,7 @@ mod args;
 mod lex;
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use p11trace_record::Func;
 use p11trace_record::attr::Template;
@@ -80,7 +80,7 @@ struct Call {
     line: u64,
     func: String,
     spec: Option<&'static FunctionSpec>,
-    client: Rc<SourceClient>,
+    client: Arc<SourceClient>,
     seq: i64,
     tid: Option<i64>,
     /// UTC µs of the `Entered`, `Calling` and `Received response` stamps.
@@ -104,8 +104,8 @@ struct Call {
 struct Process {
     load: u32,
     module: Option<String>,
-    provider: Option<Rc<str>>,
-    client: Option<Rc<SourceClient>>,
+    provider: Option<Arc<str>>,
+    client: Option<Arc<SourceClient>>,
     seq: i64,
 }
 
@@ -335,7 +335,7 @@ impl<'a> LoggerParser<'a> {
     }
 
     /// The client of process `pid` (created at its first call) and the next call number.
-    fn client(&mut self, pid: Option<i64>) -> (Rc<SourceClient>, i64) {
+    fn client(&mut self, pid: Option<i64>) -> (Arc<SourceClient>, i64) {
         let process = self.processes.entry(pid).or_default();
         let client = process.client.get_or_insert_with(|| {
             self.clients += 1;
@@ -346,7 +346,7 @@ impl<'a> LoggerParser<'a> {
             if process.load > 0 {
                 client_id.push_str(&format!("#{}", process.load));
             }
-            Rc::new(SourceClient {
+            Arc::new(SourceClient {
                 client_id,
                 module: process.module.clone(),
                 pid,
@@ -383,7 +383,7 @@ impl<'a> LoggerParser<'a> {
         }
         let process = self.processes.entry(call.client.pid).or_default();
         if call.func == "C_GetInfo" && rv == Some(0) {
-            process.provider = info_provider(&call.info).map(Rc::from);
+            process.provider = info_provider(&call.info).map(Arc::from);
         }
         emit(ImportedCall {
             provider: process.provider.clone(),
@@ -402,7 +402,7 @@ impl<'a> LoggerParser<'a> {
 
 impl LineParser for LoggerParser<'_> {
     fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
-        self.feed(number, &String::from_utf8_lossy(line), &mut &mut *emit);
+        self.feed(number, &crate::common::line_text(line), &mut &mut *emit);
     }
 
     fn finish(&mut self, emit: &mut dyn FnMut(ImportedCall)) {

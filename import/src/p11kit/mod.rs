@@ -38,7 +38,7 @@ mod params;
 mod values;
 
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use p11trace_record::Func;
 use p11trace_record::functions::{FunctionSpec, Role};
@@ -109,14 +109,14 @@ struct Call {
 pub struct P11KitParser<'a> {
     file: &'a str,
     problems: &'a mut Problems,
-    client: Rc<SourceClient>,
+    client: Arc<SourceClient>,
     open: VecDeque<Call>,
     /// The argument being read (its block may go on).
     arg: Option<Arg>,
     /// Output arguments read, waiting for their `C_X = …` line.
     outs: Vec<Arg>,
     next_seq: i64,
-    provider: Option<Rc<str>>,
+    provider: Option<Arc<str>>,
     emitted: u64,
     unreturned: u64,
     ambiguous: u64,
@@ -127,7 +127,7 @@ impl<'a> P11KitParser<'a> {
         P11KitParser {
             file,
             problems,
-            client: Rc::new(SourceClient {
+            client: Arc::new(SourceClient {
                 client_id: format!("p11-kit:{file}"),
                 module: None,
                 pid: None,
@@ -314,7 +314,7 @@ impl<'a> P11KitParser<'a> {
                 .extend(fields);
         }
         if call.func == "C_GetInfo" && rv == Some(0) {
-            self.provider = info_provider(&call.info).map(Rc::from);
+            self.provider = info_provider(&call.info).map(Arc::from);
         }
         self.emitted += 1;
         emit(ImportedCall {
@@ -334,7 +334,7 @@ impl<'a> P11KitParser<'a> {
 
 impl LineParser for P11KitParser<'_> {
     fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
-        let text = String::from_utf8_lossy(line);
+        let text = crate::common::line_text(line);
         self.feed(number, text.trim_end_matches('\r'), emit);
     }
 

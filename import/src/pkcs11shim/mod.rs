@@ -34,7 +34,7 @@ mod body;
 mod lex;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::spy::Open;
 use crate::{Clock, ImportedCall, LineParser, ParseTotals, Problems, SourceClient};
@@ -91,7 +91,7 @@ struct Rec {
     expect: Option<Tag>,
     /// The last line that went to it.
     touched: u64,
-    client: Option<Rc<SourceClient>>,
+    client: Option<Arc<SourceClient>>,
     pid: Option<i64>,
     tid: Option<i64>,
     tic: Option<Local>,
@@ -111,7 +111,7 @@ impl Rec {
 #[derive(Default)]
 struct ClientState {
     seq: i64,
-    provider: Option<Rc<str>>,
+    provider: Option<Arc<str>>,
 }
 
 pub struct ShimLogParser<'a> {
@@ -133,7 +133,7 @@ pub struct ShimLogParser<'a> {
     segments: u32,
     module: Option<String>,
     banner_pid: Option<i64>,
-    clients: HashMap<Option<i64>, Rc<SourceClient>>,
+    clients: HashMap<Option<i64>, Arc<SourceClient>>,
     processes: u64,
     states: HashMap<String, ClientState>,
     ambiguous: u64,
@@ -325,7 +325,7 @@ impl<'a> ShimLogParser<'a> {
 
     /// The client of process `pid`: one per process (a pid announced again by a new process's
     /// banner is another client).
-    fn client(&mut self, pid: Option<i64>) -> Rc<SourceClient> {
+    fn client(&mut self, pid: Option<i64>) -> Arc<SourceClient> {
         let (file, segment, module) = (self.file, self.segments, self.module.clone());
         let processes = &mut self.processes;
         self.clients
@@ -336,7 +336,7 @@ impl<'a> ShimLogParser<'a> {
                     Some(pid) => format!("libpkcs11shim:{file}#{segment}:{pid}"),
                     None => format!("libpkcs11shim:{file}#{segment}"),
                 };
-                Rc::new(SourceClient {
+                Arc::new(SourceClient {
                     client_id,
                     module,
                     pid,
@@ -385,7 +385,7 @@ impl<'a> ShimLogParser<'a> {
         }
         let state = self.states.entry(client.client_id.clone()).or_default();
         if rec.open.func == "C_GetInfo" && rv == Some(0) {
-            state.provider = crate::common::info_provider(&rec.open.info).map(Rc::from);
+            state.provider = crate::common::info_provider(&rec.open.info).map(Arc::from);
         }
         let seq = state.seq;
         state.seq += 1;
@@ -407,7 +407,7 @@ impl<'a> ShimLogParser<'a> {
 
 impl LineParser for ShimLogParser<'_> {
     fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
-        self.feed(number, &String::from_utf8_lossy(line), emit);
+        self.feed(number, &crate::common::line_text(line), emit);
     }
 
     fn finish(&mut self, emit: &mut dyn FnMut(ImportedCall)) {

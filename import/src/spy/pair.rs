@@ -15,7 +15,7 @@
 //!   in the log finds its record.
 
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use p11trace_record::params::MechParams;
 
@@ -32,9 +32,10 @@ use crate::{Clock, ImportedCall, LineParser, ParseTotals, Problems, SourceClient
 struct Segment {
     index: u32,
     module: Option<String>,
-    provider: Option<Rc<str>>,
-    /// Clients by pid (`None` when the log prints no pids).
-    clients: HashMap<Option<i64>, Rc<SourceClient>>,
+    provider: Option<Arc<str>>,
+    /// Clients by pid (`None` when the log prints no pids), each with its next `seq` (a client
+    /// belongs to one segment: its id names the segment).
+    clients: HashMap<Option<i64>, (Arc<SourceClient>, i64)>,
     /// Whether this segment has printed a stamp line (0.23+); then only stamped records take
     /// argument lines and `Returned:`.
     stamps: bool,
@@ -54,7 +55,6 @@ pub struct SpyParser<'a> {
     /// Guide form: a header whose argument list is still open (the record, the text so far,
     /// the bracket depth).
     arguments: Option<(Open, String, i64)>,
-    seqs: HashMap<String, i64>,
     pub ambiguous: u64,
     pub ambiguous_stamps: u64,
     pub unreturned: u64,
@@ -72,7 +72,6 @@ impl<'a> SpyParser<'a> {
             segments: 0,
             open: VecDeque::new(),
             arguments: None,
-            seqs: HashMap::new(),
             ambiguous: 0,
             ambiguous_stamps: 0,
             unreturned: 0,
@@ -370,26 +369,27 @@ impl<'a> SpyParser<'a> {
         }
     }
 
-    fn client(&mut self, pid: Option<i64>) -> Rc<SourceClient> {
+    /// The client of `pid` in this segment and the `seq` of its next call (counted here).
+    fn client(&mut self, pid: Option<i64>) -> (Arc<SourceClient>, i64) {
         let segment = &mut self.segment;
         let file = self.file;
         let processes = &mut self.processes;
-        segment
-            .clients
-            .entry(pid)
-            .or_insert_with(|| {
-                *processes += 1;
-                let client_id = match pid {
-                    Some(pid) => format!("spy:{file}#{}:{pid}", segment.index),
-                    None => format!("spy:{file}#{}", segment.index),
-                };
-                Rc::new(SourceClient {
-                    client_id,
-                    module: segment.module.clone(),
-                    pid,
-                })
-            })
-            .clone()
+        let (client, next) = segment.clients.entry(pid).or_insert_with(|| {
+            *processes += 1;
+            let client_id = match pid {
+                Some(pid) => format!("spy:{file}#{}:{pid}", segment.index),
+                None => format!("spy:{file}#{}", segment.index),
+            };
+            let client = Arc::new(SourceClient {
+                client_id,
+                module: segment.module.clone(),
+                pid,
+            });
+            (client, 0)
+        });
+        let seq = *next;
+        *next += 1;
+        (client.clone(), seq)
     }
 
     fn emit(&mut self, mut open: Open, rv: Option<u64>, emit: &mut impl FnMut(ImportedCall)) {
@@ -399,10 +399,7 @@ impl<'a> SpyParser<'a> {
             self.unstamped += 1;
         }
         let pid = open.stamp.as_ref().and_then(|s| s.pid);
-        let client = self.client(pid);
-        let seq = self.seqs.entry(client.client_id.clone()).or_insert(0);
-        let this_seq = *seq;
-        *seq += 1;
+        let (client, this_seq) = self.client(pid);
         let start_us = match &open.stamp {
             Some(stamp) => match self.clock.to_utc_micros(stamp.local) {
                 Some(micros) => Some(micros),
@@ -439,7 +436,7 @@ impl<'a> SpyParser<'a> {
                 .extend(fields);
         }
         if open.func == "C_GetInfo" && rv == Some(0) {
-            self.segment.provider = info_provider(&open.info).map(Rc::from);
+            self.segment.provider = info_provider(&open.info).map(Arc::from);
         }
         let provider = self.segment.provider.clone();
         emit(ImportedCall {
@@ -459,7 +456,7 @@ impl<'a> SpyParser<'a> {
 
 impl LineParser for SpyParser<'_> {
     fn line(&mut self, number: u64, line: &[u8], emit: &mut dyn FnMut(ImportedCall)) {
-        self.feed(number, &String::from_utf8_lossy(line), &mut &mut *emit);
+        self.feed(number, &crate::common::line_text(line), &mut &mut *emit);
     }
 
     fn finish(&mut self, emit: &mut dyn FnMut(ImportedCall)) {
