@@ -77,10 +77,11 @@ pub fn run(ctx: &Ctx) -> Result<(Vec<Line>, serde_json::Value)> {
             "7 import",
             format!("{name}, {mb:.0} MB"),
             format!(
-                "{:.0} MB/s ({:.0}–{:.0}) · peak RSS {} · {:.1}% of wc -l's {:.0} MB/s",
+                "{:.0} MB/s ({:.0}–{:.0}; {:.0} MB per CPU-s) · peak RSS {} · {:.1}% of wc -l's {:.0} MB/s",
                 rate(&import),
                 mb / import.seconds.max,
                 mb / import.seconds.min,
+                mb / import.cpu_seconds.median,
                 bytes(import.max_rss as f64),
                 100.0 * rate(&import) / rate(&wc),
                 rate(&wc)
