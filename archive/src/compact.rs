@@ -9,8 +9,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, SchemaRef, TimestampMicrosecondType};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::SchemaRef;
 use p11trace_dataset::{calls_schema, clients_schema, writer_properties};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -115,8 +117,11 @@ fn read_file(source: &SourceFile, kind: PeriodKind) -> Result<FileRows> {
             rows.entry(period_of(row)).or_default().push(row as u32);
         }
         for (period, indices) in rows {
-            let indices = arrow::array::UInt32Array::from(indices);
-            out.push((period, arrow::compute::take_record_batch(&batch, &indices)?));
+            let indices = arrow_array::UInt32Array::from(indices);
+            out.push((
+                period,
+                arrow_select::take::take_record_batch(&batch, &indices)?,
+            ));
         }
     }
     Ok((out, bytes))

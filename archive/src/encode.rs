@@ -10,9 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use arrow::array::{Array, RecordBatch};
-use arrow::compute::interleave;
-use arrow::datatypes::SchemaRef;
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::SchemaRef;
+use arrow_select::interleave::interleave;
 use parquet::arrow::ArrowSchemaConverter;
 use parquet::arrow::add_encoded_arrow_schema_to_metadata;
 use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow_array::RecordBatch;
 use crossbeam_channel::{Receiver, Sender};
 use p11trace_dataset::sink::{MemorySink, store_with};
 use p11trace_dataset::{calls_schema, clients_schema, writer_properties};

@@ -5,6 +5,7 @@
 
 pub mod align;
 pub mod analysis_json;
+mod columns;
 pub mod diff;
 pub mod drift;
 pub mod mechanisms;

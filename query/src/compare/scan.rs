@@ -11,15 +11,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result, anyhow};
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, TimeUnit};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int32Type;
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::columns::{bools, dictionary, ints};
 use super::mechanisms;
 use super::rows::{Chunk, FAILED, KEEP, NONE, NULL, Names, RETURNED, Rows, count};
 use crate::cli::By;
@@ -106,55 +108,6 @@ impl<'s> Mapper<'s> {
         }
         Ok(())
     }
-}
-
-/// A string column as `Dictionary(Int32, Utf8)` (the reader gives that for Parquet strings; a
-/// column of another string type is cast).
-fn dictionary(column: &ArrayRef) -> Result<ArrayRef> {
-    let want = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-    if column.data_type() == &want {
-        Ok(column.clone())
-    } else {
-        cast(column, &want).map_err(|e| anyhow!("a string column: {e}"))
-    }
-}
-
-/// An integer column's values (`NULL` for null or a missing column).
-fn ints(column: Option<&ArrayRef>, rows: usize, out: &mut Vec<i64>) -> Result<()> {
-    out.clear();
-    let Some(column) = column else {
-        out.resize(rows, NULL);
-        return Ok(());
-    };
-    let column = match column.data_type() {
-        DataType::Int64 => column.clone(),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => cast(column, &DataType::Int64)?,
-        DataType::Timestamp(_, zone) => {
-            let micros = DataType::Timestamp(TimeUnit::Microsecond, zone.clone());
-            cast(&cast(column, &micros)?, &DataType::Int64)?
-        }
-        _ => cast(column, &DataType::Int64)?,
-    };
-    let values = column.as_primitive::<Int64Type>();
-    out.extend_from_slice(values.values());
-    if let Some(nulls) = values.nulls() {
-        for row in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(r, _)| r) {
-            out[row] = NULL;
-        }
-    }
-    Ok(())
-}
-
-/// A boolean column (`None` for a missing column: every row `default`).
-fn bools(column: Option<&ArrayRef>, rows: usize, default: bool) -> Result<Vec<bool>> {
-    let Some(column) = column else {
-        return Ok(vec![default; rows]);
-    };
-    let column = cast(column, &DataType::Boolean)?;
-    let values = column.as_boolean();
-    Ok((0..rows)
-        .map(|row| values.is_valid(row) && values.value(row))
-        .collect())
 }
 
 /// What a side's read keeps and how it decides.

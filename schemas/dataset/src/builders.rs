@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanBuilder, Int64Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder,
+use arrow_array::builder::{
+    BooleanBuilder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
     TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field};
 use p11trace_record::attr::AttrType;
 use p11trace_record::names;
 use p11trace_record::policy::render_value;

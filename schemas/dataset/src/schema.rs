@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 /// Version of the dataset schema (`p11trace.schema_version` in every Parquet file).
 pub const SCHEMA_VERSION: u32 = 1;
