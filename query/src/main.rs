@@ -12,24 +12,7 @@ use p11trace_query::{commands, trail};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc.h (v3's sixteenth option; libmimalloc-sys names the
-/// options around it, not this one). The test below reads its default (1000) through it.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// mimalloc hands freed memory back to the kernel a second after it is freed; the next allocation
-/// then faults fresh pages in, each zeroed again (on this VM 60 % of `analyze`'s samples were
-/// the kernel's page clearing, and 8× the page faults). A command lives seconds and frees to
-/// allocate again: it keeps what it freed. `MIMALLOC_PURGE_DELAY` still overrides.
-fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set stores one integer in mimalloc's option table; it takes any
-        // option number and value, at any time, from any thread.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return p11trace_cli::usage("p11trace-query", &error),
@@ -58,25 +41,5 @@ fn main() -> ExitCode {
             );
             ExitCode::from(error_status)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_purge_delay_option_is_the_one_set() {
-        // SAFETY: mi_option_get reads one integer from mimalloc's option table.
-        let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        // mimalloc v3's default (1000 ms, options.c; the test runs without MIMALLOC_PURGE_DELAY).
-        assert_eq!(
-            default, 1000,
-            "option {MI_OPTION_PURGE_DELAY} is not purge_delay"
-        );
-        keep_freed_memory();
-        // SAFETY: as above.
-        let set = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(set, -1);
     }
 }
