@@ -3,8 +3,8 @@
 #   docker build -t p11trace .
 #   docker run --rm p11trace p11trace-demo
 #   docker run --rm -it -v "$PWD/data:/data" p11trace p11trace-recorder --dataset /data
-# The build stage is a cold release build of the workspace's three artefacts (polars and LTO
-# dominate: about 35 minutes on 2 cores); the runtime stage is Debian slim plus the token, the
+# The build stage is a cold release build of the workspace's three artefacts (polars is most of
+# it: about 16 minutes on 2 cores, BENCHMARKS.md §9); the runtime stage is Debian slim plus the token, the
 # clients and the artefacts, nothing of the toolchain (README, "In a container").
 
 FROM rust:1-bookworm AS build
