@@ -8,19 +8,27 @@ use arrow_array::types::{
     Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
-use arrow_array::{Array, ArrayRef, ArrowPrimitiveType};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, DictionaryArray};
+use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, TimeUnit};
 
 use super::rows::NULL;
 
 /// A string column as `Dictionary(Int32, Utf8)`: the scan asks the reader for every string
 /// column as that type (`scan::hinted`), so any other type is a column that holds no strings.
-pub(super) fn dictionary(column: &ArrayRef) -> Result<ArrayRef> {
-    let want = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-    if column.data_type() == &want {
-        Ok(column.clone())
-    } else {
-        bail!("a {} column, not strings", column.data_type())
+pub(super) fn dictionary(column: &ArrayRef) -> Result<&DictionaryArray<Int32Type>> {
+    match column.as_dictionary_opt::<Int32Type>() {
+        Some(dictionary) if dictionary.values().data_type() == &DataType::Utf8 => Ok(dictionary),
+        _ => bail!("a {} column, not strings", column.data_type()),
+    }
+}
+
+/// `value` in every row of `out` that `nulls` marks null (`out` holds the batch's rows from 0).
+pub(super) fn mark_nulls<T: Copy>(nulls: Option<&NullBuffer>, out: &mut [T], value: T) {
+    if let Some(nulls) = nulls {
+        for row in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(r, _)| r) {
+            out[row] = value;
+        }
     }
 }
 
@@ -63,11 +71,7 @@ pub(super) fn ints(column: Option<&ArrayRef>, rows: usize, out: &mut Vec<i64>) -
 fn copy<T: ArrowPrimitiveType<Native = i64>>(column: &ArrayRef, out: &mut Vec<i64>) {
     let values = column.as_primitive::<T>();
     out.extend_from_slice(values.values());
-    if let Some(nulls) = values.nulls() {
-        for row in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(r, _)| r) {
-            out[row] = NULL;
-        }
-    }
+    mark_nulls(values.nulls(), out, NULL);
 }
 
 /// A column of another primitive type appended to `out`, each value through `to_i64`.

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result, anyhow};
 use arrow_array::cast::AsArray;
-use arrow_array::types::Int32Type;
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ProjectionMask;
@@ -21,7 +20,7 @@ use parquet::arrow::arrow_reader::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::columns::{bools, dictionary, ints};
+use super::columns::{bools, dictionary, ints, mark_nulls};
 use super::mechanisms;
 use super::rows::{Chunk, FAILED, KEEP, NONE, NULL, Names, RETURNED, Rows, count};
 use crate::cli::By;
@@ -70,7 +69,6 @@ impl<'s> Mapper<'s> {
             return Ok(());
         };
         let dictionary = dictionary(column)?;
-        let dictionary = dictionary.as_dictionary::<Int32Type>();
         let values = dictionary.values();
         if !self
             .last
@@ -101,11 +99,7 @@ impl<'s> Mapper<'s> {
                 .iter()
                 .map(|&k| map.get(k as usize).copied().unwrap_or(NONE)),
         );
-        if let Some(nulls) = keys.nulls() {
-            for row in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(r, _)| r) {
-                out[row] = NONE;
-            }
-        }
+        mark_nulls(keys.nulls(), out, NONE);
         Ok(())
     }
 }
