@@ -50,11 +50,6 @@ pub(crate) fn i64_at(frame: &DataFrame, column: &str, row: usize) -> Option<i64>
     frame.column(column).ok()?.get(row).ok()?.extract::<i64>()
 }
 
-/// A count cell: negative or missing is 0.
-pub(crate) fn u64_at(frame: &DataFrame, column: &str, row: usize) -> u64 {
-    i64_at(frame, column, row).map_or(0, |v| v.max(0) as u64)
-}
-
 pub(crate) fn f64_at(frame: &DataFrame, column: &str, row: usize) -> Option<f64> {
     frame.column(column).ok()?.get(row).ok()?.extract::<f64>()
 }

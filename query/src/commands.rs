@@ -78,12 +78,12 @@ fn write_events(calls: LazyFrame, pretty: bool, out: &mut impl Write) -> Result<
 pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let mut paths = args.inputs.clone();
     paths.extend(args.log_files.iter().cloned());
-    let loaded = input::load(
+    let located = input::locate(
         &paths,
         args.input.input_format,
         &args.input.import_options(),
     )?;
-    let calls = crate::filters::apply(loaded.calls, &args.filters)?;
+    let calls = crate::filters::apply(input::scan(&located.calls)?, &args.filters)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.format {
@@ -96,7 +96,8 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
                 slow_floor_ns: args.outliers.slow_floor,
             };
             let spinner = crate::progress::spinner("analysing", !args.input.quiet);
-            let report = analyze::analyze(calls, options);
+            let criteria = crate::filters::Criteria::parse(&args.filters)?;
+            let report = analyze::analyze(&located.calls, &criteria, calls, options);
             if let Some(spinner) = spinner {
                 spinner.finish_and_clear();
             }

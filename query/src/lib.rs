@@ -5,15 +5,16 @@
 //! analyses (`analyze`), compares (`compare`, `diff`), queries (`sql`), and converts (`import`).
 //!
 //! Layout: `cli` (arguments) → `commands` (one function per command) over `input` (format
-//! detection, loading), `filters`, `analyze` (the report and its renderings), `compare` (two
-//! sides weighed: `compare` and the `diff` gate) over `stats` (rank tests, bootstrap intervals,
-//! multiple-comparison correction), `html` (`report`: the analysis and the comparison as one
-//! self-contained HTML page, charts drawn as inline SVG by plotters); `progress` (spinners on a
-//! terminal only). Log parsing and
-//! Parquet output of imports live in `p11trace-import`, which this crate uses (never the other
-//! way).
+//! detection, loading), `filters`, `direct` (Parquet read straight into plain vectors with
+//! arrow-rs, for the commands that fold every call), `analyze` (the report and its renderings),
+//! `compare` (two sides weighed: `compare` and the `diff` gate) over `stats` (rank tests,
+//! bootstrap intervals, multiple-comparison correction), `html` (`report`: the analysis and the
+//! comparison as one self-contained HTML page, charts drawn as inline SVG by plotters);
+//! `progress` (spinners on a terminal only). Log parsing and Parquet output of imports live in
+//! `p11trace-import`, which this crate uses (never the other way).
 //!
-//! Owns polars; must never be linked into the shim or the recorder.
+//! Owns polars (`sql`, `audit`, `report`'s charts, the per-call listings) and the arrow-rs
+//! readers; must never be linked into the shim or the recorder.
 
 pub mod analyze;
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod cli;
 mod columns;
 pub mod commands;
 pub mod compare;
+pub mod direct;
 pub mod filters;
 pub mod html;
 pub mod input;

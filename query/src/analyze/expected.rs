@@ -13,6 +13,10 @@
 //!
 //! Everything else that is not `CKR_OK` is a failure — `CKR_BUFFER_TOO_SMALL` not followed by a
 //! successful retry too.
+//!
+//! The rules are [`is_probe`] and [`is_retry`], applied by the read that `analyze` folds
+//! (`scan`), which also names the size queries retried; [`mark`] carries that verdict into a
+//! polars frame for the HTML report's per-call charts.
 
 use polars::prelude::*;
 
@@ -25,14 +29,32 @@ pub const CKR_MECHANISM_INVALID: i64 = 0x70;
 /// `CKR_BUFFER_TOO_SMALL`.
 pub const CKR_BUFFER_TOO_SMALL: i64 = 0x150;
 
+/// A probe: an attribute or mechanism asked for that the object or token does not have.
+pub fn is_probe(func: Option<&str>, rv: i64) -> bool {
+    match func {
+        Some("C_GetAttributeValue") => {
+            rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE
+        }
+        Some("C_GetMechanismInfo") => rv == CKR_MECHANISM_INVALID,
+        _ => false,
+    }
+}
+
+/// A size query retried: `CKR_BUFFER_TOO_SMALL`, and the next call on its thread is the same
+/// function on the same session (both without one counts as the same) and returns `CKR_OK`.
+pub fn is_retry(rv: i64, func: u32, session: i64, next: (u32, i64, i64)) -> bool {
+    let (next_func, next_session, next_rv) = next;
+    rv == CKR_BUFFER_TOO_SMALL && next_func == func && next_session == session && next_rv == 0
+}
+
 /// The column that marks expected non-OK calls.
 pub const EXPECTED: &str = "expected";
 
-/// `calls` with a boolean `expected` column: true for a call whose non-OK return code is one of
-/// the idioms above. Needs `client_id`, `tid`, `seq`, `func`, `session`, `rv`, `returned`. Only
-/// the threads that had a `CKR_BUFFER_TOO_SMALL` are put in call order (the one rule that looks
-/// at the next call), so a dataset without one pays for no sort.
-pub fn mark(calls: DataFrame) -> PolarsResult<DataFrame> {
+/// `calls` with a boolean `expected` column, for the per-call charts of the HTML report: true
+/// for a returned call that is a probe, or one of the size queries `retried` (`(client_id, seq)`,
+/// found by `analyze`'s read with [`is_retry`]). Needs `client_id`, `seq`, `func`, `rv`,
+/// `returned`; the calls keep their order.
+pub fn mark(calls: DataFrame, retried: &[(String, i64)]) -> PolarsResult<DataFrame> {
     let attribute_probe = col("func").eq(lit("C_GetAttributeValue")).and(
         col("rv")
             .eq(lit(CKR_ATTRIBUTE_TYPE_INVALID))
@@ -42,12 +64,7 @@ pub fn mark(calls: DataFrame) -> PolarsResult<DataFrame> {
         .eq(lit("C_GetMechanismInfo"))
         .and(col("rv").eq(lit(CKR_MECHANISM_INVALID)));
     let probes = attribute_probe.or(mechanism_probe);
-    let too_small = calls
-        .column("rv")?
-        .as_materialized_series()
-        .equal(CKR_BUFFER_TOO_SMALL)?
-        .any();
-    if !too_small {
+    if retried.is_empty() {
         return calls
             .lazy()
             .with_column(
@@ -58,9 +75,12 @@ pub fn mark(calls: DataFrame) -> PolarsResult<DataFrame> {
             )
             .collect();
     }
-    let retried = retried_size_queries(&calls)?;
+    let retried = df! {
+        "client_id" => retried.iter().map(|(client, _)| client.as_str()).collect::<Vec<_>>(),
+        "seq" => retried.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(),
+        "retried" => vec![true; retried.len()],
+    }?;
     let mut matched = JoinArgs::new(JoinType::Left);
-    matched.nulls_equal = true;
     // The calls keep their order: what follows takes firsts per client and sorts stably.
     matched.maintain_order = MaintainOrderJoin::Left;
     calls
@@ -78,57 +98,6 @@ pub fn mark(calls: DataFrame) -> PolarsResult<DataFrame> {
                 .alias(EXPECTED),
         )
         .drop(by_name(["retried"], true, false))
-        .collect()
-}
-
-/// `(client_id, seq, retried = true)` of every `CKR_BUFFER_TOO_SMALL` whose next call on its
-/// thread is the same function on the same session, returning `CKR_OK`.
-fn retried_size_queries(calls: &DataFrame) -> PolarsResult<DataFrame> {
-    let thread = [col("client_id"), col("tid")];
-    let threads = calls
-        .clone()
-        .lazy()
-        .filter(col("rv").eq(lit(CKR_BUFFER_TOO_SMALL)))
-        .select(thread.clone())
-        .unique(None, UniqueKeepStrategy::Any);
-    let mut same_thread = JoinArgs::new(JoinType::Semi);
-    same_thread.nulls_equal = true;
-    let next = |name: &str| -> PolarsResult<Expr> {
-        Ok(col(name)
-            .shift(lit(-1))
-            .over(thread.clone())?
-            .alias(format!("next_{name}")))
-    };
-    let same_session = col("session")
-        .eq(col("next_session"))
-        .or(col("session").is_null().and(col("next_session").is_null()));
-    let retried = col("rv")
-        .eq(lit(CKR_BUFFER_TOO_SMALL))
-        .and(col("next_func").eq(col("func")))
-        .and(same_session)
-        .and(col("next_rv").eq(lit(0i64)))
-        .fill_null(lit(false));
-    calls
-        .clone()
-        .lazy()
-        .select([
-            col("client_id"),
-            col("tid"),
-            col("seq"),
-            col("func"),
-            col("session"),
-            col("rv"),
-        ])
-        .join(threads, thread.clone(), thread.clone(), same_thread)
-        .sort(
-            ["client_id", "tid", "seq"],
-            SortMultipleOptions::default().with_maintain_order(true),
-        )
-        .with_columns([next("func")?, next("session")?, next("rv")?])
-        .filter(retried)
-        .select([col("client_id"), col("seq"), lit(true).alias("retried")])
-        // One row per call, so the join back never multiplies a call (should `seq` repeat).
-        .unique(None, UniqueKeepStrategy::Any)
         .collect()
 }
 
@@ -158,7 +127,11 @@ mod tests {
     #[test]
     fn marking_keeps_every_call_in_its_place() {
         let n = 400_000;
-        let marked = mark(calls(n)).expect("marked");
+        let retried: Vec<(String, i64)> = (0..n)
+            .filter(|s| s % 7 == 0)
+            .map(|s| ("c".to_owned(), s))
+            .collect();
+        let marked = mark(calls(n), &retried).expect("marked");
         let seq: Vec<Option<i64>> = marked
             .column("seq")
             .unwrap()

@@ -1,11 +1,14 @@
 //! "Potential issues", each with the evidence that raised it.
 
-use crate::Explain;
-use anyhow::Result;
-use polars::prelude::*;
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use super::{LargestFirst, Sessions, column_sum, f64_at, failed, i64_at, str_at, u64_at, units};
+use super::rollup::Function;
+use super::tally::{Calls, Key};
+use super::{Sessions, units};
+use crate::direct::names::NULL;
 
 #[derive(Debug, Serialize)]
 pub struct Issue {
@@ -23,17 +26,17 @@ const STORM: u64 = 3;
 /// `CKR_PIN_INCORRECT` answers in one process that make a burst.
 const PIN_BURST: u64 = 3;
 /// A call is a slow outlier above max(p99, this × p50, the floor) of its function.
-const OUTLIER_FACTOR: f64 = 10.0;
+pub(super) const OUTLIER_FACTOR: f64 = 10.0;
 
 /// Every issue of `calls`; `slow_floor_ns`: no call faster than this is a slow outlier.
 pub fn find(
-    calls: LazyFrame,
-    per_function: &DataFrame,
+    calls: &Calls,
+    functions: &[Function],
     sessions: &Sessions,
     slow_floor_ns: f64,
-) -> Result<Vec<Issue>> {
+) -> Vec<Issue> {
     let mut issues = Vec::new();
-    failed_calls(&calls, &mut issues)?;
+    issues.extend(failed_calls(calls));
     if sessions.never_closed > 0 {
         issues.push(Issue {
             kind: "unclosed_sessions",
@@ -47,244 +50,241 @@ pub fn find(
                 .collect(),
         });
     }
-    finalize_missing(&calls, &mut issues)?;
-    buffer_too_small_storms(&calls, &mut issues)?;
-    slow_outliers(&calls, per_function, slow_floor_ns, &mut issues)?;
-    pin_bursts(&calls, &mut issues)?;
-    Ok(issues)
+    issues.extend(finalize_missing(calls));
+    issues.extend(buffer_too_small_storms(calls));
+    issues.extend(slow_outliers(calls, functions, slow_floor_ns));
+    issues.extend(pin_bursts(calls));
+    issues
 }
 
-fn failed_calls(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result<()> {
-    let by_rv = calls
-        .clone()
-        .filter(failed())
-        .group_by([col("rv_name"), col("func")])
-        .agg([len().alias("count")])
-        .largest_first("count", &["rv_name", "func"])
-        .collect()
-        .explain("cannot list failed calls")?;
-    if by_rv.height() == 0 {
-        return Ok(());
+/// Counts summed per group, the largest first (ties in the groups' order).
+fn largest_first<G: Ord>(counts: BTreeMap<G, u64>) -> Vec<(G, u64)> {
+    let mut counts: Vec<(G, u64)> = counts.into_iter().collect();
+    counts.sort_by_key(|(_, count)| Reverse(*count));
+    counts
+}
+
+/// A process's "pid 12 (name)", from its client's first call.
+fn process_of(calls: &Calls, client: u32) -> String {
+    let (pid, process) = calls
+        .tally
+        .client_first
+        .get(&client)
+        .copied()
+        .unwrap_or((NULL, crate::direct::names::NONE));
+    let pid = if pid == NULL {
+        "?".into()
+    } else {
+        pid.to_string()
+    };
+    format!("pid {pid} ({})", calls.process(process).unwrap_or_default())
+}
+
+/// Calls per client of the cells that `test` picks.
+fn per_client(calls: &Calls, test: impl Fn(&Key) -> bool) -> BTreeMap<Option<&str>, (u32, u64)> {
+    let mut clients: BTreeMap<Option<&str>, (u32, u64)> = BTreeMap::new();
+    for (key, cell) in &calls.tally.cells {
+        if test(key) {
+            clients
+                .entry(calls.client(key.client))
+                .or_insert((key.client, 0))
+                .1 += cell.count;
+        }
     }
-    let total: u64 = column_sum(&by_rv, "count");
-    issues.push(Issue {
+    clients
+}
+
+fn failed_calls(calls: &Calls) -> Option<Issue> {
+    let mut by_rv: BTreeMap<(Option<&str>, Option<&str>), u64> = BTreeMap::new();
+    for (key, cell) in &calls.tally.cells {
+        let failed = calls.failed(key, cell);
+        if failed > 0 {
+            *by_rv
+                .entry((calls.rv_name(key.rv_name), calls.func(key.func)))
+                .or_default() += failed;
+        }
+    }
+    let by_rv = largest_first(by_rv);
+    if by_rv.is_empty() {
+        return None;
+    }
+    let total: u64 = by_rv.iter().map(|(_, count)| count).sum();
+    Some(Issue {
         kind: "failed_calls",
         severity: "warning",
         message: format!("{total} call(s) failed"),
         count: total,
-        evidence: (0..by_rv.height())
-            .map(|row| {
+        evidence: by_rv
+            .iter()
+            .map(|((rv_name, func), count)| {
                 format!(
-                    "{} x {} from {}",
-                    u64_at(&by_rv, "count", row),
-                    str_at(&by_rv, "rv_name", row).unwrap_or_default(),
-                    str_at(&by_rv, "func", row).unwrap_or_default()
+                    "{count} x {} from {}",
+                    rv_name.unwrap_or_default(),
+                    func.unwrap_or_default()
                 )
             })
             .collect(),
+    })
+}
+
+fn finalize_missing(calls: &Calls) -> Option<Issue> {
+    let initialized = per_client(calls, |key| {
+        calls.func(key.func) == Some("C_Initialize") && key.rv == 0
     });
-    Ok(())
-}
-
-fn finalize_missing(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result<()> {
-    let per_client = calls
-        .clone()
-        .group_by([col("client_id")])
-        .agg([
-            col("func")
-                .eq(lit("C_Initialize"))
-                .and(col("rv").eq(lit(0i64)))
-                .sum()
-                .alias("initialized"),
-            col("func").eq(lit("C_Finalize")).sum().alias("finalized"),
-            col("pid").first().alias("pid"),
-            col("process").first().alias("process"),
-        ])
-        .filter(
-            col("initialized")
-                .gt(lit(0))
-                .and(col("finalized").eq(lit(0))),
-        )
-        .sort(["client_id"], SortMultipleOptions::default())
-        .collect()
-        .explain("cannot check C_Finalize")?;
-    if per_client.height() > 0 {
-        issues.push(Issue {
-            kind: "finalize_missing",
-            severity: "info",
-            message: format!(
-                "{} process(es) initialized the library but never called C_Finalize",
-                per_client.height()
-            ),
-            count: per_client.height() as u64,
-            evidence: (0..per_client.height().min(10))
-                .map(|row| {
-                    format!(
-                        "pid {} ({}) client {}",
-                        i64_at(&per_client, "pid", row).map_or("?".into(), |p| p.to_string()),
-                        str_at(&per_client, "process", row).unwrap_or_default(),
-                        str_at(&per_client, "client_id", row).unwrap_or_default()
-                    )
-                })
-                .collect(),
-        });
+    let finalized = per_client(calls, |key| calls.func(key.func) == Some("C_Finalize"));
+    let missing: Vec<(Option<&str>, u32)> = initialized
+        .into_iter()
+        .filter(|(name, _)| !finalized.contains_key(name))
+        .map(|(name, (client, _))| (name, client))
+        .collect();
+    if missing.is_empty() {
+        return None;
     }
-    Ok(())
+    Some(Issue {
+        kind: "finalize_missing",
+        severity: "info",
+        message: format!(
+            "{} process(es) initialized the library but never called C_Finalize",
+            missing.len()
+        ),
+        count: missing.len() as u64,
+        evidence: missing
+            .iter()
+            .take(10)
+            .map(|(name, client)| {
+                format!(
+                    "{} client {}",
+                    process_of(calls, *client),
+                    name.unwrap_or_default()
+                )
+            })
+            .collect(),
+    })
 }
 
-fn buffer_too_small_storms(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result<()> {
-    let storms = calls
-        .clone()
-        .filter(col("rv_name").eq(lit("CKR_BUFFER_TOO_SMALL")))
-        .group_by([col("client_id"), col("session"), col("func")])
-        .agg([len().alias("count")])
-        .filter(col("count").gt_eq(lit(STORM as u32)))
-        .largest_first("count", &["client_id", "session", "func"])
-        .collect()
-        .explain("cannot look for CKR_BUFFER_TOO_SMALL storms")?;
-    if storms.height() > 0 {
-        let total: u64 = column_sum(&storms, "count");
-        issues.push(Issue {
-            kind: "buffer_too_small_storm",
-            severity: "warning",
-            message: format!(
-                "{total} CKR_BUFFER_TOO_SMALL answers in {} retry storm(s)",
-                storms.height()
-            ),
-            count: total,
-            evidence: (0..storms.height().min(10))
-                .map(|row| {
-                    format!(
-                        "{} x {} on session {} of client {}",
-                        u64_at(&storms, "count", row),
-                        str_at(&storms, "func", row).unwrap_or_default(),
-                        i64_at(&storms, "session", row).map_or("?".into(), |s| format!("{s:#x}")),
-                        str_at(&storms, "client_id", row).unwrap_or_default()
-                    )
-                })
-                .collect(),
-        });
-    }
-    Ok(())
-}
-
-fn slow_outliers(
-    calls: &LazyFrame,
-    per_function: &DataFrame,
-    floor_ns: f64,
-    issues: &mut Vec<Issue>,
-) -> Result<()> {
-    let mut thresholds = Vec::new();
-    for row in 0..per_function.height() {
-        let (Some(func), Some(p50), Some(p99)) = (
-            str_at(per_function, "func", row),
-            f64_at(per_function, "p50_ns", row),
-            f64_at(per_function, "p99_ns", row),
-        ) else {
-            continue;
-        };
-        if u64_at(per_function, "count", row) >= 20 {
-            thresholds.push((func, p99.max(OUTLIER_FACTOR * p50).max(floor_ns)));
+fn buffer_too_small_storms(calls: &Calls) -> Option<Issue> {
+    // (client, session, function) → answers.
+    type At<'c> = (Option<&'c str>, Option<i64>, Option<&'c str>);
+    let mut storms: BTreeMap<At<'_>, u64> = BTreeMap::new();
+    for query in &calls.tally.size_queries {
+        if calls.rv_name(query.key.rv_name) == Some("CKR_BUFFER_TOO_SMALL") {
+            let session = (query.session != NULL).then_some(query.session);
+            let at = (
+                calls.client(query.key.client),
+                session,
+                calls.func(query.key.func),
+            );
+            *storms.entry(at).or_default() += 1;
         }
     }
-    if thresholds.is_empty() {
-        return Ok(());
+    storms.retain(|_, count| *count >= STORM);
+    let storms = largest_first(storms);
+    if storms.is_empty() {
+        return None;
     }
-    let funcs = Series::new(
-        "func".into(),
-        thresholds
+    let total: u64 = storms.iter().map(|(_, count)| count).sum();
+    Some(Issue {
+        kind: "buffer_too_small_storm",
+        severity: "warning",
+        message: format!(
+            "{total} CKR_BUFFER_TOO_SMALL answers in {} retry storm(s)",
+            storms.len()
+        ),
+        count: total,
+        evidence: storms
             .iter()
-            .map(|(f, _)| f.as_str())
-            .collect::<Vec<_>>(),
-    );
-    let limits = Series::new(
-        "limit_ns".into(),
-        thresholds.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
-    );
-    let limits = DataFrame::new_infer_height(vec![funcs.into(), limits.into()])?.lazy();
-    let outliers = calls
-        .clone()
-        .join(
-            limits,
-            [col("func")],
-            [col("func")],
-            JoinArgs::new(JoinType::Inner),
-        )
-        .filter(col("dur_ns").cast(DataType::Float64).gt(col("limit_ns")))
-        .sort(
-            ["dur_ns"],
-            SortMultipleOptions::default().with_order_descending(true),
-        )
-        .select([
-            col("func"),
-            col("dur_ns"),
-            col("client_id"),
-            col("seq"),
-            col("limit_ns"),
-        ])
-        .collect()
-        .explain("cannot look for slow outliers")?;
-    if outliers.height() > 0 {
-        issues.push(Issue {
-            kind: "slow_outliers",
-            severity: "info",
-            message: format!(
-                "{} call(s) slower than max(p99, {OUTLIER_FACTOR}x p50) of their function and than {}",
-                outliers.height(),
-                units::duration_ns(Some(floor_ns))
-            ),
-            count: outliers.height() as u64,
-            evidence: (0..outliers.height().min(10))
-                .map(|row| {
-                    format!(
-                        "{} took {} (limit {}), client {} seq {}",
-                        str_at(&outliers, "func", row).unwrap_or_default(),
-                        units::duration_ns(f64_at(&outliers, "dur_ns", row)),
-                        units::duration_ns(f64_at(&outliers, "limit_ns", row)),
-                        str_at(&outliers, "client_id", row).unwrap_or_default(),
-                        i64_at(&outliers, "seq", row).unwrap_or(-1)
-                    )
-                })
-                .collect(),
-        });
-    }
-    Ok(())
+            .take(10)
+            .map(|((client, session, func), count)| {
+                format!(
+                    "{count} x {} on session {} of client {}",
+                    func.unwrap_or_default(),
+                    session.map_or("?".into(), |s| format!("{s:#x}")),
+                    client.unwrap_or_default()
+                )
+            })
+            .collect(),
+    })
 }
 
-fn pin_bursts(calls: &LazyFrame, issues: &mut Vec<Issue>) -> Result<()> {
-    let bursts = calls
-        .clone()
-        .filter(col("rv_name").eq(lit("CKR_PIN_INCORRECT")))
-        .group_by([col("client_id")])
-        .agg([
-            len().alias("count"),
-            col("pid").first().alias("pid"),
-            col("process").first().alias("process"),
-        ])
-        .filter(col("count").gt_eq(lit(PIN_BURST as u32)))
-        .collect()
-        .explain("cannot look for CKR_PIN_INCORRECT bursts")?;
-    if bursts.height() > 0 {
-        let total: u64 = column_sum(&bursts, "count");
-        issues.push(Issue {
-            kind: "pin_incorrect_burst",
-            severity: "critical",
-            message: format!(
-                "{total} wrong PINs in {} process(es): a guessing attempt or a misconfiguration",
-                bursts.height()
-            ),
-            count: total,
-            evidence: (0..bursts.height().min(10))
-                .map(|row| {
-                    format!(
-                        "{} x CKR_PIN_INCORRECT in pid {} ({})",
-                        u64_at(&bursts, "count", row),
-                        i64_at(&bursts, "pid", row).map_or("?".into(), |p| p.to_string()),
-                        str_at(&bursts, "process", row).unwrap_or_default()
-                    )
-                })
-                .collect(),
-        });
+fn slow_outliers(calls: &Calls, functions: &[Function], floor_ns: f64) -> Option<Issue> {
+    let limits: BTreeMap<u32, f64> = functions
+        .iter()
+        .filter_map(|f| f.outliers.map(|(limit, _)| (f.id, limit)))
+        .collect();
+    let count: u64 = functions
+        .iter()
+        .filter_map(|f| f.outliers.map(|(_, above)| above))
+        .sum();
+    if count == 0 {
+        return None;
     }
-    Ok(())
+    // The slowest ten are among each cell's slowest ten.
+    let mut slowest: Vec<(i64, Option<&str>, i64, u32, f64)> = Vec::new();
+    for (key, cell) in &calls.tally.cells {
+        if let Some(&limit) = limits.get(&key.func) {
+            for &(dur, seq) in &cell.slowest {
+                if dur as f64 > limit {
+                    slowest.push((dur, calls.client(key.client), seq, key.func, limit));
+                }
+            }
+        }
+    }
+    slowest.sort_by(|a, b| (Reverse(a.0), a.1, a.2).cmp(&(Reverse(b.0), b.1, b.2)));
+    Some(Issue {
+        kind: "slow_outliers",
+        severity: "info",
+        message: format!(
+            "{count} call(s) slower than max(p99, {OUTLIER_FACTOR}x p50) of their function and than {}",
+            units::duration_ns(Some(floor_ns))
+        ),
+        count,
+        evidence: slowest
+            .iter()
+            .take(10)
+            .map(|(dur, client, seq, func, limit)| {
+                format!(
+                    "{} took {} (limit {}), client {} seq {}",
+                    calls.func(*func).unwrap_or_default(),
+                    units::duration_ns(Some(*dur as f64)),
+                    units::duration_ns(Some(*limit)),
+                    client.unwrap_or_default(),
+                    if *seq == NULL { -1 } else { *seq }
+                )
+            })
+            .collect(),
+    })
+}
+
+fn pin_bursts(calls: &Calls) -> Option<Issue> {
+    let bursts: BTreeMap<(Option<&str>, u32), u64> = per_client(calls, |key| {
+        calls.rv_name(key.rv_name) == Some("CKR_PIN_INCORRECT")
+    })
+    .into_iter()
+    .filter(|(_, (_, count))| *count >= PIN_BURST)
+    .map(|(name, (client, count))| ((name, client), count))
+    .collect();
+    let bursts = largest_first(bursts);
+    if bursts.is_empty() {
+        return None;
+    }
+    let total: u64 = bursts.iter().map(|(_, count)| count).sum();
+    Some(Issue {
+        kind: "pin_incorrect_burst",
+        severity: "critical",
+        message: format!(
+            "{total} wrong PINs in {} process(es): a guessing attempt or a misconfiguration",
+            bursts.len()
+        ),
+        count: total,
+        evidence: bursts
+            .iter()
+            .take(10)
+            .map(|((_, client), count)| {
+                format!(
+                    "{count} x CKR_PIN_INCORRECT in {}",
+                    process_of(calls, *client)
+                )
+            })
+            .collect(),
+    })
 }

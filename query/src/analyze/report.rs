@@ -20,6 +20,9 @@ pub struct Report {
     pub sessions: Sessions,
     pub issues: Vec<Issue>,
     pub operations: Vec<serde_json::Value>,
+    /// (client_id, seq) of the size queries retried (for the per-call charts; not in the JSON).
+    #[serde(skip)]
+    pub retried: Vec<(String, i64)>,
 }
 
 #[derive(Debug, Serialize)]

@@ -2,12 +2,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::Explain;
-use anyhow::Result;
-use polars::prelude::*;
 use serde::Serialize;
 
-use super::{i64_at, str_at};
+use super::tally::{Calls, Life};
+use crate::direct::names::NULL;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Sessions {
@@ -27,7 +25,8 @@ pub struct Sessions {
     pub never_closed_examples: Vec<(String, i64)>,
 }
 
-const LIFECYCLE: &[&str] = &[
+/// The functions that open, close, log in and finalize.
+pub const LIFECYCLE: &[&str] = &[
     "C_OpenSession",
     "C_CloseSession",
     "C_CloseAllSessions",
@@ -37,41 +36,33 @@ const LIFECYCLE: &[&str] = &[
     "C_Finalize",
 ];
 
-pub fn lifecycle(calls: LazyFrame) -> Result<Sessions> {
-    let names = Series::new("names".into(), LIFECYCLE);
-    let rows = calls
-        .filter(col("func").is_in(lit(names).implode(false), false))
-        .select([
-            col("client_id"),
-            col("func"),
-            col("rv"),
-            col("session"),
-            col("slot_id"),
-            col("start"),
-            col("seq"),
-        ])
-        .sort(
-            ["start", "client_id", "seq"],
-            SortMultipleOptions::default()
-                .with_nulls_last(true)
-                .with_maintain_order(true),
-        )
-        .collect()
-        .explain("cannot compute session lifecycle")?;
+/// The lifecycle calls in call order (start, then client, then `seq`; unknown starts last),
+/// replayed.
+pub fn lifecycle(calls: &Calls) -> Sessions {
+    let client_name = |id: u32| calls.client(id).unwrap_or_default();
+    let last = |v: i64| (v == NULL, v);
+    let mut rows: Vec<&Life> = calls.tally.life.iter().flatten().collect();
+    rows.sort_by(|a, b| {
+        (last(a.start), client_name(a.client), last(a.seq)).cmp(&(
+            last(b.start),
+            client_name(b.client),
+            last(b.seq),
+        ))
+    });
+    let some = |v: i64| (v != NULL).then_some(v);
     let mut sessions = Sessions::default();
     // (client, session) -> slot
-    let mut open: HashMap<(String, i64), Option<i64>> = HashMap::new();
-    let mut logged_in: HashSet<(String, Option<i64>)> = HashSet::new();
-    for row in 0..rows.height() {
-        let client = str_at(&rows, "client_id", row).unwrap_or_default();
-        let func = str_at(&rows, "func", row).unwrap_or_default();
-        let ok = i64_at(&rows, "rv", row) == Some(0);
-        let session = i64_at(&rows, "session", row);
-        let slot = i64_at(&rows, "slot_id", row);
-        let slot_of = |open: &HashMap<(String, i64), Option<i64>>| {
-            session.and_then(|s| open.get(&(client.clone(), s)).copied().flatten())
+    let mut open: HashMap<(u32, i64), Option<i64>> = HashMap::new();
+    let mut logged_in: HashSet<(u32, Option<i64>)> = HashSet::new();
+    for row in rows {
+        let client = row.client;
+        let ok = row.rv == 0;
+        let session = some(row.session);
+        let slot = some(row.slot);
+        let slot_of = |open: &HashMap<(u32, i64), Option<i64>>| {
+            session.and_then(|s| open.get(&(client, s)).copied().flatten())
         };
-        match func.as_str() {
+        match calls.func(row.func).unwrap_or_default() {
             "C_OpenSession" if ok => {
                 if let Some(session) = session {
                     sessions.opened += 1;
@@ -88,13 +79,13 @@ pub fn lifecycle(calls: LazyFrame) -> Result<Sessions> {
             }
             "C_CloseAllSessions" if ok => {
                 let before = open.len();
-                open.retain(|(c, _), s| !(c == &client && (slot.is_none() || *s == slot)));
+                open.retain(|(c, _), s| !(*c == client && (slot.is_none() || *s == slot)));
                 sessions.closed += (before - open.len()) as u64;
             }
             "C_Login" | "C_LoginUser" => {
                 if ok {
                     sessions.logins += 1;
-                    logged_in.insert((client.clone(), slot_of(&open)));
+                    logged_in.insert((client, slot_of(&open)));
                 } else {
                     sessions.failed_logins += 1;
                 }
@@ -102,23 +93,26 @@ pub fn lifecycle(calls: LazyFrame) -> Result<Sessions> {
             "C_Logout" if ok => {
                 sessions.logouts += 1;
                 let slot = slot_of(&open);
-                if !logged_in.remove(&(client.clone(), slot)) {
-                    logged_in.retain(|(c, _)| c != &client);
+                if !logged_in.remove(&(client, slot)) {
+                    logged_in.retain(|(c, _)| *c != client);
                 }
             }
             "C_Finalize" if ok => {
                 let before = open.len();
-                open.retain(|(c, _), _| c != &client);
+                open.retain(|(c, _), _| *c != client);
                 sessions.closed_by_finalize += (before - open.len()) as u64;
             }
             _ => {}
         }
     }
     sessions.never_closed = open.len() as u64;
-    let mut examples: Vec<(String, i64)> = open.into_keys().collect();
+    let mut examples: Vec<(String, i64)> = open
+        .into_keys()
+        .map(|(client, session)| (client_name(client).to_owned(), session))
+        .collect();
     examples.sort();
     examples.truncate(10);
     sessions.never_closed_examples = examples;
     sessions.left_logged_in = logged_in.len() as u64;
-    Ok(sessions)
+    sessions
 }

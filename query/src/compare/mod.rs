@@ -5,7 +5,6 @@
 
 pub mod align;
 pub mod analysis_json;
-mod columns;
 pub mod diff;
 pub mod drift;
 pub mod mechanisms;
@@ -60,7 +59,7 @@ pub fn load_rows(
         || (ordered && {
             let mut total = 0u64;
             for file in &located.calls {
-                total = total.saturating_add(scan::footer_rows(file)?);
+                total = total.saturating_add(crate::direct::footer_rows(file)?);
             }
             !criteria.is_empty() || total <= 2 * side::SCRIPT_LIMIT as u64
         });

@@ -3,47 +3,14 @@
 //! for some commands (start times for the scripts and `--by`, providers and modules per row for
 //! `--by`) is left empty otherwise: every byte per call is paid for ten million times.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
-/// An interned string column's null.
-pub const NONE: u32 = u32::MAX;
-/// An integer column's null.
-pub const NULL: i64 = i64::MIN;
+pub use crate::direct::names::{NONE, NULL, Names};
+
 /// Row flags: kept by the filters, returned, failed (`rv` ≠ `CKR_OK`).
 pub const KEEP: u8 = 1;
 pub const RETURNED: u8 = 2;
 pub const FAILED: u8 = 4;
-
-/// Strings interned to dense ids.
-#[derive(Debug, Default)]
-pub struct Names {
-    ids: FxHashMap<String, u32>,
-    names: Vec<String>,
-}
-
-impl Names {
-    pub fn id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = self.names.len() as u32;
-        self.ids.insert(name.to_owned(), id);
-        self.names.push(name.to_owned());
-        id
-    }
-
-    pub fn name(&self, id: u32) -> Option<&str> {
-        self.names.get(id as usize).map(String::as_str)
-    }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-}
 
 /// One file's rows (its non-internal calls), ids into [`Rows`]' names.
 #[derive(Debug, Default)]

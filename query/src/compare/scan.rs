@@ -1,34 +1,21 @@
 //! A side's calls ([`Rows`]) read straight from its Parquet files for `compare` and `diff`
-//! (arrow-rs, not polars): the files decoded in parallel, the string columns kept as the files' own
-//! dictionaries (a batch's dictionary is mapped to interned ids once, then every row is an
-//! index lookup), the filters evaluated as rows are read (their verdict kept in [`KEEP`]: a
-//! dropped `C_SignInit` still names its `C_Sign`'s mechanism), and only the few columns the
-//! reduction needs kept, as plain vectors. The shim's own calls (`internal`) are not the
-//! application's workload and are left out.
+//! (`crate::direct`: files decoded in parallel, strings as interned ids), the filters evaluated
+//! as rows are read (their verdict kept in [`KEEP`]: a dropped `C_SignInit` still names its
+//! `C_Sign`'s mechanism), and only the few columns the reduction needs kept, as plain vectors.
+//! The shim's own calls (`internal`) are not the application's workload and are left out.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Mutex;
 
-use anyhow::{Context, Result, anyhow};
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef};
-use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-};
+use anyhow::{Context, Result};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::columns::{bools, dictionary, ints, mark_nulls};
 use super::mechanisms;
 use super::rows::{Chunk, FAILED, KEEP, NONE, NULL, Names, RETURNED, Rows, count};
 use crate::cli::By;
+use crate::direct::columns::{bools, ints};
+use crate::direct::{Mapper, Projected, into_names, lock};
 use crate::filters::Criteria;
-
-/// Rows per decoded batch: small enough that the reader's buffers are reused from one batch to
-/// the next rather than fresh pages each time.
-const BATCH_ROWS: usize = 16 * 1024;
 
 /// The interners the files read in parallel share (locked once per batch and column, and only
 /// when a batch brings a dictionary not seen before).
@@ -41,67 +28,6 @@ struct Shared {
     providers: Mutex<Names>,
     modules: Mutex<Names>,
     groups: Mutex<Names>,
-}
-
-fn lock(names: &Mutex<Names>) -> MutexGuard<'_, Names> {
-    names
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Maps a string column's batches to interned ids, remembering the last dictionary (the
-/// batches of one column chunk share it).
-struct Mapper<'s> {
-    names: &'s Mutex<Names>,
-    last: Option<(ArrayRef, Vec<u32>)>,
-}
-
-impl<'s> Mapper<'s> {
-    fn new(names: &'s Mutex<Names>) -> Mapper<'s> {
-        Mapper { names, last: None }
-    }
-
-    /// Each row's id (`NONE` for null or a missing column).
-    fn ids(&mut self, column: Option<&ArrayRef>, rows: usize, out: &mut Vec<u32>) -> Result<()> {
-        out.clear();
-        let Some(column) = column else {
-            out.resize(rows, NONE);
-            return Ok(());
-        };
-        let dictionary = dictionary(column)?;
-        let values = dictionary.values();
-        if !self
-            .last
-            .as_ref()
-            .is_some_and(|(last, _)| Arc::ptr_eq(last, values))
-        {
-            let strings = values.as_string::<i32>();
-            let mut names = lock(self.names);
-            let map = (0..strings.len())
-                .map(|i| {
-                    if strings.is_valid(i) {
-                        names.id(strings.value(i))
-                    } else {
-                        NONE
-                    }
-                })
-                .collect();
-            self.last = Some((values.clone(), map));
-        }
-        let map = self
-            .last
-            .as_ref()
-            .map(|(_, map)| map.as_slice())
-            .unwrap_or(&[]);
-        let keys = dictionary.keys();
-        out.extend(
-            keys.values()
-                .iter()
-                .map(|&k| map.get(k as usize).copied().unwrap_or(NONE)),
-        );
-        mark_nulls(keys.nulls(), out, NONE);
-        Ok(())
-    }
 }
 
 /// What a side's read keeps and how it decides.
@@ -147,68 +73,22 @@ const COLUMNS: [&str; 17] = [
     "group",
 ];
 
-/// The files' columns by name, each `Dictionary(Int32, Utf8)` where it is a string the read
-/// maps (a schema hint: the reader then keeps the file's dictionary).
-fn hinted(schema: &Schema, strings: &[&str]) -> Schema {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|field| {
-            let is_string = matches!(
-                field.data_type(),
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-            );
-            if is_string && strings.contains(&field.name().as_str()) {
-                let dict =
-                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-                Field::new(field.name(), dict, field.is_nullable())
-            } else {
-                field.as_ref().clone()
-            }
-        })
-        .collect();
-    Schema::new_with_metadata(fields, schema.metadata().clone())
-}
-
 fn read_file(
     path: &Path,
     plan: &Plan<'_>,
     shared: &Shared,
 ) -> Result<(Chunk, FxHashSet<(u32, u32)>)> {
-    let not_parquet = |e: parquet::errors::ParquetError| {
-        anyhow!("{}: not a readable Parquet file: {e}", path.display())
-    };
-    let (file, plain) = footer(path)?;
     let group = plan.group_column();
     let mut strings = COLUMNS[..6].to_vec();
     strings.extend(["run_id", "process", "host"]);
-    let schema = Arc::new(hinted(plain.schema(), &strings));
-    let options = ArrowReaderOptions::new().with_schema(schema.clone());
-    let metadata =
-        ArrowReaderMetadata::try_new(plain.metadata().clone(), options).map_err(not_parquet)?;
-    // Where each of COLUMNS is among the projected ones.
-    let wanted: Vec<Option<usize>> = COLUMNS
+    let columns: Vec<&str> = COLUMNS
         .iter()
-        .map(|name| {
-            let name = if *name == "group" {
-                group.unwrap_or("")
-            } else {
-                name
-            };
-            schema.index_of(name).ok()
+        .map(|name| match *name {
+            "group" => group.unwrap_or(""),
+            name => name,
         })
         .collect();
-    let mut roots: Vec<usize> = wanted.iter().flatten().copied().collect();
-    roots.sort_unstable();
-    roots.dedup();
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(not_parquet)?;
-    let position = |index: usize| wanted[index].and_then(|at| roots.binary_search(&at).ok());
+    let mut file = Projected::open(path, &columns, &strings)?;
     let mut mappers = [
         &shared.clients,
         &shared.funcs,
@@ -221,18 +101,16 @@ fn read_file(
     let mut group_mapper = Mapper::new(&shared.groups);
     let run_names = Mutex::new(Names::default());
     let mut run_mapper = Mapper::new(&run_names);
-    let rows_in_file = usize::try_from(plain.metadata().file_metadata().num_rows()).unwrap_or(0);
     let grouped = plan.by.is_some();
-    let mut chunk = Chunk::with_capacity(rows_in_file, grouped, plan.ordered);
+    let mut chunk = Chunk::with_capacity(file.rows, grouped, plan.ordered);
     let mut providers = FxHashSet::default();
     let mut strs: [Vec<u32>; 6] = Default::default();
     let (mut group_ids, mut run_ids) = (Vec::new(), Vec::new());
     let mut numbers: [Vec<i64>; 7] = Default::default();
     let (mut func_keeps, mut run_keeps): (Vec<bool>, Vec<bool>) = (Vec::new(), Vec::new());
-    for batch in reader {
-        let batch = batch.with_context(|| format!("{}: cannot decode", path.display()))?;
-        let rows = batch.num_rows();
-        let column = |index: usize| position(index).map(|at| batch.column(at));
+    while let Some(batch) = file.next_batch(path)? {
+        let rows = batch.rows();
+        let column = |index: usize| batch.column(index);
         let context = |what: &str| format!("{}: column {what}", path.display());
         for (index, (mapper, out)) in mappers.iter_mut().zip(strs.iter_mut()).enumerate() {
             mapper
@@ -323,20 +201,6 @@ fn read_file(
     Ok((chunk, providers))
 }
 
-/// A Parquet file, opened, and its footer read.
-fn footer(path: &Path) -> Result<(File, ArrowReaderMetadata)> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-        .map_err(|e| anyhow!("{}: not a readable Parquet file: {e}", path.display()))?;
-    Ok((file, metadata))
-}
-
-/// Rows in a Parquet file's footer.
-pub fn footer_rows(path: &Path) -> Result<u64> {
-    let (_, metadata) = footer(path)?;
-    Ok(u64::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(0))
-}
-
 /// Reads `files` (decoded in parallel) into one side's rows.
 pub fn read(files: &[PathBuf], plan: &Plan<'_>) -> Result<Rows> {
     let shared = Shared::default();
@@ -350,14 +214,13 @@ pub fn read(files: &[PathBuf], plan: &Plan<'_>) -> Result<Rows> {
         rows.client_providers.extend(providers);
         rows.chunks.push(chunk);
     }
-    let take = |names: Mutex<Names>| names.into_inner().unwrap_or_else(|p| p.into_inner());
-    rows.clients = take(shared.clients);
-    rows.funcs = take(shared.funcs);
-    rows.mechs = take(shared.mechs);
-    rows.rv_names = take(shared.rv_names);
-    rows.providers = take(shared.providers);
-    rows.modules = take(shared.modules);
-    rows.groups = take(shared.groups);
+    rows.clients = into_names(shared.clients);
+    rows.funcs = into_names(shared.funcs);
+    rows.mechs = into_names(shared.mechs);
+    rows.rv_names = into_names(shared.rv_names);
+    rows.providers = into_names(shared.providers);
+    rows.modules = into_names(shared.modules);
+    rows.groups = into_names(shared.groups);
     if plan.by == Some(By::Provider) {
         group_by_provider(&mut rows);
     }

@@ -86,13 +86,14 @@ const COLUMNS: &[&str] = &[
     "returned",
 ];
 
-pub fn compute(calls: LazyFrame) -> Result<ChartData> {
+/// The charts' data; `retried`: the size queries `analyze` found retried.
+pub fn compute(calls: LazyFrame, retried: &[(String, i64)]) -> Result<ChartData> {
     let calls = calls
         .select(COLUMNS.iter().map(|c| col(*c)).collect::<Vec<_>>())
         .with_column(col("start").cast(DataType::Int64).alias("start_us"))
         .collect()
         .explain("cannot read the calls")?;
-    let calls = expected::mark(calls)
+    let calls = expected::mark(calls, retried)
         .explain("cannot classify the return codes")?
         .lazy();
     Ok(ChartData {

@@ -50,20 +50,22 @@ pub struct Charts {
 
 /// Reads the inputs, analyses them and writes the page to `args.output`.
 pub fn report(args: &HtmlArgs) -> Result<()> {
-    let loaded = input::load(
+    let located = input::locate(
         &args.inputs,
         args.input.input_format,
         &args.input.import_options(),
     )?;
-    let calls = filters::apply(loaded.calls, &args.filters)?;
+    let calls = filters::apply(input::scan(&located.calls)?, &args.filters)?;
     let analysis = analyze::analyze(
+        &located.calls,
+        &filters::Criteria::parse(&args.filters)?,
         calls.clone(),
         AnalyzeOptions {
             max_operations: None,
             slow_floor_ns: args.outliers.slow_floor,
         },
     )?;
-    let data = data::compute(calls)?;
+    let data = data::compute(calls, &analysis.retried)?;
     let (comparison, gate) = match args.inputs.as_slice() {
         [a, b] => {
             let (comparison, gate) = compare_two(a, b, args)?;

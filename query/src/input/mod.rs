@@ -97,7 +97,8 @@ pub fn detect(path: &Path) -> Result<InputFormat> {
     )
 }
 
-fn scan(files: Vec<PathBuf>) -> Result<LazyFrame> {
+/// `files` as one lazy polars frame.
+pub fn scan(files: &[PathBuf]) -> Result<LazyFrame> {
     let paths: Vec<PlRefPath> = files
         .iter()
         .map(|p| PlRefPath::try_from_path(p))
@@ -203,10 +204,10 @@ pub fn load(
     let clients = if located.clients.is_empty() {
         None
     } else {
-        Some(scan(located.clients)?)
+        Some(scan(&located.clients)?)
     };
     Ok(Loaded {
-        calls: scan(located.calls)?,
+        calls: scan(&located.calls)?,
         clients,
         _scratch: located.scratch,
     })

@@ -1,4 +1,4 @@
-//! A side's columns as the plain values the reduction keeps (arrow-rs arrays in, `i64`s, flags
+//! A column's values as the plain values a direct read keeps (arrow-rs arrays in, `i64`s, flags
 //! and dictionaries out): the schema's own types copied as they are, other integer and
 //! timestamp types (a dataset another tool wrote) widened, anything else a clear error.
 
@@ -12,11 +12,11 @@ use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, DictionaryArray};
 use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, TimeUnit};
 
-use super::rows::NULL;
+use super::names::NULL;
 
 /// A string column as `Dictionary(Int32, Utf8)`: the scan asks the reader for every string
-/// column as that type (`scan::hinted`), so any other type is a column that holds no strings.
-pub(super) fn dictionary(column: &ArrayRef) -> Result<&DictionaryArray<Int32Type>> {
+/// column as that type (`direct::hinted`), so any other type is a column that holds no strings.
+pub(crate) fn dictionary(column: &ArrayRef) -> Result<&DictionaryArray<Int32Type>> {
     match column.as_dictionary_opt::<Int32Type>() {
         Some(dictionary) if dictionary.values().data_type() == &DataType::Utf8 => Ok(dictionary),
         _ => bail!("a {} column, not strings", column.data_type()),
@@ -24,7 +24,7 @@ pub(super) fn dictionary(column: &ArrayRef) -> Result<&DictionaryArray<Int32Type
 }
 
 /// `value` in every row of `out` that `nulls` marks null (`out` holds the batch's rows from 0).
-pub(super) fn mark_nulls<T: Copy>(nulls: Option<&NullBuffer>, out: &mut [T], value: T) {
+pub(crate) fn mark_nulls<T: Copy>(nulls: Option<&NullBuffer>, out: &mut [T], value: T) {
     if let Some(nulls) = nulls {
         for row in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(r, _)| r) {
             out[row] = value;
@@ -34,7 +34,7 @@ pub(super) fn mark_nulls<T: Copy>(nulls: Option<&NullBuffer>, out: &mut [T], val
 
 /// An integer column's values (`NULL` for null, a missing column, or a value outside `i64`):
 /// narrower integers widened, timestamps in microseconds whatever unit the file stores.
-pub(super) fn ints(column: Option<&ArrayRef>, rows: usize, out: &mut Vec<i64>) -> Result<()> {
+pub(crate) fn ints(column: Option<&ArrayRef>, rows: usize, out: &mut Vec<i64>) -> Result<()> {
     out.clear();
     let Some(column) = column else {
         out.resize(rows, NULL);
@@ -85,7 +85,7 @@ fn widen<T: ArrowPrimitiveType>(
 }
 
 /// A boolean column (`None` for a missing column: every row `default`).
-pub(super) fn bools(column: Option<&ArrayRef>, rows: usize, default: bool) -> Result<Vec<bool>> {
+pub(crate) fn bools(column: Option<&ArrayRef>, rows: usize, default: bool) -> Result<Vec<bool>> {
     let Some(column) = column else {
         return Ok(vec![default; rows]);
     };
