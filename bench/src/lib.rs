@@ -6,7 +6,8 @@
 //! synthetic 10 M-call dataset vs DuckDB, and spy import speed vs `wc -l`; (5) `--quick`, the smoke
 //! mode the test suite runs so this code cannot rot; (6) the callgrind instruction budget; (7)
 //! import speed per log format vs `wc -l` (`--only import`); (8) the cost of uploading to object
-//! storage (`--dataset s3://…`, against moto) vs writing a local dataset (`--only upload`).
+//! storage (`--dataset s3://…`, against moto) vs writing a local dataset (`--only upload`); (9)
+//! cost against size, 1 M to 100 M calls, drawn as SVG (`--only scaling`).
 //!
 //! Owns measurement only: it drives the real binaries (shim, recorder, query) as a user would and
 //! never links the shim's or the recorder's internals. Timings are never asserted by tests; the
@@ -19,6 +20,7 @@ pub mod measure;
 pub mod overhead;
 pub mod query_speed;
 pub mod report;
+pub mod scaling;
 pub mod setup;
 pub mod size;
 pub mod synth;
@@ -36,6 +38,8 @@ pub struct Ctx {
     pub with_kryoptic: bool,
     /// Where benchmarks put tokens, datasets and logs (removed afterwards).
     pub scratch: PathBuf,
+    /// Where benchmarks that draw write their SVG (`None`: nowhere).
+    pub plots: Option<PathBuf>,
 }
 
 /// The benchmarks, by number and name.
@@ -48,10 +52,11 @@ pub enum Bench {
     Budget,
     Import,
     Upload,
+    Scaling,
 }
 
 impl Bench {
-    pub const ALL: [Bench; 7] = [
+    pub const ALL: [Bench; 8] = [
         Bench::Overhead,
         Bench::Throughput,
         Bench::Size,
@@ -59,6 +64,7 @@ impl Bench {
         Bench::Budget,
         Bench::Import,
         Bench::Upload,
+        Bench::Scaling,
     ];
 
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<(Vec<report::Line>, serde_json::Value)> {
@@ -70,6 +76,7 @@ impl Bench {
             Bench::Budget => budget::run(ctx),
             Bench::Import => import_speed::run(ctx),
             Bench::Upload => upload::run(ctx),
+            Bench::Scaling => scaling::run(ctx),
         }
     }
 }

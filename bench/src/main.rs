@@ -12,8 +12,8 @@ use p11trace_bench::{Bench, Ctx, client, setup};
 ///
 /// Runs, by default, all of: per-call overhead (SoftHSM2 and Kryoptic), recorder throughput,
 /// bytes per call, query speed (vs DuckDB; spy import vs wc -l), the callgrind instruction
-/// budget, import speed, and the cost of uploading to object storage (vs a local dataset, against
-/// moto_server). Uses the shim, recorder and query binaries built beside this one (same profile:
+/// budget, import speed, the cost of uploading to object storage (vs a local dataset, against
+/// moto_server), and cost against size (1 M, 10 M, 100 M calls). Uses the shim, recorder and query binaries built beside this one (same profile:
 /// `just bench` builds release; a debug build runs too, its CPU figures labelled as such). Needs
 /// softhsm2, opensc (pkcs11-tool, pkcs11-spy), valgrind, the duckdb CLI and moto_server.
 ///
@@ -26,6 +26,7 @@ use p11trace_bench::{Bench, Ctx, client, setup};
     after_help = "Examples:\n  \
         p11trace-bench                                    # everything\n  \
         p11trace-bench --only upload --no-kryoptic        # object storage upload vs local dataset\n  \
+        p11trace-bench --only scaling --plots docs        # 1 M–100 M calls, docs/scaling.svg\n  \
         p11trace-bench --quick --json /tmp/figures.json   # the smoke run\n  \
         P11TRACE_BENCH_KEEP_CALLGRIND=/tmp/cg p11trace-bench --only budget   # keeps callgrind's files"
 )]
@@ -56,6 +57,10 @@ struct Options {
     /// Also write every figure as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+
+    /// Write the charts benchmarks draw (scaling.svg) into this folder.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +120,7 @@ fn benchmarks(options: &Options) -> Result<bool> {
         },
         with_kryoptic: !options.no_kryoptic,
         scratch: scratch.path().to_owned(),
+        plots: options.plots.clone(),
     };
     let chosen = if options.only.is_empty() {
         Bench::ALL.to_vec()

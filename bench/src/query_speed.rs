@@ -67,16 +67,17 @@ pub fn timed(
     })
 }
 
-const GROUP_BY: &str = "SELECT func, count(*) AS calls, sum(dur_ns) AS total_ns FROM calls \
+pub const GROUP_BY: &str = "SELECT func, count(*) AS calls, sum(dur_ns) AS total_ns FROM calls \
                         GROUP BY func ORDER BY calls DESC";
 
 /// DuckDB's nearest equivalent of `analyze`'s heaviest part: per-function counts, failures, total
 /// time and latency percentiles.
-const DUCKDB_PERFORMANCE: &str = "SELECT func, count(*) AS calls, count(*) FILTER (WHERE rv <> 0) AS failed, \
+pub const DUCKDB_PERFORMANCE: &str = "SELECT func, count(*) AS calls, count(*) FILTER (WHERE rv <> 0) AS failed, \
      sum(dur_ns) AS total_ns, quantile_cont(dur_ns, [0.5, 0.95, 0.99]) AS p, max(dur_ns) AS max_ns \
      FROM calls GROUP BY func ORDER BY total_ns DESC";
 
-fn duckdb(dataset: &Path, sql: &str) -> Command {
+/// DuckDB running `sql` over the dataset's `calls` files.
+pub fn duckdb(dataset: &Path, sql: &str) -> Command {
     let from = format!(
         "read_parquet('{}/calls/**/*.parquet', hive_partitioning = true)",
         dataset.display()
