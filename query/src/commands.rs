@@ -97,7 +97,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             };
             let spinner = crate::progress::spinner("analysing", !args.input.quiet);
             let criteria = crate::filters::Criteria::parse(&args.filters)?;
-            let report = analyze::analyze(&located.calls, &criteria, calls, options);
+            let report = analyze::analyze(&located.calls, &criteria, options);
             if let Some(spinner) = spinner {
                 spinner.finish_and_clear();
             }

@@ -118,6 +118,11 @@ impl Criteria {
     }
 }
 
+/// `rv` is not CKR_OK (and the call returned).
+pub fn not_ok() -> Expr {
+    col("rv").neq(lit(0i64)).and(col("rv").is_not_null())
+}
+
 fn timestamp(micros: i64) -> Expr {
     lit(micros).cast(DataType::Datetime(
         TimeUnit::Microseconds,
@@ -162,7 +167,7 @@ pub fn predicate(filters: &Filters) -> Result<Option<Expr>> {
         and(col("rv").is_in(lit(rvs).implode(false), false));
     }
     if criteria.failed {
-        and(crate::analyze::not_ok());
+        and(not_ok());
     }
     if let Some(run_id) = criteria.run_id {
         and(col("run_id").eq(lit(run_id)));

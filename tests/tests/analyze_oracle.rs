@@ -126,7 +126,8 @@ fn close(a: &Value, b: &Value, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn analyze(args: &[&str]) -> Result<Value> {
+/// `analyze ARGS… --format json`, parsed.
+fn report_of(args: &[&str]) -> Result<Value> {
     let output = query(&[&["analyze"], args, &["--format", "json"]].concat())?;
     Ok(serde_json::from_slice(&output.stdout)?)
 }
@@ -145,7 +146,7 @@ fn every_number_of_analyze_is_duckdbs_on_a_dataset_scattered_over_files() -> Res
 
 fn agrees_with_duckdb(dataset: &Path) -> Result<()> {
     let files = format!("read_parquet('{}/calls/*.parquet')", dataset.display());
-    let report = analyze(&[dataset.to_str().unwrap_or_default()])?;
+    let report = report_of(&[dataset.to_str().unwrap_or_default()])?;
     let m = marked(&files);
 
     // Per function.
@@ -313,6 +314,36 @@ fn agrees_with_duckdb(dataset: &Path) -> Result<()> {
     let listed_expected = listed.iter().filter(|o| o["expected"] == true).count() as i64;
     ensure!(listed.len() as i64 == totals["total"].as_i64().unwrap_or(-1));
     ensure!(listed_expected == totals["expected"].as_i64().unwrap_or(-1));
+
+    // A shorter list is the first calls in call order, whichever files hold them.
+    let first = report_of(&[
+        dataset.to_str().unwrap_or_default(),
+        "--max-operations",
+        "50",
+    ])?;
+    let ours: Vec<String> = first["operations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["client_id"].as_str().unwrap_or_default(),
+                o["seq"]
+            )
+        })
+        .collect();
+    let theirs: Vec<String> = duckdb(&format!(
+        "SELECT client_id || '/' || seq AS k FROM {files} ORDER BY start, client_id, seq LIMIT 50"
+    ))?
+    .iter()
+    .map(|r| r["k"].as_str().unwrap_or_default().to_owned())
+    .collect();
+    ensure!(
+        ours.len() == 50 && ours == theirs,
+        "{ours:?}\nvs\n{theirs:?}"
+    );
+    ensure!(first["summary"]["operations_truncated"] == true);
     Ok(())
 }
 
@@ -321,7 +352,7 @@ fn a_filtered_analyze_is_duckdbs_where_clause() -> Result<()> {
     let dir = temp();
     let dataset = write_dataset(dir.path(), Layout::Scattered)?;
     let files = format!("read_parquet('{}/calls/*.parquet')", dataset.display());
-    let report = analyze(&[
+    let report = report_of(&[
         dataset.to_str().unwrap_or_default(),
         "--pid",
         "4002",

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::expected::{self, CKR_BUFFER_TOO_SMALL};
+use super::listing::{Listing, Operation};
 use super::sessions::LIFECYCLE;
 use super::tally::{Calls, Dictionaries, Key, Life, SizeQuery, Successor, Tally};
 use crate::direct::columns::{bools, ints};
@@ -27,10 +28,12 @@ struct Shared {
     rv_names: Mutex<Names>,
     providers: Mutex<Names>,
     processes: Mutex<Names>,
+    mechanisms: Mutex<Names>,
 }
 
-/// The columns read: five strings, eight integers, `returned`, then `run_id` (for `--run-id`).
-const COLUMNS: [&str; 15] = [
+/// The columns read: five strings, eight integers, `returned`, `run_id` (for `--run-id`), then
+/// what only the `operations` list shows.
+const COLUMNS: [&str; 18] = [
     "client_id",
     "func",
     "rv_name",
@@ -46,14 +49,18 @@ const COLUMNS: [&str; 15] = [
     "session",
     "returned",
     "run_id",
+    "mechanism",
+    "object",
+    "internal",
 ];
-const STRINGS: [&str; 6] = [
+const STRINGS: [&str; 7] = [
     "client_id",
     "func",
     "rv_name",
     "provider",
     "process",
     "run_id",
+    "mechanism",
 ];
 
 /// A verdict per interned id, worked out as ids appear.
@@ -121,14 +128,22 @@ struct Tests {
     too_small: Verdicts,
 }
 
-fn fold_file(path: &Path, criteria: &Criteria, shared: &Shared) -> Result<Tally> {
-    let run_column = if criteria.run_id.is_some() {
-        "run_id"
-    } else {
-        ""
-    };
+fn fold_file(
+    path: &Path,
+    criteria: &Criteria,
+    shared: &Shared,
+    listing: Option<usize>,
+) -> Result<Tally> {
     let mut columns = COLUMNS;
-    columns[14] = run_column;
+    if criteria.run_id.is_none() {
+        columns[14] = "";
+    }
+    if listing.is_none() {
+        columns[15..].fill("");
+    }
+    let mut listed = listing.map(Listing::new);
+    let mut mechanism_mapper = Mapper::new(&shared.mechanisms);
+    let (mut mechanisms, mut objects) = (Vec::new(), Vec::new());
     let mut file = Projected::open(path, &columns, &STRINGS)?;
     let mut mappers = [
         &shared.clients,
@@ -161,6 +176,11 @@ fn fold_file(path: &Path, criteria: &Criteria, shared: &Shared) -> Result<Tally>
             ints(batch.column(5 + offset), rows, out).with_context(|| context(5 + offset))?;
         }
         let returned = bools(batch.column(13), rows, true).with_context(|| context(13))?;
+        mechanism_mapper
+            .ids(batch.column(15), rows, &mut mechanisms)
+            .with_context(|| context(15))?;
+        ints(batch.column(16), rows, &mut objects).with_context(|| context(16))?;
+        let internal = bools(batch.column(17), rows, false).with_context(|| context(17))?;
         run_mapper
             .ids(batch.column(14), rows, &mut run_ids)
             .with_context(|| context(14))?;
@@ -199,6 +219,25 @@ fn fold_file(path: &Path, criteria: &Criteria, shared: &Shared) -> Result<Tally>
                 returned: returned[row],
             };
             tally.cells.entry(key).or_default().add(dur[row], seq[row]);
+            if let Some(listed) = listed.as_mut() {
+                listed.offer(Operation {
+                    start: start[row],
+                    client: key.client,
+                    seq: seq[row],
+                    pid: key.pid,
+                    tid: tid[row],
+                    func: key.func,
+                    rv: key.rv,
+                    rv_name: key.rv_name,
+                    dur_ns: dur[row],
+                    slot: slot[row],
+                    session: session[row],
+                    mechanism: mechanisms[row],
+                    object: objects[row],
+                    internal: internal[row],
+                    returned: key.returned,
+                });
+            }
             tally.saw_start(start[row]);
             if noted != Some(key.client) {
                 noted = Some(key.client);
@@ -248,6 +287,7 @@ fn fold_file(path: &Path, criteria: &Criteria, shared: &Shared) -> Result<Tally>
         }
     }
     tally.life.push(life);
+    tally.listings.extend(listed);
     Ok(tally)
 }
 
@@ -356,11 +396,13 @@ fn keep_earliest(
         .or_insert(call);
 }
 
-/// Reads `files` (decoded in parallel) into one tally of the calls the filters keep.
-pub fn read(files: &[PathBuf], criteria: &Criteria) -> Result<Calls> {
+/// Reads `files` (decoded in parallel) into one tally of the calls the filters keep, and with
+/// `listing` (most calls, 0 = all) the candidates for the `operations` list.
+pub fn read(files: &[PathBuf], criteria: &Criteria, listing: Option<usize>) -> Result<Calls> {
     let shared = Shared::default();
-    let results =
-        p11trace_dataset::parallel::par_map(files, |path| fold_file(path, criteria, &shared));
+    let results = p11trace_dataset::parallel::par_map(files, |path| {
+        fold_file(path, criteria, &shared, listing)
+    });
     let mut tally = Tally::default();
     for result in results {
         tally.absorb(result?);
@@ -375,6 +417,7 @@ pub fn read(files: &[PathBuf], criteria: &Criteria) -> Result<Calls> {
             rv_names: into_names(shared.rv_names),
             providers: into_names(shared.providers),
             processes: into_names(shared.processes),
+            mechanisms: into_names(shared.mechanisms),
         },
     })
 }

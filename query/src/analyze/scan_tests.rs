@@ -47,7 +47,7 @@ fn write(dir: &Path, calls: &[(i64, i64, &str, u64)], name: &str) -> PathBuf {
 
 /// Size queries retried per function, and how many the first read proved.
 fn retried(files: &[PathBuf]) -> (Vec<(String, u64)>, usize) {
-    let calls = read(files, &Criteria::default()).expect("read");
+    let calls = read(files, &Criteria::default(), None).expect("read");
     let mut retried: Vec<(String, u64)> = calls
         .tally
         .cells

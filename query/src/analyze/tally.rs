@@ -175,6 +175,8 @@ pub struct Tally {
     /// Each file's lifecycle calls (merged by moving, not copying).
     pub life: Vec<Vec<Life>>,
     pub size_queries: Vec<SizeQuery>,
+    /// Each file's candidates for the JSON `operations` list (none unless asked for).
+    pub listings: Vec<super::listing::Listing>,
 }
 
 impl Tally {
@@ -199,6 +201,7 @@ impl Tally {
         self.last_start = max(self.last_start, later.last_start);
         self.life.extend(later.life);
         self.size_queries.extend(later.size_queries);
+        self.listings.extend(later.listings);
     }
 
     /// Notes a call's start time (µs).
@@ -233,6 +236,7 @@ pub struct Dictionaries {
     pub rv_names: Names,
     pub providers: Names,
     pub processes: Names,
+    pub mechanisms: Names,
 }
 
 impl Dictionaries {
@@ -272,19 +276,14 @@ impl Calls {
         Dictionaries::of(&self.names.processes, id)
     }
 
-    /// Whether the call `(client_id, seq)` of `func` answering `rv` is an expected idiom (the
+    pub fn mechanism(&self, id: u32) -> Option<&str> {
+        Dictionaries::of(&self.names.mechanisms, id)
+    }
+
+    /// Whether the call `(client, seq)` of `func` answering `rv` is an expected idiom (the
     /// per-call form of [`Calls::expected`], for the calls a listing shows).
-    pub fn is_expected(
-        &self,
-        client_id: Option<&str>,
-        seq: i64,
-        func: Option<&str>,
-        rv: i64,
-    ) -> bool {
-        super::expected::is_probe(func, rv)
-            || client_id
-                .and_then(|client| self.names.clients.find(client))
-                .is_some_and(|client| self.retried.contains(&(client, seq)))
+    pub fn is_expected(&self, client: u32, seq: i64, func: Option<&str>, rv: i64) -> bool {
+        super::expected::is_probe(func, rv) || self.retried.contains(&(client, seq))
     }
 
     /// (client_id, seq) of the size queries retried, in order.

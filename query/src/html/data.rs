@@ -9,8 +9,9 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use crate::Explain;
-use crate::analyze::{expected, not_ok};
+use crate::analyze::expected;
 use crate::columns::{bool_at, f64_at, i64_at, str_at};
+use crate::filters::not_ok;
 
 use super::timeline::timeline;
 pub use super::timeline::{Mark, Phase, SessionBar, Timeline};

@@ -59,7 +59,6 @@ pub fn report(args: &HtmlArgs) -> Result<()> {
     let analysis = analyze::analyze(
         &located.calls,
         &filters::Criteria::parse(&args.filters)?,
-        calls.clone(),
         AnalyzeOptions {
             max_operations: None,
             slow_floor_ns: args.outliers.slow_floor,
