@@ -14,7 +14,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::expected::{self, CKR_BUFFER_TOO_SMALL};
 use super::listing::{Listing, Operation};
 use super::sessions::LIFECYCLE;
-use super::tally::{Calls, Dictionaries, Key, Life, SizeQuery, Successor, Tally};
+use super::tally::{Calls, Dictionaries, Key, Life, SizeQuery, Successor, Tally, exact};
 use crate::direct::columns::{bools, ints};
 use crate::direct::names::{NONE, NULL, Names};
 use crate::direct::{Mapper, Projected, into_names, lock};
@@ -64,11 +64,16 @@ const STRINGS: [&str; 7] = [
 ];
 
 /// A verdict per interned id, worked out as ids appear.
-#[derive(Default)]
-struct Verdicts(Vec<bool>);
+struct Verdicts<T = bool>(Vec<T>);
 
-impl Verdicts {
-    fn update(&mut self, names: &Mutex<Names>, test: impl Fn(&str) -> bool) {
+impl<T> Default for Verdicts<T> {
+    fn default() -> Self {
+        Verdicts(Vec::new())
+    }
+}
+
+impl<T: Copy> Verdicts<T> {
+    fn update(&mut self, names: &Mutex<Names>, test: impl Fn(&str) -> T) {
         let names = lock(names);
         while self.0.len() < names.len() {
             let name = names.name(self.0.len() as u32).unwrap_or("");
@@ -77,8 +82,15 @@ impl Verdicts {
     }
 
     /// The verdict on `id`; `null` for `NONE`.
-    fn of(&self, id: u32, null: bool) -> bool {
+    fn of(&self, id: u32, null: T) -> T {
         self.0.get(id as usize).copied().unwrap_or(null)
+    }
+}
+
+impl Verdicts<Option<u8>> {
+    /// The lifecycle function `id` is, by its place in `LIFECYCLE`.
+    fn kind(&self, id: u32) -> Option<u8> {
+        self.of(id, None)
     }
 }
 
@@ -124,7 +136,7 @@ impl Awaited {
 struct Tests {
     funcs_kept: Verdicts,
     runs_kept: Verdicts,
-    lifecycle: Verdicts,
+    lifecycle: Verdicts<Option<u8>>,
     too_small: Verdicts,
 }
 
@@ -187,9 +199,9 @@ fn fold_file(
         tests
             .funcs_kept
             .update(&shared.funcs, |f| criteria.keeps_func(Some(f)));
-        tests
-            .lifecycle
-            .update(&shared.funcs, |f| LIFECYCLE.contains(&f));
+        tests.lifecycle.update(&shared.funcs, |f| {
+            LIFECYCLE.iter().position(|l| *l == f).map(|p| p as u8)
+        });
         tests
             .too_small
             .update(&shared.rv_names, |r| r == "CKR_BUFFER_TOO_SMALL");
@@ -253,11 +265,11 @@ fn fold_file(
                     .entry(key.client)
                     .or_insert(key.provider);
             }
-            if tests.lifecycle.of(key.func, false) {
+            if let Some(kind) = tests.lifecycle.kind(key.func) {
                 life.push(Life {
                     client: key.client,
-                    func: key.func,
-                    rv: key.rv,
+                    kind,
+                    ok: key.rv == 0,
                     session: session[row],
                     slot: slot[row],
                     start: start[row],
@@ -286,7 +298,11 @@ fn fold_file(
             }
         }
     }
-    tally.life.push(life);
+    tally.life.push(exact(&life));
+    drop(life);
+    for cell in tally.cells.values_mut() {
+        cell.durations.settle();
+    }
     tally.listings.extend(listed);
     Ok(tally)
 }

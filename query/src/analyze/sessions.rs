@@ -56,13 +56,17 @@ pub fn lifecycle(calls: &Calls) -> Sessions {
     let mut logged_in: HashSet<(u32, Option<i64>)> = HashSet::new();
     for row in rows {
         let client = row.client;
-        let ok = row.rv == 0;
+        let ok = row.ok;
         let session = some(row.session);
         let slot = some(row.slot);
         let slot_of = |open: &HashMap<(u32, i64), Option<i64>>| {
             session.and_then(|s| open.get(&(client, s)).copied().flatten())
         };
-        match calls.func(row.func).unwrap_or_default() {
+        match LIFECYCLE
+            .get(usize::from(row.kind))
+            .copied()
+            .unwrap_or_default()
+        {
             "C_OpenSession" if ok => {
                 if let Some(session) = session {
                     sessions.opened += 1;
