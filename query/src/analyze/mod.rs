@@ -8,6 +8,7 @@
 //! `schemas/analysis.md` and stable.
 
 pub mod expected;
+mod interned;
 mod issues;
 mod listing;
 mod ranks;
@@ -16,6 +17,7 @@ mod report;
 mod rollup;
 mod scan;
 mod sessions;
+mod successors;
 mod tally;
 pub mod units;
 
