@@ -1,12 +1,16 @@
 //! Row filters (`--func`, `--pid`, `--since`, `--until`, `--rv`, `--failed`, `--run-id`): parsed
-//! once into [`Criteria`], which both the polars expression ([`predicate`]) and the direct reader
-//! of `compare`/`diff` (`compare::scan`) evaluate.
+//! once into [`Criteria`], which both the polars expression ([`predicate`]) and the direct reads
+//! of `analyze`, `compare` and `diff` ([`RowFilter`]) evaluate.
+
+use std::sync::Mutex;
 
 use anyhow::{Result, bail};
 use p11trace_record::names;
 use polars::prelude::*;
 
 use crate::cli::Filters;
+use crate::direct::Verdicts;
+use crate::direct::names::{NULL, Names};
 
 /// `RFC 3339` or `YYYY-MM-DD` (midnight UTC) → µs since the epoch.
 fn parse_time(text: &str) -> Result<i64> {
@@ -115,6 +119,52 @@ impl Criteria {
         self.run_id
             .as_deref()
             .is_none_or(|want| run_id == Some(want))
+    }
+}
+
+/// The filters as a direct read evaluates them row by row (`analyze`, `compare`, `diff`): `--func`
+/// and `--run-id` decided once per interned name, the rest on the row's values (`NULL` for
+/// none).
+pub struct RowFilter<'c> {
+    criteria: &'c Criteria,
+    funcs: Verdicts,
+    runs: Verdicts,
+}
+
+impl<'c> RowFilter<'c> {
+    pub fn new(criteria: &'c Criteria) -> RowFilter<'c> {
+        RowFilter {
+            criteria,
+            funcs: Verdicts::default(),
+            runs: Verdicts::default(),
+        }
+    }
+
+    /// The `run_id` column when `--run-id` needs it, else `""` (a read that asks for nothing).
+    pub fn run_column(&self) -> &'static str {
+        if self.criteria.run_id.is_some() {
+            "run_id"
+        } else {
+            ""
+        }
+    }
+
+    /// Decides on the names a batch brought.
+    pub fn update(&mut self, funcs: &Mutex<Names>, runs: &Mutex<Names>) {
+        let criteria = self.criteria;
+        self.funcs.update(funcs, |f| criteria.keeps_func(Some(f)));
+        self.runs.update(runs, |r| criteria.keeps_run(Some(r)));
+    }
+
+    /// Whether a row passes every filter (interned ids for its function and run).
+    #[inline]
+    pub fn keeps(&self, func: u32, run: u32, pid: i64, start: i64, rv: i64) -> bool {
+        let some = |v: i64| (v != NULL).then_some(v);
+        self.funcs.of(func, self.criteria.keeps_func(None))
+            && self.runs.of(run, self.criteria.keeps_run(None))
+            && self.criteria.keeps_pid(some(pid))
+            && self.criteria.keeps_start(some(start))
+            && self.criteria.keeps_rv(some(rv))
     }
 }
 

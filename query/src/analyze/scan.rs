@@ -8,15 +8,15 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 use super::expected::CKR_BUFFER_TOO_SMALL;
-use super::interned::{Shared, Verdicts};
+use super::interned::Shared;
 use super::listing::{Listing, Operation};
 use super::sessions::LIFECYCLE;
 use super::successors::{Awaited, retries};
 use super::tally::{Calls, Dictionaries, Key, Life, SizeQuery, Tally, exact};
 use crate::direct::columns::{bools, ints};
 use crate::direct::names::{NONE, NULL, Names};
-use crate::direct::{Mapper, Projected, into_names};
-use crate::filters::Criteria;
+use crate::direct::{Mapper, Projected, Verdicts, into_names};
+use crate::filters::{Criteria, RowFilter};
 
 /// The columns read: five strings, eight integers, `returned`, `run_id` (for `--run-id`), then
 /// what only the `operations` list shows.
@@ -50,11 +50,10 @@ const STRINGS: [&str; 7] = [
     "mechanism",
 ];
 
-/// The per-id verdicts of one file's read.
+/// The per-id verdicts of one file's read (beside the filters').
 #[derive(Default)]
 struct Tests {
-    funcs_kept: Verdicts,
-    runs_kept: Verdicts,
+    /// The lifecycle function an id is, by its place in `LIFECYCLE`.
     lifecycle: Verdicts<Option<u8>>,
     too_small: Verdicts,
 }
@@ -65,10 +64,9 @@ fn fold_file(
     shared: &Shared,
     listing: Option<usize>,
 ) -> Result<Tally> {
+    let mut filter = RowFilter::new(criteria);
     let mut columns = COLUMNS;
-    if criteria.run_id.is_none() {
-        columns[14] = "";
-    }
+    columns[14] = filter.run_column();
     if listing.is_none() {
         columns[15..].fill("");
     }
@@ -115,28 +113,17 @@ fn fold_file(
         run_mapper
             .ids(batch.column(14), rows, &mut run_ids)
             .with_context(|| context(14))?;
-        tests
-            .funcs_kept
-            .update(&shared.funcs, |f| criteria.keeps_func(Some(f)));
+        filter.update(&shared.funcs, &run_names);
         tests.lifecycle.update(&shared.funcs, |f| {
             LIFECYCLE.iter().position(|l| *l == f).map(|p| p as u8)
         });
         tests
             .too_small
             .update(&shared.rv_names, |r| r == "CKR_BUFFER_TOO_SMALL");
-        tests
-            .runs_kept
-            .update(&run_names, |r| criteria.keeps_run(Some(r)));
         let [client, func, rv_name, provider, process] = &strs;
         let [pid, tid, seq, start, dur, rv, slot, session] = &numbers;
-        let some = |v: i64| (v != NULL).then_some(v);
         for row in 0..rows {
-            let kept = tests.funcs_kept.of(func[row], criteria.keeps_func(None))
-                && tests.runs_kept.of(run_ids[row], criteria.keeps_run(None))
-                && criteria.keeps_pid(some(pid[row]))
-                && criteria.keeps_start(some(start[row]))
-                && criteria.keeps_rv(some(rv[row]));
-            if !kept {
+            if !filter.keeps(func[row], run_ids[row], pid[row], start[row], rv[row]) {
                 continue;
             }
             let key = Key {
@@ -184,7 +171,7 @@ fn fold_file(
                     .entry(key.client)
                     .or_insert(key.provider);
             }
-            if let Some(kind) = tests.lifecycle.kind(key.func) {
+            if let Some(kind) = tests.lifecycle.of(key.func, None) {
                 life.push(Life {
                     client: key.client,
                     kind,

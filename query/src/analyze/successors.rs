@@ -11,12 +11,12 @@ use anyhow::{Context, Result};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::expected::{self, CKR_BUFFER_TOO_SMALL};
-use super::interned::{Shared, Verdicts};
+use super::interned::Shared;
 use super::tally::{SizeQuery, Successor, Tally};
 use crate::direct::columns::ints;
-use crate::direct::names::{NULL, Names};
+use crate::direct::names::Names;
 use crate::direct::{Mapper, Projected};
-use crate::filters::Criteria;
+use crate::filters::{Criteria, RowFilter};
 
 /// The size queries of a file waiting for their client's next call (`seq` + 1): found later in
 /// the same file (as a recorder writes calls), on the same thread, it is proven their thread's
@@ -74,11 +74,7 @@ fn successors_in(
         }
         clients[at] = true;
     }
-    let run_column = if criteria.run_id.is_some() {
-        "run_id"
-    } else {
-        ""
-    };
+    let mut filter = RowFilter::new(criteria);
     let columns = [
         "client_id",
         "func",
@@ -88,14 +84,13 @@ fn successors_in(
         "rv",
         "pid",
         "start",
-        run_column,
+        filter.run_column(),
     ];
     let mut file = Projected::open(path, &columns, &["client_id", "func", "run_id"])?;
     let mut client_mapper = Mapper::new(&shared.clients);
     let mut func_mapper = Mapper::new(&shared.funcs);
     let run_names = Mutex::new(Names::default());
     let mut run_mapper = Mapper::new(&run_names);
-    let (mut funcs_kept, mut runs_kept) = (Verdicts::default(), Verdicts::default());
     let (mut client, mut func, mut run_ids) = (Vec::new(), Vec::new(), Vec::new());
     let mut numbers: [Vec<i64>; 6] = Default::default();
     let mut found: FxHashMap<(Thread, i64), Successor> = FxHashMap::default();
@@ -114,10 +109,8 @@ fn successors_in(
         run_mapper
             .ids(batch.column(8), rows, &mut run_ids)
             .with_context(|| context(8))?;
-        funcs_kept.update(&shared.funcs, |f| criteria.keeps_func(Some(f)));
-        runs_kept.update(&run_names, |r| criteria.keeps_run(Some(r)));
+        filter.update(&shared.funcs, &run_names);
         let [tid, seq, session, rv, pid, start] = &numbers;
-        let some = |v: i64| (v != NULL).then_some(v);
         for row in 0..rows {
             if !clients.get(client[row] as usize).copied().unwrap_or(false) {
                 continue;
@@ -126,11 +119,7 @@ fn successors_in(
             let Some(queries) = threads.get(&thread) else {
                 continue;
             };
-            let kept = funcs_kept.of(func[row], criteria.keeps_func(None))
-                && runs_kept.of(run_ids[row], criteria.keeps_run(None))
-                && criteria.keeps_pid(some(pid[row]))
-                && criteria.keeps_start(some(start[row]))
-                && criteria.keeps_rv(some(rv[row]));
+            let kept = filter.keeps(func[row], run_ids[row], pid[row], start[row], rv[row]);
             // The size query just before this call (an earlier one has a closer successor:
             // the size query in between).
             let before = queries.partition_point(|&q| q < seq[row]);

@@ -15,7 +15,7 @@ use super::rows::{Chunk, FAILED, KEEP, NONE, NULL, Names, RETURNED, Rows, count}
 use crate::cli::By;
 use crate::direct::columns::{bools, ints};
 use crate::direct::{Mapper, Projected, into_names, lock};
-use crate::filters::Criteria;
+use crate::filters::{Criteria, RowFilter};
 
 /// The interners the files read in parallel share (locked once per batch and column, and only
 /// when a batch brings a dictionary not seen before).
@@ -81,10 +81,12 @@ fn read_file(
     let group = plan.group_column();
     let mut strings = COLUMNS[..6].to_vec();
     strings.extend(["run_id", "process", "host"]);
+    let mut filter = RowFilter::new(plan.criteria);
     let columns: Vec<&str> = COLUMNS
         .iter()
         .map(|name| match *name {
             "group" => group.unwrap_or(""),
+            "run_id" => filter.run_column(),
             name => name,
         })
         .collect();
@@ -107,7 +109,6 @@ fn read_file(
     let mut strs: [Vec<u32>; 6] = Default::default();
     let (mut group_ids, mut run_ids) = (Vec::new(), Vec::new());
     let mut numbers: [Vec<i64>; 7] = Default::default();
-    let (mut func_keeps, mut run_keeps): (Vec<bool>, Vec<bool>) = (Vec::new(), Vec::new());
     while let Some(batch) = file.next_batch(path)? {
         let rows = batch.rows();
         let column = |index: usize| batch.column(index);
@@ -131,24 +132,9 @@ fn read_file(
                 .ids(column(16), rows, &mut group_ids)
                 .with_context(|| context("group"))?;
         }
-        // The verdicts of `--func` and `--run-id` per interned value.
-        let verdicts =
-            |names: &Mutex<Names>, keeps: &mut Vec<bool>, test: &dyn Fn(&str) -> bool| {
-                let names = lock(names);
-                while keeps.len() < names.len() {
-                    let name = names.name(keeps.len() as u32).unwrap_or("");
-                    keeps.push(test(name));
-                }
-            };
-        verdicts(&shared.funcs, &mut func_keeps, &|f| {
-            plan.criteria.keeps_func(Some(f))
-        });
-        verdicts(&run_names, &mut run_keeps, &|r| {
-            plan.criteria.keeps_run(Some(r))
-        });
+        filter.update(&shared.funcs, &run_names);
         let [client, func, mech, rv_name, provider, module] = &strs;
         let [op, session, seq, start, dur, rv, pid] = &numbers;
-        let some = |v: i64| (v != NULL).then_some(v);
         for row in 0..rows {
             if provider[row] != NONE {
                 providers.insert((client[row], provider[row]));
@@ -156,17 +142,7 @@ fn read_file(
             if internal[row] {
                 continue;
             }
-            let kept = func_keeps
-                .get(func[row] as usize)
-                .copied()
-                .unwrap_or(plan.criteria.keeps_func(None))
-                && run_keeps
-                    .get(run_ids[row] as usize)
-                    .copied()
-                    .unwrap_or(plan.criteria.keeps_run(None))
-                && plan.criteria.keeps_pid(some(pid[row]))
-                && plan.criteria.keeps_start(some(start[row]))
-                && plan.criteria.keeps_rv(some(rv[row]));
+            let kept = filter.keeps(func[row], run_ids[row], pid[row], start[row], rv[row]);
             let failed = rv[row] != NULL && rv[row] != 0;
             chunk.flags.push(
                 (u8::from(kept) * KEEP)

@@ -101,6 +101,30 @@ impl<'s> Mapper<'s> {
     }
 }
 
+/// A verdict per interned id, worked out as ids appear.
+pub struct Verdicts<T = bool>(Vec<T>);
+
+impl<T> Default for Verdicts<T> {
+    fn default() -> Self {
+        Verdicts(Vec::new())
+    }
+}
+
+impl<T: Copy> Verdicts<T> {
+    pub fn update(&mut self, names: &Mutex<Names>, test: impl Fn(&str) -> T) {
+        let names = lock(names);
+        while self.0.len() < names.len() {
+            let name = names.name(self.0.len() as u32).unwrap_or("");
+            self.0.push(test(name));
+        }
+    }
+
+    /// The verdict on `id`; `null` for `NONE`.
+    pub fn of(&self, id: u32, null: T) -> T {
+        self.0.get(id as usize).copied().unwrap_or(null)
+    }
+}
+
 /// The files' columns by name, each `Dictionary(Int32, Utf8)` where it is a string the read
 /// maps (a schema hint: the reader then keeps the file's dictionary).
 fn hinted(schema: &Schema, strings: &[&str]) -> Schema {
