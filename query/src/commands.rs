@@ -83,12 +83,15 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         args.input.input_format,
         &args.input.import_options(),
     )?;
-    let calls = crate::filters::apply(input::scan(&located.calls)?, &args.filters)?;
+    let criteria = crate::filters::Criteria::parse(&args.filters)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.format {
-        ReportFormat::Events => write_events(calls, false, &mut out)?,
-        ReportFormat::PrettyEvents => write_events(calls, true, &mut out)?,
+        // The events are every call as it is: polars reads them; the reports fold them.
+        format @ (ReportFormat::Events | ReportFormat::PrettyEvents) => {
+            let calls = crate::filters::apply(input::scan(&located.calls)?, &args.filters)?;
+            write_events(calls, format == ReportFormat::PrettyEvents, &mut out)?;
+        }
         format => {
             let max_operations = (format == ReportFormat::Json).then_some(args.max_operations);
             let options = AnalyzeOptions {
@@ -96,7 +99,6 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
                 slow_floor_ns: args.outliers.slow_floor,
             };
             let spinner = crate::progress::spinner("analysing", !args.input.quiet);
-            let criteria = crate::filters::Criteria::parse(&args.filters)?;
             let report = analyze::analyze(&located.calls, &criteria, options);
             if let Some(spinner) = spinner {
                 spinner.finish_and_clear();

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::rollup::Function;
 use super::tally::{Calls, Key};
 use super::{Sessions, units};
-use crate::direct::names::NULL;
+use crate::direct::names::{NONE, NULL};
 
 #[derive(Debug, Serialize)]
 pub struct Issue {
@@ -57,11 +57,13 @@ pub fn find(
     issues
 }
 
-/// Counts summed per group, the largest first (ties in the groups' order).
-fn largest_first<G: Ord>(counts: BTreeMap<G, u64>) -> Vec<(G, u64)> {
+/// Counts summed per group, the largest first (ties in the groups' order), and their total;
+/// `None` when there are none (no issue to raise).
+fn largest_first<G: Ord>(counts: BTreeMap<G, u64>) -> Option<(Vec<(G, u64)>, u64)> {
     let mut counts: Vec<(G, u64)> = counts.into_iter().collect();
     counts.sort_by_key(|(_, count)| Reverse(*count));
-    counts
+    let total = counts.iter().map(|(_, count)| count).sum();
+    (!counts.is_empty()).then_some((counts, total))
 }
 
 /// A process's "pid 12 (name)", from its client's first call.
@@ -71,7 +73,7 @@ fn process_of(calls: &Calls, client: u32) -> String {
         .client_first
         .get(&client)
         .copied()
-        .unwrap_or((NULL, crate::direct::names::NONE));
+        .unwrap_or((NULL, NONE));
     let pid = if pid == NULL {
         "?".into()
     } else {
@@ -104,11 +106,7 @@ fn failed_calls(calls: &Calls) -> Option<Issue> {
                 .or_default() += failed;
         }
     }
-    let by_rv = largest_first(by_rv);
-    if by_rv.is_empty() {
-        return None;
-    }
-    let total: u64 = by_rv.iter().map(|(_, count)| count).sum();
+    let (by_rv, total) = largest_first(by_rv)?;
     Some(Issue {
         kind: "failed_calls",
         severity: "warning",
@@ -178,11 +176,7 @@ fn buffer_too_small_storms(calls: &Calls) -> Option<Issue> {
         }
     }
     storms.retain(|_, count| *count >= STORM);
-    let storms = largest_first(storms);
-    if storms.is_empty() {
-        return None;
-    }
-    let total: u64 = storms.iter().map(|(_, count)| count).sum();
+    let (storms, total) = largest_first(storms)?;
     Some(Issue {
         kind: "buffer_too_small_storm",
         severity: "warning",
@@ -263,11 +257,7 @@ fn pin_bursts(calls: &Calls) -> Option<Issue> {
     .filter(|(_, (_, count))| *count >= PIN_BURST)
     .map(|(name, (client, count))| ((name, client), count))
     .collect();
-    let bursts = largest_first(bursts);
-    if bursts.is_empty() {
-        return None;
-    }
-    let total: u64 = bursts.iter().map(|(_, count)| count).sum();
+    let (bursts, total) = largest_first(bursts)?;
     Some(Issue {
         kind: "pin_incorrect_burst",
         severity: "critical",

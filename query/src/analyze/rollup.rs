@@ -125,8 +125,8 @@ fn grouped<G: Ord>(calls: &Calls, group: impl Fn(&Key) -> G) -> BTreeMap<G, Vec<
     groups
 }
 
-/// Per function, the most called first (ties by name); a function's durations are sorted,
-/// read and dropped before the next one's are gathered.
+/// Per function, the most called first (ties by name), with its slow-outlier limit and the
+/// calls above it.
 pub fn functions(calls: &Calls, slow_floor_ns: f64) -> Vec<Function> {
     let mut functions: Vec<Function> = grouped(calls, |key| key.func)
         .into_iter()
@@ -183,20 +183,17 @@ pub fn processes(calls: &Calls) -> Vec<ProcessStats> {
     })
     .into_iter()
     .map(|((pid, process), cells)| {
-        let (mut count, mut failed, mut timed, mut sum_ns) = (0, 0, 0, 0i128);
+        let mut latency = Latency::default();
         for (key, cell) in cells {
-            count += cell.count;
-            failed += calls.failed(key, cell);
-            timed += cell.timed;
-            sum_ns += cell.sum_ns;
+            latency.add(calls, key, cell);
         }
         ProcessStats {
             pid,
             process: process.map(str::to_owned),
-            calls: count,
-            failed,
-            total_ms: if timed > 0 {
-                ms(Some(sum_ns as f64))
+            calls: latency.count,
+            failed: latency.failed,
+            total_ms: if latency.timed > 0 {
+                ms(Some(latency.sum_ns as f64))
             } else {
                 None
             },

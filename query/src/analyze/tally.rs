@@ -33,15 +33,15 @@ impl Key {
     }
 }
 
+/// The first block of durations (most cells are small) and the largest (1 M durations, 4 MiB).
+const FIRST_BLOCK: usize = 64;
+const LAST_BLOCK: usize = 1 << 20;
+
 /// Durations (ns) as they were read: 4 bytes each where they fit (a call under 4.29 s; every
 /// call but a stall), in blocks that double in size and are never reallocated (a growing vector
 /// copied itself into fresh pages at every doubling: `perf`, 8 % of an `analyze`), merged
 /// across files by moving blocks; the few that do not fit (longer, or negative in a foreign
 /// file) apart.
-/// The first block of durations (most cells are small) and the largest (1 M durations, 4 MiB).
-const FIRST_BLOCK: usize = 64;
-const LAST_BLOCK: usize = 1 << 20;
-
 #[derive(Debug, Default)]
 pub struct Durations {
     parts: Vec<Vec<u32>>,
@@ -93,7 +93,7 @@ pub struct Cell {
     pub slowest: Vec<(i64, i64)>,
     /// The least of `slowest` once it is full (what a call must beat to enter).
     least: (i64, i64),
-    /// Size queries retried (`expected::retried`): expected although not a probe.
+    /// Size queries retried (`expected::is_retry`): expected although not a probe.
     pub retried: u64,
 }
 
@@ -107,7 +107,7 @@ impl Cell {
         }
         self.timed += 1;
         self.sum_ns += i128::from(dur);
-        self.max_ns = Some(self.max_ns.map_or(dur, |max| max.max(dur)));
+        self.max_ns = max(self.max_ns, Some(dur));
         self.durations.push(dur);
         self.remember((dur, seq));
     }
